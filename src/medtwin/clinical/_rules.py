@@ -1,0 +1,129 @@
+"""Clinical alert rules over the twin's estimates, evaluated for many patients at once.
+
+A rule fires when its condition starts (edge-triggered), so a patient who stays hypoglycaemic
+gets one alert, not one per reading; it re-arms when the condition ends. Thresholds: NEWS2 bands
+from the RCP 2017 chart; hypoglycaemia levels 1 (< 70 mg/dL) and 2 (< 54 mg/dL) and
+hyperglycaemia (> 250 mg/dL) from the international consensus on CGM targets (Battelino et al.,
+Diabetes Care 2019).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medtwin.clinical._news2 import NEWS2_PARAMETERS, News2, news2_risk, news2_score
+from medtwin.domain import Alert, Channel, Severity
+
+HYPO_LEVEL_1_MG_DL = 70.0
+HYPO_LEVEL_2_MG_DL = 54.0
+HYPER_MG_DL = 250.0
+#: A value older than this no longer counts for the rules (as if not observed).
+STALE_AFTER_S = 3600.0
+RISK_NAMES = ("low", "low-medium", "medium", "high")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    severity: Severity
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("news2-low-medium", Severity.LOW),
+    Rule("news2-medium", Severity.MEDIUM),
+    Rule("news2-high", Severity.HIGH),
+    Rule("hypoglycaemia-level-1", Severity.MEDIUM),
+    Rule("hypoglycaemia-level-2", Severity.HIGH),
+    Rule("hyperglycaemia", Severity.LOW),
+)
+N_RULES = len(RULES)
+
+
+def news2_from_estimates(values: npt.NDArray[np.float64]) -> News2:
+    """NEWS2 from twin estimates of shape (n_patients, n_channels); NaN where unobserved."""
+    return news2_score(values[:, Channel.RESP_RATE], values[:, Channel.SPO2],
+                       values[:, Channel.SYSTOLIC_BP], values[:, Channel.HEART_RATE],
+                       values[:, Channel.TEMPERATURE])
+
+
+def rule_conditions(values: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Which rule conditions hold, shape (n_patients, N_RULES), from estimates (n, channels)."""
+    risk = news2_risk(news2_from_estimates(values))
+    glucose = values[:, Channel.GLUCOSE]
+    with np.errstate(invalid="ignore"):
+        return np.stack([
+            risk == 1,
+            risk == 2,
+            risk == 3,
+            (glucose < HYPO_LEVEL_1_MG_DL) & (glucose >= HYPO_LEVEL_2_MG_DL),
+            glucose < HYPO_LEVEL_2_MG_DL,
+            glucose > HYPER_MG_DL,
+        ], axis=1)
+
+
+def rising_edges(active: npt.NDArray[np.bool_],
+                 conditions: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], ...]:
+    """(patient rows, rule indexes) of conditions that hold now and did not before."""
+    return tuple(np.nonzero(conditions & ~active))
+
+
+def explain(rule_index: int, patient_id: str, values: npt.NDArray[np.float64],
+            time_ms: int) -> Alert:
+    """The alert of one fired rule, with the evidence a clinician reads in seconds.
+
+    `values` is the patient's row of estimates (n_channels,).
+    """
+    rule = RULES[rule_index]
+    if rule.name.startswith("news2"):
+        return _explain_news2(rule, patient_id, values, time_ms)
+    return _explain_glucose(rule, patient_id, float(values[Channel.GLUCOSE]), time_ms)
+
+
+def _explain_news2(rule: Rule, patient_id: str, values: npt.NDArray[np.float64],
+                   time_ms: int) -> Alert:
+    score = news2_from_estimates(values[np.newaxis, :])
+    total, parts = int(score.total[0]), score.parts[0]
+    channels = (Channel.RESP_RATE, Channel.SPO2, Channel.SYSTOLIC_BP, Channel.HEART_RATE,
+                Channel.TEMPERATURE)
+    contributions: list[dict[str, Any]] = []
+    for name, channel, points in zip(NEWS2_PARAMETERS, channels, parts, strict=True):
+        value = float(values[channel])
+        contributions.append({
+            "parameter": name, "code": channel.code, "unit": channel.ucum,
+            "value": None if np.isnan(value) else round(value, 1), "points": int(points),
+        })
+    scoring = ", ".join(
+        f"{c['parameter']} {c['value']} {c['unit']} +{c['points']}"
+        for c in contributions if c["points"] > 0
+    )
+    needed = {"news2-low-medium": "no single parameter scoring 3",
+              "news2-medium": "a total below 5",
+              "news2-high": "a total below 7"}[rule.name]
+    missing = [c["parameter"] for c in contributions if c["value"] is None]
+    summary = (f"NEWS2 {total} ({rule.severity.value} clinical risk): {scoring}. "
+               f"Consciousness and supplemental oxygen are not sensed and scored 0.")
+    evidence: dict[str, Any] = {
+        "statistic": "NEWS2", "observed": total, "contributions": contributions,
+        "threshold": {"news2-low-medium": "any parameter 3", "news2-medium": "total >= 5",
+                      "news2-high": "total >= 7"}[rule.name],
+        "no_alert_if": needed, "not_observed": missing,
+        "assumed": {"consciousness": "alert", "supplemental_oxygen": "air"},
+    }
+    return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)
+
+
+def _explain_glucose(rule: Rule, patient_id: str, glucose: float, time_ms: int) -> Alert:
+    if rule.name == "hyperglycaemia":
+        threshold, relation, no_alert = HYPER_MG_DL, "above", f"glucose <= {HYPER_MG_DL:g} mg/dL"
+    else:
+        threshold = HYPO_LEVEL_2_MG_DL if rule.name.endswith("2") else HYPO_LEVEL_1_MG_DL
+        relation, no_alert = "below", f"glucose >= {threshold:g} mg/dL"
+    summary = (f"Twin glucose estimate {glucose:.0f} mg/dL is {relation} {threshold:g} mg/dL "
+               f"({rule.name.replace('-', ' ')}).")
+    evidence = {"statistic": "glucose estimate", "code": Channel.GLUCOSE.code, "unit": "mg/dL",
+                "observed": round(glucose, 1), "threshold": threshold, "no_alert_if": no_alert}
+    return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)

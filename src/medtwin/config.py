@@ -1,0 +1,86 @@
+"""Settings of a medtwin site, in one place, with the defaults of the embedded set-up."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from medtwin.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("medtwin-data")
+#: Largest accepted difference between a packet's send time and the site clock.
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
+#: Largest packet body accepted, in bytes (prevents memory exhaustion by one device).
+MAX_PACKET_BYTES = 256 * 1024
+#: Most readings in one packet (prevents DoS through one huge batch).
+MAX_PACKET_READINGS = 4096
+#: How long a device may buffer readings before sending them.
+MAX_READING_AGE_S = 24 * 3600.0
+#: AEAD suite for new ciphertext; old ciphertext names its own suite and stays readable.
+DEFAULT_AEAD_SUITE = "aes-256-gcm"
+#: Signature suite of the site's log signing key.
+DEFAULT_LOG_SIGNATURE_SUITE = "ed25519"
+#: Name of this log in its signed tree heads (C2SP checkpoint "origin" line).
+DEFAULT_LOG_ORIGIN = "medtwin.local/log"
+#: Most packets the API gathers into one transaction (group commit).
+DEFAULT_MAX_BATCH = 256
+
+
+def wall_clock_ms() -> int:
+    """The site clock: milliseconds since the epoch, UTC."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a site can configure; build with `Settings.from_env()` or directly in tests."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    keys_dir: Path | None = None
+    database_url: str | None = None
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
+    max_reading_age_s: float = MAX_READING_AGE_S
+    aead_suite: str = DEFAULT_AEAD_SUITE
+    log_origin: str = DEFAULT_LOG_ORIGIN
+    max_batch: int = DEFAULT_MAX_BATCH
+    clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        """Where key files live: outside the database, `data_dir/keys` unless configured."""
+        return self.keys_dir if self.keys_dir is not None else self.data_dir / "keys"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """SQLAlchemy URL of the store: a SQLite file in `data_dir` unless configured."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'medtwin.db').resolve()}"
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from `MEDTWIN_*` environment variables, then explicit overrides."""
+        env = os.environ
+        values: dict[str, object] = {}
+        if "MEDTWIN_DATA_DIR" in env:
+            values["data_dir"] = Path(env["MEDTWIN_DATA_DIR"])
+        if "MEDTWIN_KEYS_DIR" in env:
+            values["keys_dir"] = Path(env["MEDTWIN_KEYS_DIR"])
+        if "MEDTWIN_DATABASE_URL" in env:
+            values["database_url"] = env["MEDTWIN_DATABASE_URL"]
+        if "MEDTWIN_MAX_CLOCK_SKEW_S" in env:
+            try:
+                values["max_clock_skew_s"] = float(env["MEDTWIN_MAX_CLOCK_SKEW_S"])
+            except ValueError as exc:
+                raise ConfigError("config: MEDTWIN_MAX_CLOCK_SKEW_S must be a number") from exc
+        if "MEDTWIN_AEAD_SUITE" in env:
+            values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

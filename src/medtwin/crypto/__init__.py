@@ -1,0 +1,31 @@
+"""Cipher-suite registry, signatures, envelope encryption and site keys (crypto-agile)."""
+
+from medtwin.crypto._envelope import envelope_suite, open_sealed, seal
+from medtwin.crypto._keys import KeyRing, LogSigningKey, SiteKeys
+from medtwin.crypto._packets import sign_packet
+from medtwin.crypto._suites import (
+    AEAD_SUITES,
+    SIGNATURE_SUITES,
+    AeadSuite,
+    SignatureSuite,
+    aead_suite,
+    signature_suite,
+    verify_signature,
+)
+
+__all__ = [
+    "AEAD_SUITES",
+    "SIGNATURE_SUITES",
+    "AeadSuite",
+    "KeyRing",
+    "LogSigningKey",
+    "SignatureSuite",
+    "SiteKeys",
+    "aead_suite",
+    "envelope_suite",
+    "open_sealed",
+    "seal",
+    "sign_packet",
+    "signature_suite",
+    "verify_signature",
+]

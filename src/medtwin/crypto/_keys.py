@@ -1,0 +1,127 @@
+"""Site keys kept in files outside the database, and per-patient data keys wrapped by them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medtwin.crypto._envelope import open_sealed, seal
+from medtwin.crypto._suites import aead_suite, signature_suite
+from medtwin.errors import ConfigError
+
+KEK_FILE = "site-kek.json"
+LOG_KEY_FILE = "log-signing.json"
+_DATA_KEY_CONTEXT = b"medtwin/data-key/v1\n"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _write_secret(path: Path, document: dict[str, str]) -> None:
+    """Write a key file readable by its owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_secret(path: Path) -> dict[str, str]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"keys: cannot read key file {path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"keys: key file {path} is not a JSON object")
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class LogSigningKey:
+    """The key that signs the site's Merkle tree heads."""
+
+    key_id: str
+    suite: str
+    private_key: bytes = field(repr=False)
+    public_key: bytes
+
+    def sign(self, message: bytes) -> bytes:
+        return signature_suite(self.suite).sign(self.private_key, message)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteKeys:
+    """The site key-encryption key (wraps patient data keys) and the log signing key."""
+
+    kek_id: str
+    kek_suite: str
+    kek: bytes = field(repr=False)
+    log_key: LogSigningKey
+
+    @classmethod
+    def load_or_create(cls, keys_dir: Path, aead: str = "aes-256-gcm",
+                       log_suite: str = "ed25519") -> SiteKeys:
+        """Load the key files in `keys_dir`, creating them (mode 0600) on first run."""
+        kek_path, log_path = keys_dir / KEK_FILE, keys_dir / LOG_KEY_FILE
+        if not kek_path.exists():
+            spec = aead_suite(aead)
+            _write_secret(kek_path, {"kek_id": f"kek-{secrets.token_hex(4)}", "suite": spec.name,
+                                     "key": _b64(secrets.token_bytes(spec.key_size))})
+        if not log_path.exists():
+            private, public = signature_suite(log_suite).generate()
+            _write_secret(log_path, {"key_id": f"log-{secrets.token_hex(4)}", "suite": log_suite,
+                                     "private_key": _b64(private), "public_key": _b64(public)})
+        return cls.load(keys_dir)
+
+    @classmethod
+    def load(cls, keys_dir: Path) -> SiteKeys:
+        """Load existing key files; ConfigError saying what is missing otherwise."""
+        kek_doc = _read_secret(keys_dir / KEK_FILE)
+        log_doc = _read_secret(keys_dir / LOG_KEY_FILE)
+        try:
+            log_key = LogSigningKey(log_doc["key_id"], log_doc["suite"],
+                                    base64.b64decode(log_doc["private_key"]),
+                                    base64.b64decode(log_doc["public_key"]))
+            return cls(kek_doc["kek_id"], kek_doc["suite"], base64.b64decode(kek_doc["key"]),
+                       log_key)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"keys: malformed key file in {keys_dir}: {exc}") from exc
+
+
+class KeyRing:
+    """Wraps, unwraps and caches per-patient data keys; seals and opens patient records."""
+
+    def __init__(self, site: SiteKeys, aead: str = "aes-256-gcm") -> None:
+        self.site = site
+        self.aead = aead
+        self._data_keys: dict[str, bytes] = {}
+
+    def new_data_key(self, patient_id: str) -> bytes:
+        """A fresh data key for `patient_id`, returned wrapped by the site KEK."""
+        key = secrets.token_bytes(aead_suite(self.aead).key_size)
+        self._data_keys[patient_id] = key
+        return seal(self.site.kek, key, _DATA_KEY_CONTEXT + patient_id.encode(), self.aead)
+
+    def data_key(self, patient_id: str, wrapped: bytes) -> bytes:
+        """The plaintext data key of `patient_id`, unwrapping `wrapped` on first use."""
+        key = self._data_keys.get(patient_id)
+        if key is None:
+            key = open_sealed(self.site.kek, wrapped, _DATA_KEY_CONTEXT + patient_id.encode())
+            self._data_keys[patient_id] = key
+        return key
+
+    def seal(self, patient_id: str, wrapped: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt a record of `patient_id` under their data key, bound to `aad`."""
+        return seal(self.data_key(patient_id, wrapped), plaintext, aad, self.aead)
+
+    def open(self, patient_id: str, wrapped: bytes, envelope: bytes, aad: bytes) -> bytes:
+        """Decrypt a record of `patient_id`; DecryptionError if anything is off."""
+        return open_sealed(self.data_key(patient_id, wrapped), envelope, aad)

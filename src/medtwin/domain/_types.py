@@ -1,0 +1,189 @@
+"""Pure value types that travel the reading's path: readings, packets, patients, devices, alerts."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medtwin.domain._channels import Channel
+
+#: Domain-separation prefix of every device packet signature.
+PACKET_SIGNING_CONTEXT = b"medtwin/packet/v1\n"
+
+
+class Provenance(enum.StrEnum):
+    """How a packet reached the twin."""
+
+    DEVICE_SIGNED = "device-signed"
+    TRUSTED_IMPORT = "trusted-import"
+
+
+class DeviceStatus(enum.StrEnum):
+    ACTIVE = "active"
+    QUARANTINED = "quarantined"
+
+
+class Severity(enum.StrEnum):
+    """Clinical urgency of an alert, in increasing order."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one channel at one time (epoch milliseconds, UTC)."""
+
+    channel: Channel
+    value: float
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingBatch:
+    """Readings as columns, so checks and twin updates run as array operations.
+
+    `channel`, `value`, `time_ms` have shape (n_readings,); `patient` holds the row index of
+    each reading's patient in the twin (or -1 before the pipeline resolves it).
+    """
+
+    channel: npt.NDArray[np.int8]
+    value: npt.NDArray[np.float64]
+    time_ms: npt.NDArray[np.int64]
+
+    @classmethod
+    def from_readings(cls, readings: Sequence[Reading]) -> ReadingBatch:
+        """Columns from a sequence of `Reading`s."""
+        return cls(
+            channel=np.fromiter((r.channel for r in readings), np.int8, len(readings)),
+            value=np.fromiter((r.value for r in readings), np.float64, len(readings)),
+            time_ms=np.fromiter((r.time_ms for r in readings), np.int64, len(readings)),
+        )
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+    def readings(self) -> list[Reading]:
+        """The batch as `Reading` objects (for output, not for the hot path)."""
+        return [
+            Reading(Channel(int(c)), float(v), int(t))
+            for c, v, t in zip(self.channel, self.value, self.time_ms, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A batch of one patient's readings from one device, as the gate accepted it."""
+
+    device_id: str
+    patient_id: str
+    seq: int
+    sent_at_ms: int
+    readings: ReadingBatch
+    provenance: Provenance = Provenance.DEVICE_SIGNED
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    """A monitored patient, known to medtwin by a pseudonymous id."""
+
+    patient_id: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A sensor or pump registered to exactly one patient, holding one signing key."""
+
+    device_id: str
+    patient_id: str
+    suite: str
+    public_key: bytes
+    status: DeviceStatus = DeviceStatus.ACTIVE
+    last_seq: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A clinical finding with the evidence a clinician needs to judge it in seconds."""
+
+    patient_id: str
+    rule: str
+    severity: Severity
+    time_ms: int
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte encoding that signatures and hashes cover: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def packet_wire(
+    device_id: str, seq: int, sent_at_ms: int, readings: Sequence[Reading]
+) -> dict[str, Any]:
+    """The JSON form a device sends (and signs) for a packet of readings."""
+    return {
+        "device_id": device_id,
+        "seq": seq,
+        "sent_at": sent_at_ms,
+        "readings": [
+            {"code": r.channel.code, "unit": r.channel.ucum, "value": r.value, "time": r.time_ms}
+            for r in readings
+        ],
+    }
+
+
+def packet_signing_message(wire: dict[str, Any]) -> bytes:
+    """The exact bytes a device signs for the packet `wire`."""
+    return PACKET_SIGNING_CONTEXT + canonical_json(wire)
+
+
+class RejectReason(enum.StrEnum):
+    """Why the gate refused a packet; recorded with the rejection, never with patient values."""
+
+    MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    UNSUPPORTED_SUITE = "unsupported-suite"
+    UNKNOWN_DEVICE = "unknown-device"
+    QUARANTINED_DEVICE = "quarantined-device"
+    BAD_SIGNATURE = "bad-signature"
+    REPLAYED_SEQUENCE = "replayed-sequence"
+    CLOCK_SKEW = "clock-skew"
+    UNKNOWN_CHANNEL = "unknown-channel"
+    WRONG_UNIT = "wrong-unit"
+    IMPOSSIBLE_VALUE = "impossible-value"
+    UNKNOWN_PATIENT = "unknown-patient"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """What the twin holds for one channel: the latest value, its age and the estimate."""
+
+    channel: Channel
+    value: float
+    estimate: float
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TwinState:
+    """A patient's twin at one time: channel states, NEWS2 and the rules that are active."""
+
+    patient_id: str
+    time_ms: int
+    channels: tuple[ChannelState, ...]
+    news2: int
+    news2_complete: bool
+    news2_risk: str
+    active_rules: tuple[str, ...]

@@ -1,0 +1,281 @@
+"""The gate: the only way into the twin. It accepts a packet whole or rejects it with a reason.
+
+A signed device packet passes these steps, in order; the first that fails rejects it:
+  (0) shape: the envelope is well-formed JSON of the protocol, within size limits;
+  (1) suite: the signature suite is one medtwin knows;
+  (2) device: the device is registered;
+  (3) status: the device is not quarantined;
+  (4) signature: the device's key signed exactly these bytes;
+  (5) sequence: the sequence number is above every one accepted from this device (replay);
+  (6) clock: the send time is within the configured skew of the site clock;
+  (7) readings: every reading has a known channel, that channel's unit, a physiologically
+      possible value and a time neither in the future nor too old.
+A trusted import (FHIR NDJSON) skips (1)–(6): it names a known patient instead. Step (7) runs
+once for all packets of a batch, as array operations.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from medtwin.config import Settings
+from medtwin.crypto import SIGNATURE_SUITES, verify_signature
+from medtwin.domain import (
+    POSSIBLE_MAX,
+    POSSIBLE_MIN,
+    Channel,
+    Device,
+    DeviceStatus,
+    Packet,
+    Provenance,
+    ReadingBatch,
+    RejectReason,
+    packet_signing_message,
+)
+from medtwin.errors import GateRejection, SignatureError
+from medtwin.ingest._wire import ENVELOPE_ADAPTER, MAX_ID_LENGTH
+
+_CHANNEL_BY_CODE = {c.code: int(c) for c in Channel}
+_UCUM_BY_CHANNEL = np.array([c.ucum for c in Channel])
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSubmission:
+    """A device envelope as decoded from JSON, not yet trusted in any way."""
+
+    envelope: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSubmission:
+    """Readings of one patient from a trusted import, as raw columns (codes and units unchecked).
+
+    `source` names where they came from (e.g. the NDJSON file); `seq` orders imports.
+    """
+
+    patient_id: str
+    source: str
+    seq: int
+    codes: Sequence[str]
+    units: Sequence[str]
+    values: npt.NDArray[np.float64]
+    time_ms: npt.NDArray[np.int64]
+
+
+Submission = SignedSubmission | ImportSubmission
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A submission that passed steps (0)–(6), with its readings still as raw columns."""
+
+    device_id: str
+    patient_id: str
+    seq: int
+    sent_at_ms: int
+    provenance: Provenance
+    signature: bytes | None
+    codes: Sequence[str]
+    units: Sequence[str]
+    values: npt.NDArray[np.float64]
+    time_ms: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A packet the gate accepted, with the signature it carried (None for imports)."""
+
+    packet: Packet
+    signature: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A packet the gate rejected; `device_id` is the claimed sender, if one could be read."""
+
+    rejection: GateRejection
+    device_id: str | None
+
+
+Verdict = Admitted | Refused
+
+
+class Gate:
+    """Checks submissions against the registered devices; holds no state of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
+        self.max_age_ms = int(settings.max_reading_age_s * 1000)
+
+    def check(self, submissions: Sequence[Submission], now_ms: int,
+              devices: Mapping[str, Device], patients: Mapping[str, object]) -> list[Verdict]:
+        """A verdict per submission, in order. Sequence numbers accepted earlier in the same
+        batch count as seen, so a batch cannot replay itself."""
+        verdicts: list[Verdict | None] = []
+        candidates: list[tuple[int, _Candidate]] = []
+        seen_seq: dict[str, int] = {}
+        for i, sub in enumerate(submissions):
+            try:
+                if isinstance(sub, ImportSubmission):
+                    cand = self._admit_import(sub, patients)
+                else:
+                    cand = self._admit_signed(sub, now_ms, devices, seen_seq)
+            except _Rejected as rejected:
+                verdicts.append(Refused(rejected.error, rejected.device_id))
+                continue
+            verdicts.append(None)
+            candidates.append((i, cand))
+        self._check_readings(candidates, now_ms, verdicts)
+        return [v for v in verdicts if v is not None]
+
+    def _admit_signed(self, sub: SignedSubmission, now_ms: int, devices: Mapping[str, Device],
+                      seen_seq: dict[str, int]) -> _Candidate:
+        raw = sub.envelope
+        claimed = _claimed_device(raw)
+        # (0): shape
+        try:
+            env = ENVELOPE_ADAPTER.validate_python(raw)
+        except ValidationError as exc:
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in exc.errors()[:3])
+            raise _Rejected(RejectReason.MALFORMED, f"envelope does not match the protocol "
+                            f"({where})", claimed) from None
+        pkt = env["packet"]
+        device_id = pkt["device_id"]
+        # (1): suite
+        if env["suite"] not in SIGNATURE_SUITES:
+            raise _Rejected(RejectReason.UNSUPPORTED_SUITE, f"signature suite must be one of "
+                            f"{', '.join(sorted(SIGNATURE_SUITES))}", device_id)
+        # (2): device
+        device = devices.get(device_id)
+        if device is None:
+            raise _Rejected(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not "
+                            "registered; register it with `medtwin keys add-device`", device_id)
+        # (3): status
+        if device.status is DeviceStatus.QUARANTINED:
+            raise _Rejected(RejectReason.QUARANTINED_DEVICE, f"device {device_id!r} is "
+                            "quarantined; an admin must release it", device_id)
+        # (4): signature
+        try:
+            signature = base64.b64decode(env["signature"], validate=True)
+            if env["suite"] != device.suite:
+                raise SignatureError("suite differs from the device's registered suite")
+            verify_signature(device.suite, device.public_key,
+                             packet_signing_message(raw["packet"]), signature)
+        except (SignatureError, binascii.Error, ValueError):
+            raise _Rejected(RejectReason.BAD_SIGNATURE, f"signature does not verify with the "
+                            f"registered key of device {device_id!r}", device_id) from None
+        # (5): sequence
+        last = max(device.last_seq, seen_seq.get(device_id, -1))
+        if pkt["seq"] <= last:
+            raise _Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {pkt['seq']} is not "
+                            f"above {last}, the last accepted from this device", device_id)
+        # (6): clock
+        skew_s = abs(pkt["sent_at"] - now_ms) / 1000
+        if skew_s * 1000 > self.max_skew_ms:
+            raise _Rejected(RejectReason.CLOCK_SKEW, f"send time is {skew_s:.0f} s from the site "
+                            f"clock (limit {self.max_skew_ms / 1000:.0f} s)", device_id)
+        seen_seq[device_id] = pkt["seq"]
+        readings = pkt["readings"]
+        return _Candidate(
+            device_id, device.patient_id, pkt["seq"], pkt["sent_at"], Provenance.DEVICE_SIGNED,
+            signature, [r["code"] for r in readings], [r["unit"] for r in readings],
+            np.array([r["value"] for r in readings], dtype=np.float64),
+            np.array([r["time"] for r in readings], dtype=np.int64))
+
+    def _admit_import(self, sub: ImportSubmission, patients: Mapping[str, object]) -> _Candidate:
+        source = f"import:{sub.source}"[:MAX_ID_LENGTH]
+        if sub.patient_id not in patients:
+            raise _Rejected(RejectReason.UNKNOWN_PATIENT, "the import names a patient that is "
+                            "not registered", source)
+        if len(sub.values) == 0:
+            raise _Rejected(RejectReason.MALFORMED, "an import packet needs readings", source)
+        sent = int(sub.time_ms.max())
+        return _Candidate(source, sub.patient_id, sub.seq, sent, Provenance.TRUSTED_IMPORT, None,
+                          sub.codes, sub.units, np.asarray(sub.values, np.float64),
+                          np.asarray(sub.time_ms, np.int64))
+
+    def _check_readings(self, candidates: list[tuple[int, _Candidate]], now_ms: int,
+                        verdicts: list[Verdict | None]) -> None:
+        # (7): readings of every candidate at once
+        if not candidates:
+            return
+        counts = np.array([len(c.values) for _, c in candidates])
+        owner = np.repeat(np.arange(len(candidates)), counts)
+        codes = np.array([code for _, c in candidates for code in c.codes])
+        units = np.array([unit for _, c in candidates for unit in c.units])
+        values = np.concatenate([c.values for _, c in candidates])
+        times = np.concatenate([c.time_ms for _, c in candidates])
+        signed = np.repeat([c.provenance is Provenance.DEVICE_SIGNED for _, c in candidates],
+                           counts)
+
+        unique_codes, code_index = np.unique(codes, return_inverse=True)
+        channel = np.array([_CHANNEL_BY_CODE.get(str(u), -1) for u in unique_codes])[code_index]
+        known = channel >= 0
+        safe = np.where(known, channel, 0)
+        right_unit = known & (units == _UCUM_BY_CHANNEL[safe])
+        with np.errstate(invalid="ignore"):
+            possible = np.isfinite(values) & (values >= POSSIBLE_MIN[safe]) & (
+                values <= POSSIBLE_MAX[safe])
+        timely = ~signed | ((times <= now_ms + self.max_skew_ms)
+                            & (times >= now_ms - self.max_age_ms))
+        failure = np.select([~known, ~right_unit, ~possible, ~timely], [1, 2, 3, 4], 0)
+
+        bad = np.flatnonzero(failure)
+        first_bad = dict(zip(*np.unique(owner[bad], return_index=True), strict=True))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for k, (i, cand) in enumerate(candidates):
+            if k in first_bad:
+                at = int(bad[first_bad[k]])
+                verdicts[i] = Refused(_reading_rejection(int(failure[at]), at - int(starts[k]),
+                                                         str(codes[at])), cand.device_id)
+                continue
+            sl = slice(int(starts[k]), int(starts[k] + counts[k]))
+            batch = ReadingBatch(channel[sl].astype(np.int8), values[sl], times[sl])
+            verdicts[i] = Admitted(Packet(cand.device_id, cand.patient_id, cand.seq,
+                                          cand.sent_at_ms, batch, cand.provenance),
+                                   cand.signature)
+
+
+def _reading_rejection(failure: int, position: int, code: str) -> GateRejection:
+    """The rejection for a reading's first failed check; names the reading, never its value."""
+    where = f"reading {position}"
+    if failure == 1:
+        return GateRejection(RejectReason.UNKNOWN_CHANNEL, f"{where}: code {code[:32]!r} is not "
+                             "a channel medtwin knows")
+    channel = Channel.from_code(code)
+    if failure == 2:
+        return GateRejection(RejectReason.WRONG_UNIT, f"{where}: unit must be "
+                             f"{channel.ucum!r} for {code}")
+    if failure == 3:
+        spec = channel.spec
+        return GateRejection(RejectReason.IMPOSSIBLE_VALUE, f"{where}: value for {code} is "
+                             f"outside the possible range {spec.possible_min:g}–"
+                             f"{spec.possible_max:g} {channel.ucum}")
+    return GateRejection(RejectReason.CLOCK_SKEW, f"{where}: time is in the future or older "
+                         "than the buffering limit")
+
+
+def _claimed_device(raw: Any) -> str | None:
+    """The device id a raw envelope claims, if it is a plausible id (for the rejection record)."""
+    try:
+        device_id = raw["packet"]["device_id"]
+    except (KeyError, TypeError):
+        return None
+    if isinstance(device_id, str) and 0 < len(device_id) <= MAX_ID_LENGTH:
+        return device_id
+    return None
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: RejectReason, detail: str, device_id: str | None) -> None:
+        self.error = GateRejection(reason, detail)
+        self.device_id = device_id

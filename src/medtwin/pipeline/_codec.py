@@ -1,0 +1,50 @@
+"""Plaintext encodings of what the store keeps sealed: a packet's readings and an alert."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from medtwin.domain import Alert, ReadingBatch, Severity, canonical_json
+
+_READINGS_HEADER = struct.Struct(">BI")  # version, number of readings
+_READINGS_VERSION = 1
+
+
+def encode_readings(batch: ReadingBatch) -> bytes:
+    """Readings as fixed-width columns: exact values, compact, fast to seal and open."""
+    return (_READINGS_HEADER.pack(_READINGS_VERSION, len(batch))
+            + batch.channel.astype(">i1").tobytes() + batch.value.astype(">f8").tobytes()
+            + batch.time_ms.astype(">i8").tobytes())
+
+
+def decode_readings(data: bytes) -> ReadingBatch:
+    version, n = _READINGS_HEADER.unpack_from(data)
+    if version != _READINGS_VERSION or len(data) != _READINGS_HEADER.size + 17 * n:
+        raise ValueError("readings: unknown encoding version or truncated data")
+    at = _READINGS_HEADER.size
+    channel = np.frombuffer(data, ">i1", n, at).astype(np.int8)
+    value = np.frombuffer(data, ">f8", n, at + n).astype(np.float64)
+    time_ms = np.frombuffer(data, ">i8", n, at + 9 * n).astype(np.int64)
+    return ReadingBatch(channel, value, time_ms)
+
+
+def packet_aad(leaf_index: int, patient_id: str) -> bytes:
+    """Binds a packet's ciphertext to its record, so it cannot be moved to another."""
+    return f"medtwin/packet/{leaf_index}/{patient_id}".encode()
+
+
+def alert_aad(leaf_index: int, patient_id: str) -> bytes:
+    return f"medtwin/alert/{leaf_index}/{patient_id}".encode()
+
+
+def encode_alert(alert: Alert) -> bytes:
+    return canonical_json({"summary": alert.summary, "evidence": alert.evidence})
+
+
+def decode_alert(data: bytes, patient_id: str, rule: str, severity: str, time_ms: int) -> Alert:
+    body: dict[str, Any] = json.loads(data)
+    return Alert(patient_id, rule, Severity(severity), time_ms, body["summary"], body["evidence"])

@@ -1,0 +1,374 @@
+"""The one path a reading travels: gate → twin → clinical rules → ledger → store → events.
+
+`Pipeline.process` is the whole path for a batch of submissions, on one screen. Nothing in
+memory changes until the batch is durable in the store, so a failed write changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medtwin.clinical import (
+    N_RULES,
+    RISK_NAMES,
+    RULES,
+    STALE_AFTER_S,
+    explain,
+    news2_from_estimates,
+    news2_risk,
+    rising_edges,
+    rule_conditions,
+)
+from medtwin.config import Settings
+from medtwin.crypto import KeyRing, SiteKeys
+from medtwin.domain import (
+    Alert,
+    Channel,
+    ChannelState,
+    Device,
+    DeviceStatus,
+    Patient,
+    TwinState,
+)
+from medtwin.errors import ConflictError, GateRejection, NotFoundError
+from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate
+from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
+from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
+from medtwin.pipeline._codec import (
+    alert_aad,
+    decode_alert,
+    decode_readings,
+    encode_alert,
+    encode_readings,
+    packet_aad,
+)
+from medtwin.pipeline._events import EventHub
+from medtwin.store import (
+    AlertRecord,
+    Commit,
+    HeadRecord,
+    PacketRecord,
+    RejectionRecord,
+    Store,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A packet that is durable in the store and in the log."""
+
+    leaf_index: int
+    device_id: str
+    seq: int
+    n_readings: int
+    estimates: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A packet the gate refused; its rejection is durable, its readings were never stored."""
+
+    leaf_index: int
+    error: GateRejection
+
+
+Outcome = Accepted | Rejected
+
+
+class Pipeline:
+    """A site's twin kernel: registered devices, the twin bank, the log and the store."""
+
+    def __init__(self, settings: Settings, store: Store, keys: SiteKeys) -> None:
+        self.settings = settings
+        self.clock = settings.clock
+        self.store = store
+        self.keys = keys
+        self.keyring = KeyRing(keys, settings.aead_suite)
+        self.gate = Gate(settings)
+        self.events = EventHub()
+        self.twin = TwinBank()
+        self._lock = threading.RLock()
+        self._wrapped = store.patient_keys()
+        self._devices = {d.device_id: d for d in store.devices()}
+        self._tree = MerkleTree(store.leaf_hashes())
+        self._active = np.zeros((0, N_RULES), dtype=bool)
+        self._rebuild_twin()
+
+    @classmethod
+    def open(cls, settings: Settings) -> Pipeline:
+        """Open (or create on first run) the site in `settings.data_dir`."""
+        keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
+        return cls(settings, Store(settings.resolved_database_url), keys)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # The path -------------------------------------------------------------------------------
+
+    def process(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        """Run a batch through the whole path; returns when every outcome is durable."""
+        with self._lock:
+            now = self.clock()
+            # (1) gate: whole packets in or out, with a reason
+            verdicts = self.gate.check(submissions, now, self._devices, self._wrapped)
+            admitted = [v for v in verdicts if isinstance(v, Admitted)]
+            # (2) twin: one batched update over every admitted reading
+            update = self._propose_twin(admitted)
+            # (3) clinical rules on the patients the batch touched
+            active, alerts = self._evaluate_rules(update)
+            # (4) seal and log: records, leaves and a signed tree head
+            tree = self._tree.copy()
+            commit, outcomes = self._seal_and_log(verdicts, update, alerts, tree, now)
+            # (5) durable before anything is acknowledged or shown
+            self.store.commit(commit)
+            # (6) make it current, and tell the subscribers
+            self._tree = tree
+            self.twin.apply(update)
+            self._active[update.rows] = active
+            for device_id, seq in commit.device_seqs.items():
+                device = self._devices[device_id]
+                self._devices[device_id] = Device(device.device_id, device.patient_id,
+                                                  device.suite, device.public_key,
+                                                  device.status, seq)
+            self.events.publish(self._events(update, alerts, now))
+            return outcomes
+
+    # Steps ----------------------------------------------------------------------------------
+
+    def _propose_twin(self, admitted: Sequence[Admitted]) -> TwinUpdate:
+        batches = [a.packet.readings for a in admitted]
+        if not batches:
+            return self.twin.propose(np.zeros(0, np.intp), np.zeros(0, np.int8), np.zeros(0),
+                                     np.zeros(0, np.int64))
+        rows = np.repeat([self.twin.row(a.packet.patient_id) for a in admitted],
+                         [len(b) for b in batches]).astype(np.intp)
+        if self._active.shape[0] < len(self.twin):
+            grown = np.zeros((2 * len(self.twin), N_RULES), dtype=bool)
+            grown[: self._active.shape[0]] = self._active
+            self._active = grown
+        return self.twin.propose(rows, np.concatenate([b.channel for b in batches]),
+                                 np.concatenate([b.value for b in batches]),
+                                 np.concatenate([b.time_ms for b in batches]))
+
+    def _evaluate_rules(self, update: TwinUpdate) -> tuple[npt.NDArray[np.bool_], list[Alert]]:
+        values = _fresh_estimates(update.state.estimate, update.state.last_time_ms)
+        conditions = rule_conditions(values)
+        fired_rows, fired_rules = rising_edges(self._active[update.rows], conditions)
+        patient_ids = self.twin.patient_ids()
+        alerts = [
+            explain(int(rule), patient_ids[update.rows[r]], values[r],
+                    int(update.state.last_time_ms[r].max()))
+            for r, rule in zip(fired_rows, fired_rules, strict=True)
+        ]
+        return conditions, alerts
+
+    def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
+                      alerts: Sequence[Alert], tree: MerkleTree,
+                      now: int) -> tuple[Commit, list[Outcome]]:
+        packets: list[PacketRecord] = []
+        rejections: list[RejectionRecord] = []
+        alert_records: list[AlertRecord] = []
+        leaves: list[tuple[int, str, bytes]] = []
+        outcomes: list[Outcome] = []
+        seqs: dict[str, int] = {}
+        offset = 0
+
+        def log(record: PacketRecord | AlertRecord | RejectionRecord) -> None:
+            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            tree.append_hash(h)
+            leaves.append((record.leaf_index, record.kind, h))
+
+        for verdict in verdicts:
+            index = tree.size
+            if isinstance(verdict, Refused):
+                rec = RejectionRecord(index, now, verdict.device_id, verdict.rejection.reason.value,
+                                      verdict.rejection.detail)
+                rejections.append(rec)
+                outcomes.append(Rejected(index, verdict.rejection))
+                log(rec)
+                continue
+            pkt = verdict.packet
+            n = len(pkt.readings)
+            envelope = self.keyring.seal(pkt.patient_id, self._wrapped[pkt.patient_id],
+                                         encode_readings(pkt.readings),
+                                         packet_aad(index, pkt.patient_id))
+            prec = PacketRecord(index, pkt.device_id, pkt.patient_id, pkt.seq, pkt.sent_at_ms,
+                                now, pkt.provenance.value, n, envelope, verdict.signature)
+            packets.append(prec)
+            log(prec)
+            if pkt.device_id in self._devices:
+                seqs[pkt.device_id] = pkt.seq
+            outcomes.append(Accepted(index, pkt.device_id, pkt.seq, n,
+                                     update.estimate[offset:offset + n]))
+            offset += n
+        for alert in alerts:
+            index = tree.size
+            envelope = self.keyring.seal(alert.patient_id, self._wrapped[alert.patient_id],
+                                         encode_alert(alert), alert_aad(index, alert.patient_id))
+            arec = AlertRecord(index, alert.patient_id, alert.rule, alert.severity.value,
+                               alert.time_ms, envelope)
+            alert_records.append(arec)
+            log(arec)
+        head = None
+        if leaves:
+            sth = sign_tree_head(self.keys.log_key, self.settings.log_origin, tree.size,
+                                 tree.root(), now)
+            head = HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
+                              sth.suite, sth.signature)
+        commit = Commit(tuple(packets), tuple(alert_records), tuple(rejections), tuple(leaves),
+                        head, seqs)
+        return commit, outcomes
+
+    def _events(self, update: TwinUpdate, alerts: Sequence[Alert],
+                now: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = [
+            {"type": "twin", "state": twin_state_json(self._state_of(int(row), now))}
+            for row in update.rows
+        ]
+        events.extend({"type": "alert", "alert": alert_json(a)} for a in alerts)
+        return events
+
+    # Registration ---------------------------------------------------------------------------
+
+    def add_patient(self, patient_id: str) -> Patient:
+        """Register a patient and create their data key; ConflictError if known."""
+        with self._lock:
+            if patient_id in self._wrapped:
+                raise ConflictError(f"pipeline: patient {patient_id!r} already exists")
+            now = self.clock()
+            wrapped = self.keyring.new_data_key(patient_id)
+            self.store.add_patient(patient_id, wrapped, self.keys.kek_id, now)
+            self._wrapped[patient_id] = wrapped
+            self.twin.row(patient_id)
+            return Patient(patient_id, now)
+
+    def add_device(self, device: Device) -> None:
+        """Register a device to a known patient; NotFoundError or ConflictError otherwise."""
+        with self._lock:
+            if device.patient_id not in self._wrapped:
+                raise NotFoundError(f"pipeline: unknown patient {device.patient_id!r}; "
+                                    "register the patient first")
+            if device.device_id in self._devices:
+                raise ConflictError(f"pipeline: device {device.device_id!r} already exists")
+            self.store.add_device(device, self.clock())
+            self._devices[device.device_id] = device
+
+    def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
+        with self._lock:
+            self.store.set_device_status(device_id, status)
+            d = self._devices[device_id]
+            self._devices[device_id] = Device(d.device_id, d.patient_id, d.suite, d.public_key,
+                                              status, d.last_seq)
+
+    # Reads ----------------------------------------------------------------------------------
+
+    def patients(self) -> list[str]:
+        with self._lock:
+            return sorted(self._wrapped)
+
+    def devices(self) -> list[Device]:
+        with self._lock:
+            return list(self._devices.values())
+
+    def twin_state(self, patient_id: str) -> TwinState:
+        """The twin of one patient now; NotFoundError if unknown."""
+        with self._lock:
+            if patient_id not in self._wrapped:
+                raise NotFoundError(f"pipeline: unknown patient {patient_id!r}")
+            return self._state_of(self.twin.row(patient_id), self.clock())
+
+    def twin_states(self) -> list[TwinState]:
+        with self._lock:
+            now = self.clock()
+            return [self._state_of(self.twin.row(p), now) for p in sorted(self._wrapped)]
+
+    def alerts(self, patient_id: str | None = None, limit: int = 100) -> list[Alert]:
+        """Recent alerts, newest first, decrypted for an authorised reader."""
+        with self._lock:
+            return [
+                decode_alert(self.keyring.open(r.patient_id, self._wrapped[r.patient_id],
+                                               r.envelope, alert_aad(r.leaf_index, r.patient_id)),
+                             r.patient_id, r.rule, r.severity, r.time_ms)
+                for r in self.store.alerts(patient_id, limit)
+            ]
+
+    def tree_size(self) -> int:
+        with self._lock:
+            return self._tree.size
+
+    def _state_of(self, row: int, now: int) -> TwinState:
+        rows = np.array([row], dtype=np.intp)
+        state = self.twin.rows_state(rows)
+        ages = self.twin.ages_s(rows, now)[0]
+        fresh = _fresh_estimates(state.estimate, state.last_time_ms)
+        score = news2_from_estimates(fresh)
+        risk = int(news2_risk(score)[0])
+        channels = tuple(
+            ChannelState(c, float(state.last_value[0, c]), float(state.estimate[0, c]),
+                         float(ages[c]))
+            for c in Channel if state.last_time_ms[0, c] != NO_TIME
+        )
+        active = self._active[row] if row < self._active.shape[0] else np.zeros(N_RULES, bool)
+        return TwinState(self.twin.patient_ids()[row], now, channels, int(score.total[0]),
+                         bool(score.complete[0]), RISK_NAMES[risk],
+                         tuple(RULES[i].name for i in np.flatnonzero(active)))
+
+    def _rebuild_twin(self) -> None:
+        """Replay the stored packets into the twin, so a restart resumes where it stopped."""
+        for patient_id in self._wrapped:
+            self.twin.row(patient_id)
+        for rec in self.store.packets():
+            batch = decode_readings(self.keyring.open(
+                rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
+                packet_aad(rec.leaf_index, rec.patient_id)))
+            rows = np.full(len(batch), self.twin.row(rec.patient_id), dtype=np.intp)
+            self.twin.apply(self.twin.propose(rows, batch.channel, batch.value, batch.time_ms))
+        self._active = np.zeros((max(len(self.twin), 1), N_RULES), dtype=bool)
+        every = np.arange(len(self.twin), dtype=np.intp)
+        state = self.twin.rows_state(every)
+        self._active[every] = rule_conditions(
+            _fresh_estimates(state.estimate, state.last_time_ms))
+
+
+def _fresh_estimates(estimate: npt.NDArray[np.float64],
+                     last_time_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """Estimates with values older than the rules' staleness limit blanked (NaN).
+
+    Age is measured from each patient's newest reading, so replayed history is judged by its
+    own clock.
+    """
+    newest = last_time_ms.max(axis=1, keepdims=True)
+    stale = (last_time_ms == NO_TIME) | (newest - last_time_ms > STALE_AFTER_S * 1000)
+    return np.where(stale, np.nan, estimate)
+
+
+def twin_state_json(state: TwinState) -> dict[str, Any]:
+    """A twin state as JSON for the API and the live stream."""
+    return {
+        "patient_id": state.patient_id,
+        "time_ms": state.time_ms,
+        "channels": {
+            c.channel.code: {"name": c.channel.name.lower(), "unit": c.channel.ucum,
+                             "value": _num(c.value), "estimate": _num(c.estimate),
+                             "age_s": _num(c.age_s)}
+            for c in state.channels
+        },
+        "news2": {"total": state.news2, "complete": state.news2_complete,
+                  "risk": state.news2_risk},
+        "active_alerts": list(state.active_rules),
+    }
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {"patient_id": alert.patient_id, "rule": alert.rule, "severity": alert.severity.value,
+            "time_ms": alert.time_ms, "summary": alert.summary, "evidence": alert.evidence}
+
+
+def _num(x: float) -> float | None:
+    return None if np.isnan(x) else round(x, 2)

@@ -1,0 +1,21 @@
+"""Persistence behind one interface: SQLite by default, PostgreSQL at scale; ciphertext only."""
+
+from medtwin.store._records import (
+    AlertRecord,
+    Commit,
+    HeadRecord,
+    PacketRecord,
+    Record,
+    RejectionRecord,
+)
+from medtwin.store._store import Store
+
+__all__ = [
+    "AlertRecord",
+    "Commit",
+    "HeadRecord",
+    "PacketRecord",
+    "Record",
+    "RejectionRecord",
+    "Store",
+]

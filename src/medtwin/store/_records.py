@@ -1,0 +1,101 @@
+"""Rows of the store as values, and the bytes of each that its log leaf commits to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medtwin.domain import canonical_json
+
+
+@dataclass(frozen=True, slots=True)
+class PacketRecord:
+    """An accepted packet: metadata in the clear, readings only as ciphertext."""
+
+    leaf_index: int
+    device_id: str
+    patient_id: str
+    seq: int
+    sent_at_ms: int
+    received_at_ms: int
+    provenance: str
+    n_readings: int
+    envelope: bytes
+    signature: bytes | None
+
+    kind = "packet"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.device_id, self.patient_id, self.seq, self.sent_at_ms,
+                               self.received_at_ms, self.provenance, self.n_readings])
+        return b"\n".join((meta, self.envelope, self.signature or b""))
+
+    def describe(self) -> str:
+        return f"packet #{self.leaf_index} (device {self.device_id}, seq {self.seq})"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """A raised alert: rule and severity in the clear, explanation only as ciphertext."""
+
+    leaf_index: int
+    patient_id: str
+    rule: str
+    severity: str
+    time_ms: int
+    envelope: bytes
+
+    kind = "alert"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.patient_id, self.rule, self.severity, self.time_ms])
+        return b"\n".join((meta, self.envelope))
+
+    def describe(self) -> str:
+        return f"alert #{self.leaf_index} ({self.rule})"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    """A refused packet: who claimed to send it and why; never its readings."""
+
+    leaf_index: int
+    received_at_ms: int
+    device_id: str | None
+    reason: str
+    detail: str
+
+    kind = "rejection"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.received_at_ms, self.device_id, self.reason, self.detail])
+
+    def describe(self) -> str:
+        return f"rejection #{self.leaf_index} ({self.reason})"
+
+
+Record = PacketRecord | AlertRecord | RejectionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRecord:
+    """The latest signed tree head as stored."""
+
+    origin: str
+    size: int
+    root: bytes
+    timestamp_ms: int
+    key_id: str
+    suite: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Everything one batch writes, in one transaction: durable together or not at all."""
+
+    packets: tuple[PacketRecord, ...]
+    alerts: tuple[AlertRecord, ...]
+    rejections: tuple[RejectionRecord, ...]
+    leaf_hashes: tuple[tuple[int, str, bytes], ...]
+    head: HeadRecord | None
+    device_seqs: dict[str, int]

@@ -1,0 +1,103 @@
+"""Tables of the store (SQLAlchemy Core): the same schema on SQLite and PostgreSQL.
+
+Patient values live only in `envelope` columns, sealed under the patient's data key. A record's
+primary key is its leaf index in the Merkle log, so every record has exactly one leaf.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+patients = Table(
+    "patients", metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("kek_id", String(64), nullable=False),
+)
+
+devices = Table(
+    "devices", metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("suite", String(32), nullable=False),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("registered_at_ms", BigInteger, nullable=False),
+)
+
+packets = Table(
+    "packets", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("device_id", String(64), nullable=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sent_at_ms", BigInteger, nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("provenance", String(32), nullable=False),
+    Column("n_readings", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=True),
+    Index("ix_packets_patient", "patient_id", "leaf_index"),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Index("ix_alerts_patient", "patient_id", "leaf_index"),
+)
+
+rejections = Table(
+    "rejections", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("device_id", String(64), nullable=True),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+leaves = Table(
+    "ledger_leaves", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+)
+
+tree_heads = Table(
+    "tree_heads", metadata,
+    Column("head_id", Integer, primary_key=True, autoincrement=False),
+    Column("origin", String(256), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("suite", String(32), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)

@@ -1,0 +1,209 @@
+"""The store: one interface over SQLite (default) or PostgreSQL, holding only ciphertext of
+patient data. Every batch is written in one transaction, committed durably before any ack.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from medtwin.domain import Device, DeviceStatus
+from medtwin.errors import ConflictError, NotFoundError, StoreError
+from medtwin.store import _schema as t
+from medtwin.store._records import (
+    AlertRecord,
+    Commit,
+    HeadRecord,
+    PacketRecord,
+    Record,
+    RejectionRecord,
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # durable before ack, even on power loss
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Persistence of patients, devices, sealed records, log leaves, tree heads and tokens."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            t.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store: cannot open database: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Patients and devices -------------------------------------------------------------------
+
+    def add_patient(self, patient_id: str, wrapped_key: bytes, kek_id: str, now_ms: int) -> None:
+        """Register a patient with their wrapped data key; ConflictError if the id exists."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.patients).values(
+                    patient_id=patient_id, created_at_ms=now_ms, wrapped_key=wrapped_key,
+                    kek_id=kek_id))
+        except IntegrityError as exc:
+            raise ConflictError(f"store: patient {patient_id!r} already exists") from exc
+
+    def patient_keys(self) -> dict[str, bytes]:
+        """Wrapped data key of every patient."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.patients.c.patient_id, t.patients.c.wrapped_key))
+            return {r.patient_id: r.wrapped_key for r in rows}
+
+    def add_device(self, device: Device, now_ms: int) -> None:
+        """Register a device to its patient; ConflictError if the id exists."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.devices).values(
+                    device_id=device.device_id, patient_id=device.patient_id, suite=device.suite,
+                    public_key=device.public_key, status=device.status.value,
+                    last_seq=device.last_seq, registered_at_ms=now_ms))
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"store: device {device.device_id!r} already exists or its patient is unknown"
+            ) from exc
+
+    def devices(self) -> list[Device]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.devices).order_by(t.devices.c.device_id))
+            return [Device(r.device_id, r.patient_id, r.suite, r.public_key,
+                           DeviceStatus(r.status), r.last_seq) for r in rows]
+
+    def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(update(t.devices).where(t.devices.c.device_id == device_id)
+                                  .values(status=status.value))
+            if result.rowcount == 0:
+                raise NotFoundError(f"store: unknown device {device_id!r}")
+
+    # The one write of the reading's path ----------------------------------------------------
+
+    def commit(self, batch: Commit) -> None:
+        """Write a batch in one transaction; when this returns, it is durable."""
+        try:
+            with self.engine.begin() as conn:
+                if batch.packets:
+                    conn.execute(insert(t.packets), [_row(p) for p in batch.packets])
+                if batch.alerts:
+                    conn.execute(insert(t.alerts), [_row(a) for a in batch.alerts])
+                if batch.rejections:
+                    conn.execute(insert(t.rejections), [_row(r) for r in batch.rejections])
+                if batch.leaf_hashes:
+                    conn.execute(insert(t.leaves), [
+                        {"leaf_index": i, "kind": k, "leaf_hash": h}
+                        for i, k, h in batch.leaf_hashes])
+                for device_id, seq in batch.device_seqs.items():
+                    conn.execute(update(t.devices).where(t.devices.c.device_id == device_id)
+                                 .values(last_seq=seq))
+                if batch.head is not None:
+                    head = {"head_id": 1, **_row(batch.head)}
+                    done = conn.execute(update(t.tree_heads)
+                                        .where(t.tree_heads.c.head_id == 1).values(**head))
+                    if done.rowcount == 0:
+                        conn.execute(insert(t.tree_heads).values(**head))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store: batch not written: {type(exc).__name__}") from exc
+
+    # Reads ---------------------------------------------------------------------------------
+
+    def packets(self, patient_id: str | None = None) -> Iterator[PacketRecord]:
+        """Stored packets in log order, of one patient or all."""
+        query = select(t.packets).order_by(t.packets.c.leaf_index)
+        if patient_id is not None:
+            query = query.where(t.packets.c.patient_id == patient_id)
+        with self.engine.connect() as conn:
+            for r in conn.execute(query):
+                yield PacketRecord(**r._asdict())
+
+    def alerts(self, patient_id: str | None = None, limit: int = 100) -> list[AlertRecord]:
+        """Most recent alerts first."""
+        query = select(t.alerts).order_by(t.alerts.c.leaf_index.desc()).limit(limit)
+        if patient_id is not None:
+            query = query.where(t.alerts.c.patient_id == patient_id)
+        with self.engine.connect() as conn:
+            return [AlertRecord(**r._asdict()) for r in conn.execute(query)]
+
+    def rejections(self, limit: int = 100) -> list[RejectionRecord]:
+        """Most recent rejections first."""
+        query = select(t.rejections).order_by(t.rejections.c.leaf_index.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [RejectionRecord(**r._asdict()) for r in conn.execute(query)]
+
+    def records(self) -> Iterator[Record]:
+        """Every logged record, in leaf order."""
+        with self.engine.connect() as conn:
+            streams: list[Iterator[Record]] = [
+                (PacketRecord(**r._asdict())
+                 for r in conn.execute(select(t.packets).order_by(t.packets.c.leaf_index))),
+                (AlertRecord(**r._asdict())
+                 for r in conn.execute(select(t.alerts).order_by(t.alerts.c.leaf_index))),
+                (RejectionRecord(**r._asdict()) for r in conn.execute(
+                    select(t.rejections).order_by(t.rejections.c.leaf_index))),
+            ]
+            yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
+
+    def leaf_hashes(self) -> list[bytes]:
+        """Stored leaf hashes in order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.leaves.c.leaf_hash).order_by(t.leaves.c.leaf_index))
+            return [r.leaf_hash for r in rows]
+
+    def latest_head(self) -> HeadRecord | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(t.tree_heads).where(t.tree_heads.c.head_id == 1)).first()
+        if r is None:
+            return None
+        fields = r._asdict()
+        fields.pop("head_id")
+        return HeadRecord(**fields)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, and readings accepted."""
+        with self.engine.connect() as conn:
+            result = {name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                      for name, table in (("patients", t.patients), ("devices", t.devices),
+                                          ("packets", t.packets), ("alerts", t.alerts),
+                                          ("rejections", t.rejections), ("leaves", t.leaves))}
+            readings = conn.execute(select(func.coalesce(func.sum(t.packets.c.n_readings), 0)))
+            result["readings"] = int(readings.scalar_one())
+        return result
+
+    # API tokens (stored hashed) ------------------------------------------------------------
+
+    def add_token(self, token_hash: bytes, name: str, role: str, now_ms: int) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.api_tokens).values(
+                    token_hash=token_hash, name=name, role=role, created_at_ms=now_ms))
+        except IntegrityError as exc:
+            raise ConflictError("store: token already exists") from exc
+
+    def token_role(self, token_hash: bytes) -> tuple[str, str] | None:
+        """(name, role) of the token with this hash, or None."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(t.api_tokens.c.name, t.api_tokens.c.role)
+                             .where(t.api_tokens.c.token_hash == token_hash)).first()
+        return None if r is None else (r.name, r.role)
+
+
+def _row(record: PacketRecord | AlertRecord | RejectionRecord | HeadRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
