@@ -45,11 +45,15 @@ class SignatureError(CryptoError):
 
 
 class GateRejection(MedtwinError):
-    """The gate refused a packet; nothing of it was stored."""
+    """The gate refused a packet; nothing of it was stored.
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    `reading` is the position in the packet of the first refused reading, when one was.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str, reading: int | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.reading = reading
         super().__init__(f"gate: {reason.value}: {detail}")
 
 

@@ -10,10 +10,12 @@ from medtwin.clinical._rules import (
     RULES,
     STALE_AFTER_S,
     Rule,
+    RuleConditions,
+    RuleStep,
     explain,
     news2_from_estimates,
-    rising_edges,
     rule_conditions,
+    step_rules,
 )
 
 __all__ = [
@@ -27,10 +29,12 @@ __all__ = [
     "STALE_AFTER_S",
     "News2",
     "Rule",
+    "RuleConditions",
+    "RuleStep",
     "explain",
     "news2_from_estimates",
     "news2_risk",
     "news2_score",
-    "rising_edges",
     "rule_conditions",
+    "step_rules",
 ]

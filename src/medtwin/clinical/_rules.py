@@ -10,12 +10,12 @@ Diabetes Care 2019).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from medtwin.clinical._news2 import NEWS2_PARAMETERS, News2, news2_risk, news2_score
+from medtwin.clinical._news2 import NEWS2_PARAMETERS, News2, news2_score
 from medtwin.domain import Alert, Channel, Severity
 
 HYPO_LEVEL_1_MG_DL = 70.0
@@ -28,19 +28,29 @@ RISK_NAMES = ("low", "low-medium", "medium", "high")
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """An alert rule: its name, severity, family (rules of one family escalate) and the
+    channels whose readings are its evidence."""
+
     name: str
     severity: Severity
+    family: str
+    channels: tuple[Channel, ...]
 
 
+_NEWS2_CHANNELS = (Channel.RESP_RATE, Channel.SPO2, Channel.SYSTOLIC_BP, Channel.HEART_RATE,
+                   Channel.TEMPERATURE)
 RULES: tuple[Rule, ...] = (
-    Rule("news2-low-medium", Severity.LOW),
-    Rule("news2-medium", Severity.MEDIUM),
-    Rule("news2-high", Severity.HIGH),
-    Rule("hypoglycaemia-level-1", Severity.MEDIUM),
-    Rule("hypoglycaemia-level-2", Severity.HIGH),
-    Rule("hyperglycaemia", Severity.LOW),
+    Rule("news2-low-medium", Severity.LOW, "news2", _NEWS2_CHANNELS),
+    Rule("news2-medium", Severity.MEDIUM, "news2", _NEWS2_CHANNELS),
+    Rule("news2-high", Severity.HIGH, "news2", _NEWS2_CHANNELS),
+    Rule("hypoglycaemia-level-1", Severity.MEDIUM, "hypoglycaemia", (Channel.GLUCOSE,)),
+    Rule("hypoglycaemia-level-2", Severity.HIGH, "hypoglycaemia", (Channel.GLUCOSE,)),
+    Rule("hyperglycaemia", Severity.LOW, "hyperglycaemia", (Channel.GLUCOSE,)),
 )
 N_RULES = len(RULES)
+# _OUTRANKED[i, j]: rule j is a more severe rule of rule i's family.
+_OUTRANKED = np.array([[a.family == b.family and j > i for j, b in enumerate(RULES)]
+                       for i, a in enumerate(RULES)])
 
 
 def news2_from_estimates(values: npt.NDArray[np.float64]) -> News2:
@@ -50,25 +60,56 @@ def news2_from_estimates(values: npt.NDArray[np.float64]) -> News2:
                        values[:, Channel.TEMPERATURE])
 
 
-def rule_conditions(values: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
-    """Which rule conditions hold, shape (n_patients, N_RULES), from estimates (n, channels)."""
-    risk = news2_risk(news2_from_estimates(values))
+def rule_conditions(values: npt.NDArray[np.float64]) -> RuleConditions:
+    """Where each rule's condition starts and where it still holds, shape (n, N_RULES) each.
+
+    A rule means "at least this bad": a patient at NEWS2 8 meets both the medium and the high
+    rule. It starts at the rule's threshold and ends only once the patient is clearly past it
+    again (NEWS2 two points below, glucose 5–10 mg/dL back inside), so noise around a
+    threshold does not make alerts flap.
+    """
+    score = news2_from_estimates(values)
+    total = score.total
+    any_three = (score.parts == 3).any(axis=1)
     glucose = values[:, Channel.GLUCOSE]
     with np.errstate(invalid="ignore"):
-        return np.stack([
-            risk == 1,
-            risk == 2,
-            risk == 3,
-            (glucose < HYPO_LEVEL_1_MG_DL) & (glucose >= HYPO_LEVEL_2_MG_DL),
-            glucose < HYPO_LEVEL_2_MG_DL,
-            glucose > HYPER_MG_DL,
+        start = np.stack([
+            any_three | (total >= 5), total >= 5, total >= 7,
+            glucose < HYPO_LEVEL_1_MG_DL, glucose < HYPO_LEVEL_2_MG_DL, glucose > HYPER_MG_DL,
         ], axis=1)
+        hold = np.stack([
+            any_three | (total >= 4), total >= 4, total >= 6,
+            glucose < HYPO_LEVEL_1_MG_DL + 5.0, glucose < HYPO_LEVEL_2_MG_DL + 5.0,
+            glucose > HYPER_MG_DL - 10.0,
+        ], axis=1)
+    return RuleConditions(start, hold)
 
 
-def rising_edges(active: npt.NDArray[np.bool_],
-                 conditions: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], ...]:
-    """(patient rows, rule indexes) of conditions that hold now and did not before."""
-    return tuple(np.nonzero(conditions & ~active))
+class RuleConditions(NamedTuple):
+    start: npt.NDArray[np.bool_]
+    hold: npt.NDArray[np.bool_]
+
+
+class RuleStep(NamedTuple):
+    """Rules active after a step, and the (patient row, rule) pairs that fired in it."""
+
+    active: npt.NDArray[np.bool_]
+    fired_rows: npt.NDArray[np.intp]
+    fired_rules: npt.NDArray[np.intp]
+
+
+def step_rules(active: npt.NDArray[np.bool_], values: npt.NDArray[np.float64]) -> RuleStep:
+    """Advance the rules of n patients: `active` (n, N_RULES) before, estimates (n, channels).
+
+    A rule fires when it becomes active, unless a more severe rule of its family is active
+    (one alert for an escalation straight to the top); it stays active while its condition
+    holds.
+    """
+    conditions = rule_conditions(values)
+    now_active = conditions.start | (active & conditions.hold)
+    outranked = (now_active.astype(np.int8) @ _OUTRANKED.T.astype(np.int8)) > 0
+    fired_rows, fired_rules = np.nonzero(now_active & ~active & ~outranked)
+    return RuleStep(now_active, fired_rows, fired_rules)
 
 
 def explain(rule_index: int, patient_id: str, values: npt.NDArray[np.float64],
@@ -92,19 +133,21 @@ def _explain_news2(rule: Rule, patient_id: str, values: npt.NDArray[np.float64],
     contributions: list[dict[str, Any]] = []
     for name, channel, points in zip(NEWS2_PARAMETERS, channels, parts, strict=True):
         value = float(values[channel])
+        shown = round(value, 1) if channel is Channel.TEMPERATURE else round(value)
         contributions.append({
             "parameter": name, "code": channel.code, "unit": channel.ucum,
-            "value": None if np.isnan(value) else round(value, 1), "points": int(points),
+            "value": None if np.isnan(value) else shown, "points": int(points),
         })
     scoring = ", ".join(
         f"{c['parameter']} {c['value']} {c['unit']} +{c['points']}"
         for c in contributions if c["points"] > 0
     )
-    needed = {"news2-low-medium": "no single parameter scoring 3",
+    needed = {"news2-low-medium": "no single parameter scoring 3 and a total below 5",
               "news2-medium": "a total below 5",
               "news2-high": "a total below 7"}[rule.name]
     missing = [c["parameter"] for c in contributions if c["value"] is None]
-    summary = (f"NEWS2 {total} ({rule.severity.value} clinical risk): {scoring}. "
+    band = rule.name.removeprefix("news2-")
+    summary = (f"NEWS2 {total} ({band} clinical risk): {scoring}. "
                f"Consciousness and supplemental oxygen are not sensed and scored 0.")
     evidence: dict[str, Any] = {
         "statistic": "NEWS2", "observed": total, "contributions": contributions,

@@ -158,7 +158,7 @@ def read_ndjson(lines: Iterable[str]) -> ImportBatch:
 
 
 def read_ndjson_file(path: str | PathLike[str]) -> ImportBatch:
-    """Read a FHIR R4 NDJSON file, never holding more than one bounded line in memory."""
+    """Read a FHIR R4 NDJSON file, holding at most `MAX_LINE_BYTES` of any line in memory."""
     reader = _Reader()
     with open(path, "rb") as f:
         for lineno, raw in enumerate(_bounded_lines(f), start=1):
@@ -227,7 +227,7 @@ class _Reader:
             # (3): id
             rid = resource.get("id", f"line-{lineno}")
             if not isinstance(rid, str) or not ID.fullmatch(rid):
-                raise _LineError(f"{rtype}: id is not a valid FHIR id")
+                raise _LineError(f"{rtype}.id is not a valid FHIR id")
             source = f"{rtype}/{rid}"
             # (4)-(6): per type
             result = _READERS[rtype](resource, source, lineno)
@@ -297,10 +297,10 @@ def _patient(resource: Mapping[str, Any], rtype: str) -> str:
     subject = _child(resource, "subject", f"{rtype}.subject")
     ref = subject.get("reference") if subject is not None else None
     if ref is None:
-        raise _LineError(f"{rtype}: subject.reference is missing")
+        raise _LineError(f"{rtype}.subject.reference is missing")
     m = PATIENT_REFERENCE.fullmatch(ref) if isinstance(ref, str) else None
     if m is None:
-        raise _LineError(f"{rtype}: subject.reference is not a Patient reference")
+        raise _LineError(f"{rtype}.subject.reference is not a Patient reference")
     return m[1]
 
 
@@ -317,12 +317,12 @@ def _time_ms(resource: Mapping[str, Any], rtype: str) -> int:
         if value is None:
             continue
         if not isinstance(value, str):
-            raise _LineError(f"{rtype}: {name} is not a string")
+            raise _LineError(f"{rtype}.{name} is not a string")
         try:
-            return parse_time_ms(value, name)
+            return parse_time_ms(value, f"{rtype}.{name}")
         except ValueError as exc:
-            raise _LineError(f"{rtype}: {exc}") from None
-    raise _LineError(f"{rtype}: effectiveDateTime is missing")
+            raise _LineError(str(exc)) from None
+    raise _LineError(f"{rtype}.effective[x] is missing")
 
 
 def _quantity(quantity: Mapping[str, Any], path: str) -> tuple[float, str, str | None]:
@@ -367,7 +367,7 @@ def _observation(resource: Mapping[str, Any], source: str, lineno: int) -> list[
         return f"Observation ({status})"
     concept = _child(resource, "code", "Observation.code")
     if concept is None:
-        raise _LineError("Observation: code is missing")
+        raise _LineError("Observation.code is missing")
     patient = _patient(resource, "Observation")
     time_ms = _time_ms(resource, "Observation")
     quantity = _child(resource, "valueQuantity", "Observation.valueQuantity")
@@ -384,7 +384,7 @@ def _observation(resource: Mapping[str, Any], source: str, lineno: int) -> list[
                 parts.append((_loinc_code(comp_code, f"{path}.code"), comp_quantity,
                               f"{path}.valueQuantity"))
     if not parts:
-        raise _LineError("Observation: valueQuantity is missing")
+        raise _LineError("Observation.valueQuantity is missing")
     rows = []
     for code, q, path in parts:
         value, unit, ucum = _quantity(q, path)
@@ -398,7 +398,7 @@ def _is_insulin(resource: Mapping[str, Any]) -> bool:
                      "MedicationAdministration.medicationCodeableConcept")
     ref = _child(resource, "medicationReference", "MedicationAdministration.medicationReference")
     if concept is None and ref is None:
-        raise _LineError("MedicationAdministration: medication[x] is missing")
+        raise _LineError("MedicationAdministration.medication[x] is missing")
     texts: list[Any] = []
     if concept is not None:
         texts.append(concept.get("text"))
@@ -426,7 +426,7 @@ def _administration(
     dosage = _child(resource, "dosage", "MedicationAdministration.dosage")
     dose = _child(dosage, "dose", "MedicationAdministration.dosage.dose") if dosage else None
     if dose is None:
-        raise _LineError("MedicationAdministration: dosage.dose is missing")
+        raise _LineError("MedicationAdministration.dosage.dose is missing")
     value, unit, ucum = _quantity(dose, "MedicationAdministration.dosage.dose")
     if ucum is None and unit in _INSULIN_UNITS:
         ucum = Channel.INSULIN.ucum

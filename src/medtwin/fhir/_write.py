@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ def validate_resource(resource: Mapping[str, Any]) -> None:
         model = None
     if model is None or not issubclass(model, Resource):
         raise FhirError(f"validate: {rtype} is not an R4 resource type")
+    # FHIR JSON forbids empty arrays, objects and strings, and nulls; the models allow them.
+    empty = list(_empty_locations(resource, ""))
+    if empty:
+        listed = "; ".join(f"{loc} (empty)" for loc in empty[:MAX_REPORTED_ERRORS])
+        raise FhirError(f"validate: {rtype} is not valid R4: {listed}")
     try:
         model.model_validate(dict(resource))
     except ValidationError as exc:
@@ -45,8 +50,20 @@ def validate_resource(resource: Mapping[str, Any]) -> None:
         raise FhirError(f"validate: {rtype} is not valid R4: {'; '.join(where)}{tail}") from None
 
 
+def _empty_locations(value: Any, loc: str) -> Iterator[str]:
+    """Dotted locations (as pydantic writes them) of empty or null values under `value`."""
+    if value is None or (isinstance(value, str | list | dict) and not value):
+        yield loc or "<root>"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _empty_locations(item, f"{loc}.{key}" if loc else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _empty_locations(item, f"{loc}.{i}")
+
+
 def write_ndjson(path: str | os.PathLike[str], resources: Iterable[Mapping[str, Any]]) -> int:
-    """Write one compact JSON resource per line (UTF-8), atomically; return how many."""
+    """Write one compact JSON resource per line (UTF-8, mode 0600, atomic); return how many."""
     target = Path(path)
     count = 0
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -1,7 +1,7 @@
 """The gate: the only way into the twin. It accepts a packet whole or rejects it with a reason.
 
 A signed device packet passes these steps, in order; the first that fails rejects it:
-  (0) shape: the envelope is well-formed JSON of the protocol, within size limits;
+  (0) shape: the envelope is within the size limit and well-formed JSON of the protocol;
   (1) suite: the signature suite is one medtwin knows;
   (2) device: the device is registered;
   (3) status: the device is not quarantined;
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from medtwin.config import Settings
+from medtwin.config import MAX_PACKET_BYTES, Settings
 from medtwin.crypto import SIGNATURE_SUITES, verify_signature
 from medtwin.domain import (
     POSSIBLE_MAX,
@@ -49,9 +49,14 @@ _UCUM_BY_CHANNEL = np.array([c.ucum for c in Channel])
 
 @dataclass(frozen=True, slots=True)
 class SignedSubmission:
-    """A device envelope as decoded from JSON, not yet trusted in any way."""
+    """A device envelope as decoded from JSON, not yet trusted in any way.
+
+    `size` is the encoded size in bytes where known; an oversized body is passed as
+    `envelope=None` with its size, so its rejection is recorded like any other.
+    """
 
     envelope: Any
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,9 @@ class Gate:
         raw = sub.envelope
         claimed = _claimed_device(raw)
         # (0): shape
+        if sub.size > MAX_PACKET_BYTES:
+            raise _Rejected(RejectReason.TOO_LARGE, f"packet of {sub.size} bytes exceeds the "
+                            f"limit of {MAX_PACKET_BYTES} bytes", claimed)
         try:
             env = ENVELOPE_ADAPTER.validate_python(raw)
         except ValidationError as exc:
@@ -250,18 +258,18 @@ def _reading_rejection(failure: int, position: int, code: str) -> GateRejection:
     where = f"reading {position}"
     if failure == 1:
         return GateRejection(RejectReason.UNKNOWN_CHANNEL, f"{where}: code {code[:32]!r} is not "
-                             "a channel medtwin knows")
+                             "a channel medtwin knows", position)
     channel = Channel.from_code(code)
     if failure == 2:
         return GateRejection(RejectReason.WRONG_UNIT, f"{where}: unit must be "
-                             f"{channel.ucum!r} for {code}")
+                             f"{channel.ucum!r} for {code}", position)
     if failure == 3:
         spec = channel.spec
         return GateRejection(RejectReason.IMPOSSIBLE_VALUE, f"{where}: value for {code} is "
                              f"outside the possible range {spec.possible_min:g}–"
-                             f"{spec.possible_max:g} {channel.ucum}")
+                             f"{spec.possible_max:g} {channel.ucum}", position)
     return GateRejection(RejectReason.CLOCK_SKEW, f"{where}: time is in the future or older "
-                         "than the buffering limit")
+                         "than the buffering limit", position)
 
 
 def _claimed_device(raw: Any) -> str | None:

@@ -29,6 +29,11 @@ class EventHub:
         with self._lock:
             self._subscribers = [(lp, q) for lp, q in self._subscribers if q is not queue]
 
+    @property
+    def has_subscribers(self) -> bool:
+        with self._lock:
+            return bool(self._subscribers)
+
     def publish(self, events: list[dict[str, Any]]) -> None:
         """Deliver events to every subscriber without blocking the caller."""
         if not events:

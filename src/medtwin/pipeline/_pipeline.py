@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,8 @@ from medtwin.clinical import (
     explain,
     news2_from_estimates,
     news2_risk,
-    rising_edges,
     rule_conditions,
+    step_rules,
 )
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys
@@ -61,13 +61,18 @@ from medtwin.store import (
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A packet that is durable in the store and in the log."""
+    """A packet that is durable in the store and in the log.
+
+    `estimates` holds the twin's estimate right after each reading (in the packet's order);
+    `alerts` the alerts this batch raised for the packet's patient (on their last packet).
+    """
 
     leaf_index: int
     device_id: str
     seq: int
     n_readings: int
     estimates: npt.NDArray[np.float64]
+    alerts: tuple[Alert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,8 @@ class Pipeline:
                 self._devices[device_id] = Device(device.device_id, device.patient_id,
                                                   device.suite, device.public_key,
                                                   device.status, seq)
-            self.events.publish(self._events(update, alerts, now))
+            if self.events.has_subscribers:
+                self.events.publish(self._events(update, alerts, now))
             return outcomes
 
     # Steps ----------------------------------------------------------------------------------
@@ -158,15 +164,14 @@ class Pipeline:
 
     def _evaluate_rules(self, update: TwinUpdate) -> tuple[npt.NDArray[np.bool_], list[Alert]]:
         values = _fresh_estimates(update.state.estimate, update.state.last_time_ms)
-        conditions = rule_conditions(values)
-        fired_rows, fired_rules = rising_edges(self._active[update.rows], conditions)
+        step = step_rules(self._active[update.rows], values)
         patient_ids = self.twin.patient_ids()
         alerts = [
             explain(int(rule), patient_ids[update.rows[r]], values[r],
                     int(update.state.last_time_ms[r].max()))
-            for r, rule in zip(fired_rows, fired_rules, strict=True)
+            for r, rule in zip(step.fired_rows, step.fired_rules, strict=True)
         ]
-        return conditions, alerts
+        return step.active, alerts
 
     def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
                       alerts: Sequence[Alert], tree: MerkleTree,
@@ -207,6 +212,14 @@ class Pipeline:
             outcomes.append(Accepted(index, pkt.device_id, pkt.seq, n,
                                      update.estimate[offset:offset + n]))
             offset += n
+        patient_of = {k: v.packet.patient_id for k, v in enumerate(verdicts)
+                      if isinstance(v, Admitted)}
+        for patient_id in {a.patient_id for a in alerts}:
+            k = max(k for k, p in patient_of.items() if p == patient_id)
+            accepted = outcomes[k]
+            assert isinstance(accepted, Accepted)
+            outcomes[k] = replace(accepted, alerts=tuple(
+                a for a in alerts if a.patient_id == patient_id))
         for alert in alerts:
             index = tree.size
             envelope = self.keyring.seal(alert.patient_id, self._wrapped[alert.patient_id],
@@ -333,7 +346,7 @@ class Pipeline:
         every = np.arange(len(self.twin), dtype=np.intp)
         state = self.twin.rows_state(every)
         self._active[every] = rule_conditions(
-            _fresh_estimates(state.estimate, state.last_time_ms))
+            _fresh_estimates(state.estimate, state.last_time_ms)).start
 
 
 def _fresh_estimates(estimate: npt.NDArray[np.float64],

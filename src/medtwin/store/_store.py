@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medtwin.domain import Device, DeviceStatus
@@ -111,9 +111,11 @@ class Store:
                     conn.execute(insert(t.leaves), [
                         {"leaf_index": i, "kind": k, "leaf_hash": h}
                         for i, k, h in batch.leaf_hashes])
-                for device_id, seq in batch.device_seqs.items():
-                    conn.execute(update(t.devices).where(t.devices.c.device_id == device_id)
-                                 .values(last_seq=seq))
+                if batch.device_seqs:
+                    conn.execute(
+                        update(t.devices).where(t.devices.c.device_id == bindparam("d"))
+                        .values(last_seq=bindparam("s")),
+                        [{"d": d, "s": s} for d, s in batch.device_seqs.items()])
                 if batch.head is not None:
                     head = {"head_id": 1, **_row(batch.head)}
                     done = conn.execute(update(t.tree_heads)

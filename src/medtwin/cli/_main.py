@@ -1,0 +1,258 @@
+"""The `medtwin` command: run the demo or a site, replay FHIR files, verify, manage keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from medtwin.access import Role, new_token
+from medtwin.config import Settings
+from medtwin.crypto import signature_suite
+from medtwin.domain import Device
+from medtwin.errors import MedtwinError
+from medtwin.pipeline import Pipeline, verify_store
+
+app = typer.Typer(help="medtwin: secure digital twin kernel for healthcare.",
+                  no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Site keys, patients and device keys.", no_args_is_help=True)
+token_app = typer.Typer(help="API bearer tokens (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Site data directory "
+                                              "(default: $MEDTWIN_DATA_DIR or ./medtwin-data).")]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings.from_env(data_dir=data_dir)
+
+
+def _fail(exc: MedtwinError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def demo(
+    patients: Annotated[int, typer.Option(min=1, max=200, help="Virtual patients.")] = 20,
+    speed: Annotated[float, typer.Option(min=1, max=600,
+                                         help="Simulated seconds per wall second.")] = 120,
+    duration: Annotated[float, typer.Option(help="Wall seconds to run; 0 runs until Ctrl-C.")]
+    = 60,
+    headless: Annotated[bool, typer.Option(help="Print progress lines instead of the live "
+                                                "table.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the virtual ward.")] = 7,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a live site on 127.0.0.1 with a ward of virtual patients streaming signed packets
+    in accelerated time; on exit, print the counts and verify the log."""
+    from medtwin.cli._demo import run_demo
+
+    target = data_dir or Path("medtwin-data") / time.strftime("demo-%Y%m%d-%H%M%S")
+    result = run_demo(target, patients, speed, duration, headless, seed, console)
+    table = Table(title="demo summary")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for what, n in (("packets sent", result.sent), ("packets accepted", result.accepted_packets),
+                    ("packets rejected", result.rejected_packets),
+                    ("readings accepted", result.counts["readings"]),
+                    ("alerts raised", result.counts["alerts"]),
+                    ("ledger size (records)", result.counts["leaves"])):
+        table.add_row(what, str(n))
+    console.print(table)
+    console.print(f"[green]verify: OK[/] — {result.verified_records} records match the signed "
+                  f"tree head · data in {result.data_dir}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the API (packets in; twins, alerts, audit and a live stream out)."""
+    from medtwin.cli._server import serve_forever
+
+    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        serve_forever(pipeline, host, port)
+    finally:
+        pipeline.close()
+
+
+@app.command()
+def replay(
+    input_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                               help="FHIR R4 NDJSON input.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the FHIR NDJSON output.")],
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Keep the site data here (default: a temporary directory).")] = None,
+    validate: Annotated[bool, typer.Option(help="Validate every output resource as FHIR "
+                                                "R4.")] = True,
+) -> None:
+    """Run FHIR R4 NDJSON Observations and insulin MedicationAdministrations through the
+    pipeline as a trusted import; write the twin's estimates and findings as FHIR NDJSON."""
+    import tempfile
+
+    from medtwin.cli._replay import replay as run_replay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env(data_dir=data_dir or Path(tmp))
+        try:
+            summary = run_replay(input_file, out, settings, validate,
+                                 lambda xs: track(xs, description="replaying", console=console))
+        except MedtwinError as exc:
+            raise _fail(exc) from exc
+    console.print(f"read {summary.lines} lines: {summary.readings} readings, "
+                  f"{summary.unreadable} unreadable; accepted {summary.accepted}, refused "
+                  f"{summary.rejected}; alerts {summary.alerts}")
+    for name, n in summary.written.items():
+        console.print(f"  {out / name}: {n} resources")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(dir_okay=False, help="FHIR R4 NDJSON file to write.")],
+    patients: Annotated[int, typer.Option(min=1, max=200, help="Virtual patients.")] = 3,
+    hours: Annotated[float, typer.Option(min=0.1, max=72, help="Simulated hours.")] = 6.0,
+    seed: Annotated[int, typer.Option(help="Seed of the virtual ward.")] = 7,
+) -> None:
+    """Write a virtual ward's readings (UVA/Padova glucose, vitals, carbs, insulin) as FHIR R4
+    NDJSON, e.g. as input for `medtwin replay`."""
+    from medtwin.cli._replay import simulate_ndjson
+
+    with console.status(f"simulating {patients} patients for {hours:g} h…"):
+        n = simulate_ndjson(out, patients, hours, seed, int(time.time() * 1000) - int(
+            hours * 3_600_000))
+    console.print(f"wrote {n} resources to {out}")
+
+
+@app.command()
+def verify(data_dir: DataDir = None) -> None:
+    """Recompute the log from the store and check every record and the signed tree head."""
+    settings = _settings(data_dir)
+    if not Path(settings.resolved_database_url.removeprefix("sqlite:///")).exists() and (
+            settings.resolved_database_url.startswith("sqlite")):
+        console.print(f"[bold red]error:[/] no site in {settings.data_dir}")
+        raise typer.Exit(1)
+    pipeline = Pipeline.open(settings)
+    try:
+        report = verify_store(pipeline.store, pipeline.keys.log_key)
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    finally:
+        pipeline.close()
+    console.print(f"[green]verify: OK[/] {report.records} records ({report.packets} packets, "
+                  f"{report.alerts} alerts, {report.rejections} rejections); root "
+                  f"{report.root_hex}")
+
+
+@keys_app.command("init")
+def keys_init(data_dir: DataDir = None) -> None:
+    """Create the site's key files and database if they do not exist."""
+    settings = _settings(data_dir)
+    Pipeline.open(settings).close()
+    console.print(f"site ready; keys in {settings.resolved_keys_dir} (keep them off the "
+                  "database host's backups)")
+
+
+@keys_app.command("add-patient")
+def keys_add_patient(patient_id: str, data_dir: DataDir = None) -> None:
+    """Register a patient and create their data key."""
+    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        pipeline.add_patient(patient_id)
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    finally:
+        pipeline.close()
+    console.print(f"patient {patient_id} registered")
+
+
+@keys_app.command("add-device")
+def keys_add_device(
+    device_id: str,
+    patient: Annotated[str, typer.Option(help="The patient the device belongs to.")],
+    out: Annotated[Path, typer.Option(help="Where to write the device's private key file.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Generate an Ed25519 key pair for a device, register it to a patient, and write the
+    device's key file (mode 0600) for provisioning."""
+    if out.exists():
+        console.print(f"[bold red]error:[/] {out} exists; refusing to overwrite a key file")
+        raise typer.Exit(1)
+    private, public = signature_suite("ed25519").generate()
+    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        pipeline.add_device(Device(device_id, patient, "ed25519", public))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    finally:
+        pipeline.close()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"device_id": device_id, "suite": "ed25519",
+                   "private_key": base64.b64encode(private).decode(),
+                   "public_key": base64.b64encode(public).decode()}, handle)
+    console.print(f"device {device_id} registered to {patient}; key file {out}")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List registered devices."""
+    pipeline = Pipeline.open(_settings(data_dir))
+    table = Table("device", "patient", "suite", "status", "last seq")
+    for d in pipeline.devices():
+        table.add_row(d.device_id, d.patient_id, d.suite, d.status.value, str(d.last_seq))
+    pipeline.close()
+    console.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="clinician, auditor or admin.")],
+    name: Annotated[str, typer.Option(help="Who holds the token.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API token; it is printed once and stored only as its hash."""
+    token, token_hash = new_token()
+    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        pipeline.store.add_token(token_hash, name, role.value, int(time.time() * 1000))
+    finally:
+        pipeline.close()
+    console.print(token, soft_wrap=True)
+
+
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] = False) -> None:
+    """Packets/s and readings/s through gate + twin + ledger + store, by batch size."""
+    from medtwin.cli._bench import READINGS_PER_PACKET, bench_ingest
+
+    n_packets = 400 if quick else 4000
+    rows = bench_ingest((1, 16, 256), n_packets, n_patients=50)
+    base = rows[0].packets_per_s
+    table = Table(title=f"ingest: {n_packets} signed packets × {READINGS_PER_PACKET} readings, "
+                        "50 patients, SQLite (synchronous=FULL)")
+    for col in ("batch (packets per transaction)", "packets/s", "readings/s", "µs/packet",
+                "vs batch 1"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r.batch), f"{r.packets_per_s:,.0f}", f"{r.readings_per_s:,.0f}",
+                      f"{1e6 / r.packets_per_s:,.0f}", f"{r.packets_per_s / base:.1f}×")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the `medtwin` command."""
+    app()

@@ -1,0 +1,191 @@
+"""`medtwin replay`: run FHIR R4 NDJSON through the pipeline as a trusted import, write FHIR out.
+
+Inputs are grouped into packets of one patient and one time window, and each window of all
+patients goes through the pipeline as one batch. A packet the gate refuses because of one
+reading is retried without that reading, so one bad line never hides its neighbours.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtwin.clinical import RULES
+from medtwin.config import Settings
+from medtwin.domain import Channel, Reading, RejectReason
+from medtwin.fhir import (
+    ImportBatch,
+    alert_detected_issue,
+    estimate_observation,
+    provenance,
+    read_ndjson_file,
+    rejection_detected_issue,
+    validate_resource,
+    write_ndjson,
+)
+from medtwin.ingest import ImportSubmission
+from medtwin.pipeline import Accepted, Pipeline, Rejected
+
+#: Width of the time window whose readings of one patient form one import packet.
+WINDOW_MS = 5 * 60 * 1000
+
+
+@dataclass
+class ReplaySummary:
+    """Counts of what a replay read, accepted, refused and wrote."""
+
+    lines: int = 0
+    readings: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    unreadable: int = 0
+    alerts: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An import packet with the input references of its readings."""
+
+    submission: ImportSubmission
+    sources: tuple[str, ...]
+
+
+def replay(input_path: Path, out_dir: Path, settings: Settings, validate: bool = True,
+           progress: Any = None) -> ReplaySummary:
+    """Replay `input_path` through a pipeline on `settings`; write FHIR NDJSON to `out_dir`."""
+    batch = read_ndjson_file(input_path)
+    summary = ReplaySummary(lines=batch.n_lines, readings=len(batch.values),
+                            unreadable=len(batch.issues))
+    issues: list[dict[str, Any]] = [
+        rejection_detected_issue(RejectReason.MALFORMED, f"line {issue.line}: {issue.reason}",
+                                 None, settings.clock(), [issue.source] if issue.source else [],
+                                 f"unreadable-{k}")
+        for k, issue in enumerate(batch.issues)
+    ]
+    observations: list[dict[str, Any]] = []
+    pipeline = Pipeline.open(settings)
+    try:
+        for patient_id in sorted(set(batch.patient_ids.tolist()) - set(pipeline.patients())):
+            pipeline.add_patient(patient_id)
+        windows = list(_windows(batch, input_path.name))
+        for pending in (progress(windows) if progress else windows):
+            while pending:
+                outcomes = pipeline.process([p.submission for p in pending])
+                retry: list[_Pending] = []
+                for p, outcome in zip(pending, outcomes, strict=True):
+                    if isinstance(outcome, Accepted):
+                        summary.accepted += outcome.n_readings
+                        observations.extend(_estimates(p, outcome, len(observations)))
+                        summary.alerts += len(outcome.alerts)
+                        issues.extend(
+                            alert_detected_issue(a, f"alert-{outcome.leaf_index}-{i}",
+                                                 _evidence_sources(p, a.rule))
+                            for i, a in enumerate(outcome.alerts))
+                    else:
+                        retry.extend(_refused(p, outcome, issues, summary))
+                pending = retry
+        resources = {
+            "Observation.ndjson": observations,
+            "DetectedIssue.ndjson": issues,
+            "Provenance.ndjson": [provenance(
+                [f"Observation/{o['id']}" for o in observations] or ["Observation/none"],
+                pipeline.clock(), input_path.name)],
+        }
+        if validate:
+            for resource in itertools.chain.from_iterable(resources.values()):
+                validate_resource(resource)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary.written = {name: write_ndjson(out_dir / name, items)
+                           for name, items in resources.items()}
+    finally:
+        pipeline.close()
+    return summary
+
+
+def _windows(batch: ImportBatch, source: str) -> Iterator[list[_Pending]]:
+    """Import packets grouped by time window, in time order, all patients of a window together."""
+    order = np.lexsort((batch.time_ms, batch.patient_ids, batch.time_ms // WINDOW_MS))
+    window = batch.time_ms[order] // WINDOW_MS
+    seq = itertools.count()
+    for w in np.unique(window):
+        idx = order[window == w]
+        pending: list[_Pending] = []
+        for patient_id in np.unique(batch.patient_ids[idx]):
+            rows = idx[batch.patient_ids[idx] == patient_id]
+            pending.append(_Pending(
+                ImportSubmission(str(patient_id), source, next(seq), batch.codes[rows].tolist(),
+                                 batch.units[rows].tolist(), batch.values[rows],
+                                 batch.time_ms[rows]),
+                tuple(batch.sources[rows].tolist())))
+        yield pending
+
+
+def _evidence_sources(p: _Pending, rule_name: str) -> list[str]:
+    """The inputs of a packet that are evidence for a rule (its channels only)."""
+    codes = {c.code for c in next(r for r in RULES if r.name == rule_name).channels}
+    return [src for src, code in zip(p.sources, p.submission.codes, strict=True)
+            if code in codes]
+
+
+def _estimates(p: _Pending, outcome: Accepted, start: int) -> Iterator[dict[str, Any]]:
+    """The twin's estimate after each accepted measurement (inputs have none)."""
+    sub = p.submission
+    for i, code in enumerate(sub.codes):
+        channel = Channel.from_code(code)
+        if channel.is_input:
+            continue
+        yield estimate_observation(sub.patient_id, channel, float(outcome.estimates[i]),
+                                   int(sub.time_ms[i]), [p.sources[i]],
+                                   f"est-{start + i}-{outcome.leaf_index}")
+
+
+def _refused(p: _Pending, outcome: Rejected, issues: list[dict[str, Any]],
+             summary: ReplaySummary) -> Sequence[_Pending]:
+    """Record a refusal; if one reading caused it, return the packet without that reading."""
+    error = outcome.error
+    sub = p.submission
+    position = error.reading
+    implicated = [p.sources[position]] if position is not None else list(p.sources)
+    time_ms = int(sub.time_ms[position]) if position is not None else int(sub.time_ms.max())
+    issues.append(rejection_detected_issue(error.reason, error.detail, sub.patient_id, time_ms,
+                                           implicated, f"gate-{outcome.leaf_index}"))
+    if position is None:
+        summary.rejected += len(sub.codes)
+        return ()
+    summary.rejected += 1
+    keep = [i for i in range(len(sub.codes)) if i != position]
+    if not keep:
+        return ()
+    rest = ImportSubmission(sub.patient_id, sub.source, sub.seq, [sub.codes[i] for i in keep],
+                            [sub.units[i] for i in keep], sub.values[keep], sub.time_ms[keep])
+    return (_Pending(rest, tuple(p.sources[i] for i in keep)),)
+
+
+def simulate_ndjson(out: Path, patients: int, hours: float, seed: int, start_ms: int,
+                    deteriorating: float = 0.25) -> int:
+    """Write the readings of a virtual ward as FHIR R4 NDJSON (input for `replay`)."""
+    from medtwin.fhir import insulin_administration, reading_observation
+    from medtwin.sim import Ward
+
+    ward = Ward(patients, start_ms - start_ms % 60_000, seed=seed, deteriorating=deteriorating)
+    resources: list[dict[str, Any]] = []
+    for envelope in ward.advance(ward.start_ms + int(hours * 3_600_000)):
+        packet = envelope["packet"]
+        patient_id = _patient_of(ward, packet["device_id"])
+        for k, r in enumerate(packet["readings"]):
+            reading = Reading(Channel.from_code(r["code"]), float(r["value"]), int(r["time"]))
+            rid = f"{packet['device_id']}-{packet['seq']}-{k}"
+            build = insulin_administration if reading.channel is Channel.INSULIN else (
+                reading_observation)
+            resources.append(build(patient_id, reading, rid))
+    return write_ndjson(out, resources)
+
+
+def _patient_of(ward: Any, device_id: str) -> str:
+    return str(ward.device(device_id).patient_id)

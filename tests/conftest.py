@@ -1,0 +1,141 @@
+"""Shared fixtures: a site in a temporary directory with a controllable clock, a pipeline, a
+registered patient and a device with a deterministic key pair that signs packets on demand."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import settings as hypothesis_settings
+
+from medtwin.config import Settings
+from medtwin.crypto import sign_packet
+from medtwin.domain import Channel, Device, Reading, packet_wire
+from medtwin.ingest import SignedSubmission
+from medtwin.pipeline import Pipeline
+
+# Property tests draw the same examples on every run, and keep no example database.
+hypothesis_settings.register_profile("medtwin", derandomize=True, database=None, deadline=None)
+hypothesis_settings.load_profile("medtwin")
+
+#: 2026-01-01T00:00:00Z, the start of every test's site clock.
+T0_MS = 1_767_225_600_000
+
+
+class FakeClock:
+    """A site clock that only moves when a test moves it (epoch milliseconds)."""
+
+    def __init__(self, now_ms: int = T0_MS) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, seconds: float) -> int:
+        self.now_ms += int(seconds * 1000)
+        return self.now_ms
+
+
+def key_pair(seed: str) -> tuple[bytes, bytes]:
+    """A deterministic Ed25519 (private, public) raw key pair derived from `seed`."""
+    private = hashlib.sha256(seed.encode()).digest()
+    public = ed25519.Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    return private, public
+
+
+@dataclass
+class DeviceSim:
+    """A registered device that signs packets with its key, numbering them 0, 1, 2, …"""
+
+    device_id: str
+    patient_id: str
+    private_key: bytes
+    public_key: bytes
+    clock: FakeClock
+    next_seq: int = 0
+
+    @property
+    def device(self) -> Device:
+        return Device(self.device_id, self.patient_id, "ed25519", self.public_key)
+
+    def wire(self, readings: Sequence[Reading], seq: int | None = None,
+             sent_at_ms: int | None = None) -> dict[str, Any]:
+        """The packet as the device sends it; `seq` defaults to the next number."""
+        if seq is None:
+            seq, self.next_seq = self.next_seq, self.next_seq + 1
+        sent = self.clock() if sent_at_ms is None else sent_at_ms
+        return packet_wire(self.device_id, seq, sent, readings)
+
+    def sign(self, wire: dict[str, Any], key: bytes | None = None) -> dict[str, Any]:
+        """The signed envelope of `wire`, under the device's key unless `key` is given."""
+        return sign_packet(wire, self.private_key if key is None else key)
+
+    def envelope(self, readings: Sequence[Reading], seq: int | None = None,
+                 sent_at_ms: int | None = None, key: bytes | None = None) -> dict[str, Any]:
+        return self.sign(self.wire(readings, seq, sent_at_ms), key)
+
+    def submit(self, readings: Sequence[Reading], **kwargs: Any) -> SignedSubmission:
+        return SignedSubmission(self.envelope(readings, **kwargs))
+
+    def vitals(self, *, hr: float = 72.0, rr: float = 16.0, spo2: float = 97.0,
+               sbp: float = 120.0, temp: float = 37.0, time_ms: int | None = None
+               ) -> list[Reading]:
+        """A full set of NEWS2 vitals at `time_ms` (default: now); normal values score 0."""
+        t = self.clock() if time_ms is None else time_ms
+        return [Reading(Channel.HEART_RATE, hr, t), Reading(Channel.RESP_RATE, rr, t),
+                Reading(Channel.SPO2, spo2, t), Reading(Channel.SYSTOLIC_BP, sbp, t),
+                Reading(Channel.TEMPERATURE, temp, t)]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, clock: FakeClock) -> Settings:
+    return Settings(data_dir=tmp_path / "site", clock=clock)
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[Pipeline]:
+    pipe = Pipeline.open(settings)
+    yield pipe
+    pipe.close()
+
+
+@pytest.fixture
+def patient_id(pipeline: Pipeline) -> str:
+    pipeline.add_patient("pt-1")
+    return "pt-1"
+
+
+@pytest.fixture
+def device_keys() -> tuple[bytes, bytes]:
+    return key_pair("device vit-1")
+
+
+@pytest.fixture
+def make_device(clock: FakeClock) -> Callable[..., DeviceSim]:
+    """A factory of unregistered devices: `make_device(device_id, patient_id, seed)`."""
+
+    def make(device_id: str = "vit-1", patient_id: str = "pt-1",
+             seed: str | None = None) -> DeviceSim:
+        return DeviceSim(device_id, patient_id, *key_pair(seed or f"device {device_id}"),
+                         clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def device(pipeline: Pipeline, patient_id: str, make_device: Callable[..., DeviceSim]
+           ) -> DeviceSim:
+    """Device "vit-1" of patient "pt-1", registered, with the key pair of `device_keys`."""
+    sim = make_device("vit-1", patient_id)
+    pipeline.add_device(sim.device)
+    return sim

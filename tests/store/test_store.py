@@ -1,0 +1,163 @@
+"""The store keeps patient values only as ciphertext: no decimal string and no float64 bytes of a
+reading reach the database file, while the twin proves the values were stored."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from medtwin.config import Settings
+from medtwin.domain import Channel, Device, DeviceStatus, Reading
+from medtwin.errors import ConflictError, NotFoundError
+from medtwin.pipeline import Pipeline
+from medtwin.store import Store
+
+if TYPE_CHECKING:
+    from conftest import DeviceSim, FakeClock
+
+HR, GLUCOSE = 123.456789, 98.7654321
+
+
+def _needles(value: float) -> dict[str, bytes]:
+    return {
+        "decimal": repr(value).encode(),
+        "decimal, 4 places": f"{value:.4f}".encode(),
+        "float64 big-endian": struct.pack(">d", value),
+        "float64 little-endian": struct.pack("<d", value),
+        "float32 big-endian": struct.pack(">f", value),
+        "float32 little-endian": struct.pack("<f", value),
+    }
+
+
+def _database_bytes(data_dir: Path) -> dict[str, bytes]:
+    files = {p.name: p.read_bytes() for p in data_dir.glob("medtwin.db*")}
+    assert "medtwin.db" in files
+    return files
+
+
+def _fill(pipeline: Pipeline, device: DeviceSim, clock: FakeClock) -> None:
+    for _ in range(3):
+        t = clock()
+        pipeline.process([device.submit([Reading(Channel.HEART_RATE, HR, t),
+                                         Reading(Channel.GLUCOSE, GLUCOSE, t)])])
+        clock.advance(60)
+    # a refused packet with the same values is recorded too; its record must not hold them
+    pipeline.process([device.submit([Reading(Channel.HEART_RATE, HR, clock()),
+                                     Reading(Channel.GLUCOSE, GLUCOSE, clock() + 3_600_000)])])
+
+
+def test_no_plaintext_value_reaches_the_database(settings: Settings, pipeline: Pipeline,
+                                                 device: DeviceSim, clock: FakeClock) -> None:
+    _fill(pipeline, device, clock)
+    counts = pipeline.store.counts()
+    assert (counts["packets"], counts["readings"], counts["rejections"]) == (3, 6, 1)
+    channels = {c.channel: c for c in pipeline.twin_state("pt-1").channels}
+    assert channels[Channel.HEART_RATE].value == HR
+    assert channels[Channel.GLUCOSE].value == GLUCOSE
+    assert channels[Channel.GLUCOSE].estimate == pytest.approx(GLUCOSE)
+    live = _database_bytes(settings.data_dir)       # while open: the WAL holds recent pages
+    assert "medtwin.db-wal" in live
+    pipeline.close()                                # checkpoints the WAL into the file
+    for stage, files in (("open", live), ("closed", _database_bytes(settings.data_dir))):
+        for name, content in files.items():
+            for value in (HR, GLUCOSE):
+                for kind, needle in _needles(value).items():
+                    assert needle not in content, f"{kind} of {value} in {name} ({stage})"
+
+
+def test_values_survive_a_restart_so_they_were_stored(settings: Settings, pipeline: Pipeline,
+                                                      device: DeviceSim,
+                                                      clock: FakeClock) -> None:
+    _fill(pipeline, device, clock)
+    pipeline.close()
+    reopened = Pipeline.open(settings)
+    try:
+        channels = {c.channel: c for c in reopened.twin_state("pt-1").channels}
+        assert channels[Channel.HEART_RATE].value == HR
+        assert channels[Channel.GLUCOSE].value == GLUCOSE
+    finally:
+        reopened.close()
+
+
+def test_needle_search_would_find_plaintext(tmp_path: Path) -> None:
+    """The search above is able to fail: the same needles are found in a plaintext database."""
+    path = tmp_path / "plain.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (v REAL, s TEXT, b BLOB)")
+        conn.execute("INSERT INTO t VALUES (?, ?, ?)",
+                     (HR, repr(GLUCOSE), struct.pack("<d", GLUCOSE)))
+    conn.close()
+    content = path.read_bytes()
+    assert _needles(HR)["float64 big-endian"] in content     # SQLite stores REAL big-endian
+    assert _needles(GLUCOSE)["decimal"] in content
+    assert _needles(GLUCOSE)["float64 little-endian"] in content
+
+
+def test_readings_are_in_sealed_envelopes_only(pipeline: Pipeline, device: DeviceSim,
+                                               clock: FakeClock) -> None:
+    _fill(pipeline, device, clock)
+    conn = sqlite3.connect(pipeline.settings.data_dir / "medtwin.db")
+    try:
+        columns = {row[1]: row[2] for row in conn.execute("PRAGMA table_info(packets)")}
+        envelopes = [row[0] for row in conn.execute("SELECT envelope FROM packets")]
+    finally:
+        conn.close()
+    assert "REAL" not in columns.values() and "FLOAT" not in columns.values()
+    assert all(e[:2] == b"MT" for e in envelopes)
+
+
+# The store's own interface ---------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'db' / 'medtwin.db'}")
+    yield store
+    store.close()
+
+
+def test_duplicate_patient_and_device_conflict(store: Store) -> None:
+    store.add_patient("p", b"wrapped", "kek-1", 0)
+    with pytest.raises(ConflictError, match=r"^store: patient 'p' already exists$"):
+        store.add_patient("p", b"wrapped", "kek-1", 0)
+    device = Device("d", "p", "ed25519", b"k" * 32)
+    store.add_device(device, 0)
+    with pytest.raises(ConflictError, match=r"device 'd' already exists"):
+        store.add_device(device, 0)
+    with pytest.raises(ConflictError, match=r"or its patient is unknown"):
+        store.add_device(Device("e", "nobody", "ed25519", b"k" * 32), 0)
+
+
+def test_device_status_round_trip(store: Store) -> None:
+    store.add_patient("p", b"wrapped", "kek-1", 0)
+    store.add_device(Device("d", "p", "ed25519", b"k" * 32, last_seq=4), 0)
+    store.set_device_status("d", DeviceStatus.QUARANTINED)
+    assert store.devices() == [Device("d", "p", "ed25519", b"k" * 32,
+                                      DeviceStatus.QUARANTINED, 4)]
+    with pytest.raises(NotFoundError, match=r"^store: unknown device 'x'$"):
+        store.set_device_status("x", DeviceStatus.ACTIVE)
+
+
+def test_empty_store(store: Store) -> None:
+    assert store.counts() == {"patients": 0, "devices": 0, "packets": 0, "alerts": 0,
+                              "rejections": 0, "leaves": 0, "readings": 0}
+    assert store.latest_head() is None
+    assert list(store.records()) == [] and store.leaf_hashes() == []
+
+
+def test_records_come_back_in_leaf_order(pipeline: Pipeline, device: DeviceSim,
+                                         clock: FakeClock,
+                                         make_device: Callable[..., DeviceSim]) -> None:
+    stranger = make_device("ghost-1")
+    pipeline.process([stranger.submit(device.vitals()), device.submit(device.vitals()),
+                      stranger.submit(device.vitals()), device.submit(device.vitals())])
+    records = list(pipeline.store.records())
+    assert [r.leaf_index for r in records] == [0, 1, 2, 3]
+    assert [r.kind for r in records] == ["rejection", "packet", "rejection", "packet"]
+    assert len(pipeline.store.leaf_hashes()) == 4
+    head = pipeline.store.latest_head()
+    assert head is not None and head.size == 4
