@@ -16,10 +16,11 @@ from rich.table import Table
 
 from medtwin.access import Role, new_token
 from medtwin.config import Settings
-from medtwin.crypto import signature_suite
+from medtwin.crypto import SiteKeys, signature_suite
 from medtwin.domain import Device
 from medtwin.errors import MedtwinError
 from medtwin.pipeline import Pipeline, verify_store
+from medtwin.store import Store
 
 app = typer.Typer(help="medtwin: secure digital twin kernel for healthcare.",
                   no_args_is_help=True, add_completion=False)
@@ -145,13 +146,14 @@ def verify(data_dir: DataDir = None) -> None:
             settings.resolved_database_url.startswith("sqlite")):
         console.print(f"[bold red]error:[/] no site in {settings.data_dir}")
         raise typer.Exit(1)
-    pipeline = Pipeline.open(settings)
+    store = Store(settings.resolved_database_url)
     try:
-        report = verify_store(pipeline.store, pipeline.keys.log_key)
+        keys = SiteKeys.load(settings.resolved_keys_dir)
+        report = verify_store(store, keys.log_key)
     except MedtwinError as exc:
         raise _fail(exc) from exc
     finally:
-        pipeline.close()
+        store.close()
     console.print(f"[green]verify: OK[/] {report.records} records ({report.packets} packets, "
                   f"{report.alerts} alerts, {report.rejections} rejections); root "
                   f"{report.root_hex}")

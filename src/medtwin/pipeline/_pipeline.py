@@ -36,7 +36,13 @@ from medtwin.domain import (
     Patient,
     TwinState,
 )
-from medtwin.errors import ConflictError, GateRejection, NotFoundError
+from medtwin.errors import (
+    ConflictError,
+    DecryptionError,
+    GateRejection,
+    NotFoundError,
+    VerificationError,
+)
 from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
@@ -337,9 +343,14 @@ class Pipeline:
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
         for rec in self.store.packets():
-            batch = decode_readings(self.keyring.open(
-                rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
-                packet_aad(rec.leaf_index, rec.patient_id)))
+            try:
+                batch = decode_readings(self.keyring.open(
+                    rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
+                    packet_aad(rec.leaf_index, rec.patient_id)))
+            except DecryptionError as exc:
+                raise VerificationError(
+                    f"pipeline: stored {rec.describe()} cannot be opened (altered, or sealed "
+                    "under another key); run `medtwin verify`", rec.describe()) from exc
             rows = np.full(len(batch), self.twin.row(rec.patient_id), dtype=np.intp)
             self.twin.apply(self.twin.propose(rows, batch.channel, batch.value, batch.time_ms))
         self._active = np.zeros((max(len(self.twin), 1), N_RULES), dtype=bool)
