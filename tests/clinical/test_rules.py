@@ -204,9 +204,6 @@ def test_explain_news2_with_only_temperature_missing() -> None:
     assert alert.evidence["not_observed"] == ["temperature"]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="_explain_news2 calls round() on a NaN (unobserved) value before "
-                          "checking for NaN (clinical/_rules.py:136)")
 def test_explain_news2_lists_what_was_not_observed() -> None:
     row = estimates(spo2=91)
     row[Channel.HEART_RATE] = row[Channel.TEMPERATURE] = math.nan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -22,13 +23,15 @@ from medtwin.estimation import (
 
 
 def reference(tau_s: np.ndarray, state: TwinArrays, row: np.ndarray, channel: np.ndarray,
-              value: np.ndarray, time_ms: np.ndarray) -> tuple[TwinArrays, np.ndarray]:
-    """One reading at a time, in time order per (patient, channel), in plain Python."""
+              value: np.ndarray, time_ms: np.ndarray, arrival: np.ndarray | None = None
+              ) -> tuple[TwinArrays, np.ndarray]:
+    """One reading at a time, in order of arrival then time, in plain Python."""
     last_v = state.last_value.tolist()
     last_t = state.last_time_ms.tolist()
     est = state.estimate.tolist()
     out = [math.nan] * len(value)
-    for i in sorted(range(len(value)), key=lambda i: int(time_ms[i])):
+    arrived = [0] * len(value) if arrival is None else arrival.tolist()
+    for i in sorted(range(len(value)), key=lambda i: (arrived[i], int(time_ms[i]))):
         r, c, v, t = int(row[i]), int(channel[i]), float(value[i]), int(time_ms[i])
         if last_t[r][c] == NO_TIME or math.isnan(est[r][c]):
             est[r][c] = v
@@ -78,6 +81,37 @@ def test_batched_step_equals_sequential_reference(seed: int, n_patients: int,
     np.testing.assert_allclose(result.estimate, expected_out, rtol=1e-12)
 
 
+@settings(max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), n_patients=st.integers(1, 6),
+       n_readings=st.integers(0, 150), n_packets=st.integers(1, 8))
+def test_readings_apply_in_arrival_then_time_order(seed: int, n_patients: int, n_readings: int,
+                                                   n_packets: int) -> None:
+    params = default_smoother_params()
+    state, row, channel, value, time_ms = scenario(seed, n_patients, n_readings)
+    arrival = np.random.default_rng(seed).integers(0, n_packets, n_readings).astype(np.int64)
+    result = smoother_step(params, state, row, channel, value, time_ms, arrival)
+    expected, expected_out = reference(params.tau_s, state, row, channel, value, time_ms,
+                                       arrival)
+    np.testing.assert_array_equal(result.state.last_time_ms, expected.last_time_ms)
+    np.testing.assert_allclose(result.state.estimate, expected.estimate, rtol=1e-12)
+    np.testing.assert_allclose(result.estimate, expected_out, rtol=1e-12)
+
+
+def test_one_batch_equals_packet_by_packet() -> None:
+    """With arrival = packet position, batching does not change the twin."""
+    params = default_smoother_params()
+    state, row, channel, value, time_ms = scenario(21, 4, 120)
+    packet = np.random.default_rng(1).integers(0, 6, len(value)).astype(np.int64)
+    batched = smoother_step(params, state, row, channel, value, time_ms, packet).state
+    stepwise = state
+    for k in range(6):
+        mine = packet == k
+        stepwise = smoother_step(params, stepwise, row[mine], channel[mine], value[mine],
+                                 time_ms[mine]).state
+    for a, b in zip(batched, stepwise, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_scenario_exercises_stale_readings() -> None:
     """Guard against a reference test that never meets the 'older than latest' branch."""
     state, row, channel, _, time_ms = scenario(3, 4, 200)
@@ -118,6 +152,19 @@ def test_inputs_are_not_smoothed() -> None:
                            np.full(2, carbs, np.int8), np.array([40.0, 10.0]),
                            np.array([0, 1_000], np.int64))
     assert result.estimate.tolist() == [40.0, 10.0]
+
+
+def test_a_much_older_reading_is_ignored_quietly() -> None:
+    carbs = int(Channel.CARBS)                    # tau 0: the 'safe' tau of 1 s is used
+    state = smoother_step(default_smoother_params(), empty_twin(1), np.zeros(1, np.intp),
+                          np.full(1, carbs, np.int8), np.array([40.0]),
+                          np.array([3_600_000], np.int64)).state
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = smoother_step(default_smoother_params(), state, np.zeros(1, np.intp),
+                               np.full(1, carbs, np.int8), np.array([10.0]),
+                               np.array([0], np.int64))
+    assert result.state.estimate[0, carbs] == 40.0
 
 
 def test_step_is_pure() -> None:
@@ -194,8 +241,6 @@ def test_ages() -> None:
     assert np.isnan(ages[0, Channel.GLUCOSE])
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="TwinBank.row doubles capacity 0 to 0 (estimation/_bank.py)")
 def test_bank_with_zero_capacity_grows() -> None:
     bank = TwinBank(capacity=0)
     _feed(bank, "p", Channel.GLUCOSE, 100.0, 1)

@@ -288,16 +288,25 @@ def test_packet_with_one_bad_reading_is_refused_whole(pipeline: Pipeline, device
     assert pipeline.twin_state("pt-1").channels == ()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="gate builds a float64 array from an unbounded JSON integer "
-                          "(ingest/_gate.py, value column of _admit_signed)")
+@pytest.mark.parametrize("huge", [10**400, -(10**400)])
 def test_huge_integer_value_is_refused_not_raised(pipeline: Pipeline, device: DeviceSim,
-                                                  clock: FakeClock) -> None:
-    huge = _with(device, clock, _reading("value", 10**400))
-    outcomes = pipeline.process([SignedSubmission(huge), device.submit(_hr(clock))])
+                                                  clock: FakeClock, huge: int) -> None:
+    """A JSON integer beyond float64's exact range is refused, not overflowed or rounded."""
+    envelope = _with(device, clock, _reading("value", huge))
+    outcomes = pipeline.process([SignedSubmission(envelope), device.submit(_hr(clock))])
     assert [type(o) for o in outcomes] == [Rejected, Accepted]
     assert isinstance(outcomes[0], Rejected)
-    assert outcomes[0].error.reason in {RejectReason.MALFORMED, RejectReason.IMPOSSIBLE_VALUE}
+    _check_rejection(outcomes[0].error, RejectReason.MALFORMED,
+                     r"packet\.readings\.1\.value\.constrained-int: (less|greater)_than_equal")
+
+
+@pytest.mark.parametrize("large", [2**53, 2**53 + 1, 2**70])
+def test_large_integer_value_fails_the_range_check(pipeline: Pipeline, device: DeviceSim,
+                                                   clock: FakeClock, large: int) -> None:
+    (outcome,) = pipeline.process([SignedSubmission(_with(device, clock,
+                                                          _reading("value", large)))])
+    assert isinstance(outcome, Rejected)
+    assert outcome.error.reason is RejectReason.IMPOSSIBLE_VALUE
 
 
 # Imports ---------------------------------------------------------------------------------------

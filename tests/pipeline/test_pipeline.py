@@ -7,6 +7,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,9 +74,21 @@ def test_end_to_end_estimates_and_news2(pipeline: Pipeline, device: DeviceSim,
 
 def test_incomplete_news2_without_all_vitals(pipeline: Pipeline, device: DeviceSim,
                                              clock: FakeClock) -> None:
-    pipeline.process([device.submit([Reading(Channel.SPO2, 91.0, clock())])])
+    pipeline.process([device.submit([Reading(Channel.SPO2, 95.0, clock())])])
+    state = pipeline.twin_state("pt-1")
+    assert (state.news2, state.news2_complete, state.news2_risk) == (1, False, "low")
+
+
+def test_news2_alert_with_a_vital_missing(pipeline: Pipeline, device: DeviceSim,
+                                          clock: FakeClock) -> None:
+    (outcome,) = pipeline.process([device.submit([Reading(Channel.SPO2, 91.0, clock())])])
+    assert isinstance(outcome, Accepted)
     state = pipeline.twin_state("pt-1")
     assert (state.news2, state.news2_complete, state.news2_risk) == (3, False, "low-medium")
+    (alert,) = pipeline.alerts()
+    assert alert.rule == "news2-low-medium"
+    assert alert.evidence["not_observed"] == [
+        "respiration_rate", "systolic_bp", "pulse", "temperature"]
 
 
 def test_deterioration_raises_news2_high_once(pipeline: Pipeline, device: DeviceSim,
@@ -142,8 +155,6 @@ def test_restart_rebuilds_the_twin_and_keeps_sequences(settings: Settings, pipel
         reopened.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Pipeline._rebuild_twin replays packet by packet, but "
-                   "process() folds a whole batch in time order (pipeline/_pipeline.py)")
 def test_restart_equals_live_twin_when_a_batch_arrives_out_of_order(
         settings: Settings, pipeline: Pipeline, device: DeviceSim, clock: FakeClock,
         make_device: Callable[..., DeviceSim]) -> None:
@@ -161,6 +172,50 @@ def test_restart_equals_live_twin_when_a_batch_arrives_out_of_order(
         assert reopened.twin_state("pt-1") == live
     finally:
         reopened.close()
+
+
+def test_restart_keeps_rules_held_by_hysteresis(settings: Settings, pipeline: Pipeline,
+                                                device: DeviceSim, clock: FakeClock) -> None:
+    # readings 30 min apart, so the estimates follow the values (alpha > 0.99)
+    seven = {"hr": 140.0, "rr": 28.0, "temp": 38.5}                 # NEWS2 7: high starts
+    six = {"hr": 140.0, "rr": 28.0, "temp": 37.0}                   # NEWS2 6: high holds
+    for vitals in (seven, six):
+        clock.advance(1800)
+        pipeline.process([device.submit(device.vitals(**vitals))])
+    assert "news2-high" in pipeline.twin_state("pt-1").active_rules
+    pipeline.close()
+    reopened = Pipeline.open(settings)
+    try:
+        assert "news2-high" in reopened.twin_state("pt-1").active_rules
+        clock.advance(1800)
+        reopened.process([device.submit(device.vitals(**seven))])
+        assert [a.rule for a in reopened.alerts()].count("news2-high") == 1
+    finally:
+        reopened.close()
+
+
+def test_grouping_into_batches_does_not_change_the_twin(
+        settings: Settings, tmp_path: Path, pipeline: Pipeline, device: DeviceSim,
+        clock: FakeClock, make_device: Callable[..., DeviceSim]) -> None:
+    second = make_device("vit-2")
+    pipeline.add_device(second.device)
+    t = clock()
+    envelopes = [device.envelope([Reading(Channel.HEART_RATE, 70.0, t - 120_000)]),
+                 device.envelope([Reading(Channel.HEART_RATE, 100.0, t)]),
+                 second.envelope([Reading(Channel.HEART_RATE, 80.0, t - 60_000)]),
+                 second.envelope([Reading(Channel.SPO2, 94.0, t - 30_000),
+                                  Reading(Channel.SPO2, 96.0, t - 90_000)])]
+    pipeline.process([SignedSubmission(e) for e in envelopes])
+    other = Pipeline.open(settings.with_(data_dir=tmp_path / "other"))
+    try:
+        other.add_patient("pt-1")
+        other.add_device(device.device)
+        other.add_device(second.device)
+        for envelope in envelopes:
+            other.process([SignedSubmission(envelope)])
+        assert other.twin_state("pt-1") == pipeline.twin_state("pt-1")
+    finally:
+        other.close()
 
 
 # verify_store ----------------------------------------------------------------------------------

@@ -133,10 +133,12 @@ def _explain_news2(rule: Rule, patient_id: str, values: npt.NDArray[np.float64],
     contributions: list[dict[str, Any]] = []
     for name, channel, points in zip(NEWS2_PARAMETERS, channels, parts, strict=True):
         value = float(values[channel])
-        shown = round(value, 1) if channel is Channel.TEMPERATURE else round(value)
+        shown: float | None = None
+        if not np.isnan(value):
+            shown = round(value, 1) if channel is Channel.TEMPERATURE else round(value)
         contributions.append({
             "parameter": name, "code": channel.code, "unit": channel.ucum,
-            "value": None if np.isnan(value) else shown, "points": int(points),
+            "value": shown, "points": int(points),
         })
     scoring = ", ".join(
         f"{c['parameter']} {c['value']} {c['unit']} +{c['points']}"

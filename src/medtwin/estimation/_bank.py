@@ -47,7 +47,7 @@ class TwinBank:
             return found
         index = len(self._rows)
         if index >= self._state.estimate.shape[0]:
-            grown = empty_twin(2 * self._state.estimate.shape[0])
+            grown = empty_twin(max(1, 2 * self._state.estimate.shape[0]))
             for new, old in zip(grown, self._state, strict=True):
                 new[:index] = old[:index]
             self._state = grown
@@ -58,12 +58,13 @@ class TwinBank:
         return list(self._rows)
 
     def propose(self, row: npt.NDArray[np.intp], channel: npt.NDArray[np.int8],
-                value: npt.NDArray[np.float64], time_ms: npt.NDArray[np.int64]) -> TwinUpdate:
-        """The update a batch of readings implies, without applying it."""
+                value: npt.NDArray[np.float64], time_ms: npt.NDArray[np.int64],
+                arrival: npt.NDArray[np.int64] | None = None) -> TwinUpdate:
+        """The update a batch of readings implies, without applying it (see `smoother_step`)."""
         rows, local = np.unique(row, return_inverse=True)
         gathered = self._state.take(rows)
         result: StepResult = smoother_step(self.params, gathered, local.astype(np.intp),
-                                           channel, value, time_ms)
+                                           channel, value, time_ms, arrival)
         return TwinUpdate(rows, result.state, result.estimate)
 
     def apply(self, update: TwinUpdate) -> None:

@@ -79,13 +79,16 @@ def _rank_within_groups(group: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
                   channel: npt.NDArray[np.int8], value: FloatArray,
-                  time_ms: npt.NDArray[np.int64]) -> StepResult:
+                  time_ms: npt.NDArray[np.int64],
+                  arrival: npt.NDArray[np.int64] | None = None) -> StepResult:
     """Fold a batch of readings into the state rows; pure: `state` is not modified.
 
     `row` indexes each reading's patient in `state` (shape (n_readings,)). Readings of the same
-    patient and channel are applied in time order, round by round: round k applies the k-th
-    reading of every (patient, channel) at once, so the work is array operations over patients.
-    A reading older than the channel's latest value leaves the state as it is.
+    patient and channel are applied in order of `arrival` (e.g. the packet's position; default:
+    all equal), then time, round by round: round k applies the k-th reading of every
+    (patient, channel) at once, so the work is array operations over patients. A reading older
+    than the channel's latest value leaves the state as it is, so the result does not depend on
+    how packets were grouped into batches.
     """
     last_value, last_time, estimate = (
         state.last_value.copy(), state.last_time_ms.copy(), state.estimate.copy())
@@ -93,7 +96,8 @@ def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np
     if value.size == 0:
         return StepResult(TwinArrays(last_value, last_time, estimate), out)
     ch = channel.astype(np.intp)
-    order = np.lexsort((time_ms, ch, row))
+    arrived = np.zeros(value.shape, np.int64) if arrival is None else arrival
+    order = np.lexsort((time_ms, arrived, ch, row))
     group = row[order].astype(np.int64) * N_CHANNELS + ch[order]
     rank = _rank_within_groups(group)
     tau_s = params.tau_s
@@ -103,7 +107,7 @@ def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np
         prev_t = last_time[r, c]
         fresh = t >= prev_t
         never = prev_t == NO_TIME
-        dt_s = np.where(never, 0.0, (t - np.where(never, t, prev_t)) / 1000.0)
+        dt_s = np.maximum(np.where(never, 0.0, (t - np.where(never, t, prev_t)) / 1000.0), 0.0)
         tau = tau_s[c]
         with np.errstate(divide="ignore", invalid="ignore"):
             alpha = np.where((tau > 0) & ~never, -np.expm1(-dt_s / np.where(tau > 0, tau, 1.0)),

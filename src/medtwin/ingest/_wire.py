@@ -20,10 +20,15 @@ DeviceId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH,
 Millis = Annotated[StrictInt, Field(ge=0, le=_MAX_INT)]
 
 
+#: Integers a float64 holds exactly; larger JSON integers are refused here (a JSON float that
+#: large still parses, and the gate's possible-value range refuses it).
+_MAX_EXACT_INT = 2**53
+
+
 class WireReading(TypedDict):
     code: Annotated[StrictStr, Field(max_length=32)]
     unit: Annotated[StrictStr, Field(max_length=32)]
-    value: StrictFloat | StrictInt
+    value: StrictFloat | Annotated[StrictInt, Field(ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT)]
     time: Millis
 
 

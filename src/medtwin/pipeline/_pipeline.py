@@ -6,6 +6,7 @@ memory changes until the batch is durable in the store, so a failed write change
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,10 +20,10 @@ from medtwin.clinical import (
     RISK_NAMES,
     RULES,
     STALE_AFTER_S,
+    RuleStep,
     explain,
     news2_from_estimates,
     news2_risk,
-    rule_conditions,
     step_rules,
 )
 from medtwin.config import Settings
@@ -33,7 +34,10 @@ from medtwin.domain import (
     ChannelState,
     Device,
     DeviceStatus,
+    Packet,
     Patient,
+    Provenance,
+    ReadingBatch,
     TwinState,
 )
 from medtwin.errors import (
@@ -130,9 +134,9 @@ class Pipeline:
             verdicts = self.gate.check(submissions, now, self._devices, self._wrapped)
             admitted = [v for v in verdicts if isinstance(v, Admitted)]
             # (2) twin: one batched update over every admitted reading
-            update = self._propose_twin(admitted)
             # (3) clinical rules on the patients the batch touched
-            active, alerts = self._evaluate_rules(update)
+            update, rules, values = self._advance([a.packet for a in admitted])
+            alerts = self._explain(update, rules, values)
             # (4) seal and log: records, leaves and a signed tree head
             tree = self._tree.copy()
             commit, outcomes = self._seal_and_log(verdicts, update, alerts, tree, now)
@@ -141,7 +145,7 @@ class Pipeline:
             # (6) make it current, and tell the subscribers
             self._tree = tree
             self.twin.apply(update)
-            self._active[update.rows] = active
+            self._active[update.rows] = rules.active
             for device_id, seq in commit.device_seqs.items():
                 device = self._devices[device_id]
                 self._devices[device_id] = Device(device.device_id, device.patient_id,
@@ -153,31 +157,37 @@ class Pipeline:
 
     # Steps ----------------------------------------------------------------------------------
 
-    def _propose_twin(self, admitted: Sequence[Admitted]) -> TwinUpdate:
-        batches = [a.packet.readings for a in admitted]
-        if not batches:
-            return self.twin.propose(np.zeros(0, np.intp), np.zeros(0, np.int8), np.zeros(0),
-                                     np.zeros(0, np.int64))
-        rows = np.repeat([self.twin.row(a.packet.patient_id) for a in admitted],
-                         [len(b) for b in batches]).astype(np.intp)
+    def _advance(self, packets: Sequence[Packet]
+                 ) -> tuple[TwinUpdate, RuleStep, npt.NDArray[np.float64]]:
+        """Steps (2) and (3) for a batch of packets, proposed, not applied: the twin update,
+        the rules' new state and the estimates the rules saw. Restart replays through here."""
+        batches = [p.readings for p in packets]
+        sizes = [len(b) for b in batches]
+        rows = np.repeat(np.array([self.twin.row(p.patient_id) for p in packets], np.intp),
+                         sizes)
         if self._active.shape[0] < len(self.twin):
             grown = np.zeros((2 * len(self.twin), N_RULES), dtype=bool)
             grown[: self._active.shape[0]] = self._active
             self._active = grown
-        return self.twin.propose(rows, np.concatenate([b.channel for b in batches]),
-                                 np.concatenate([b.value for b in batches]),
-                                 np.concatenate([b.time_ms for b in batches]))
 
-    def _evaluate_rules(self, update: TwinUpdate) -> tuple[npt.NDArray[np.bool_], list[Alert]]:
+        def column(name: str, dtype: type) -> npt.NDArray[Any]:
+            return (np.concatenate([getattr(b, name) for b in batches]) if batches
+                    else np.zeros(0, dtype))
+
+        update = self.twin.propose(rows, column("channel", np.int8), column("value", np.float64),
+                                   column("time_ms", np.int64),
+                                   np.repeat(np.arange(len(packets), dtype=np.int64), sizes))
         values = _fresh_estimates(update.state.estimate, update.state.last_time_ms)
-        step = step_rules(self._active[update.rows], values)
+        return update, step_rules(self._active[update.rows], values), values
+
+    def _explain(self, update: TwinUpdate, rules: RuleStep,
+                 values: npt.NDArray[np.float64]) -> list[Alert]:
         patient_ids = self.twin.patient_ids()
-        alerts = [
+        return [
             explain(int(rule), patient_ids[update.rows[r]], values[r],
                     int(update.state.last_time_ms[r].max()))
-            for r, rule in zip(step.fired_rows, step.fired_rules, strict=True)
+            for r, rule in zip(rules.fired_rows, rules.fired_rules, strict=True)
         ]
-        return step.active, alerts
 
     def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
                       alerts: Sequence[Alert], tree: MerkleTree,
@@ -189,6 +199,7 @@ class Pipeline:
         outcomes: list[Outcome] = []
         seqs: dict[str, int] = {}
         offset = 0
+        batch_index = tree.size
 
         def log(record: PacketRecord | AlertRecord | RejectionRecord) -> None:
             h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
@@ -209,8 +220,9 @@ class Pipeline:
             envelope = self.keyring.seal(pkt.patient_id, self._wrapped[pkt.patient_id],
                                          encode_readings(pkt.readings),
                                          packet_aad(index, pkt.patient_id))
-            prec = PacketRecord(index, pkt.device_id, pkt.patient_id, pkt.seq, pkt.sent_at_ms,
-                                now, pkt.provenance.value, n, envelope, verdict.signature)
+            prec = PacketRecord(index, batch_index, pkt.device_id, pkt.patient_id, pkt.seq,
+                                pkt.sent_at_ms, now, pkt.provenance.value, n, envelope,
+                                verdict.signature)
             packets.append(prec)
             log(prec)
             if pkt.device_id in self._devices:
@@ -339,25 +351,27 @@ class Pipeline:
                          tuple(RULES[i].name for i in np.flatnonzero(active)))
 
     def _rebuild_twin(self) -> None:
-        """Replay the stored packets into the twin, so a restart resumes where it stopped."""
+        """Replay the stored packets, batch by batch as they were processed, so a restart
+        resumes with exactly the twin and rule state the site had."""
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
-        for rec in self.store.packets():
-            try:
-                batch = decode_readings(self.keyring.open(
-                    rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
-                    packet_aad(rec.leaf_index, rec.patient_id)))
-            except DecryptionError as exc:
-                raise VerificationError(
-                    f"pipeline: stored {rec.describe()} cannot be opened (altered, or sealed "
-                    "under another key); run `medtwin verify`", rec.describe()) from exc
-            rows = np.full(len(batch), self.twin.row(rec.patient_id), dtype=np.intp)
-            self.twin.apply(self.twin.propose(rows, batch.channel, batch.value, batch.time_ms))
-        self._active = np.zeros((max(len(self.twin), 1), N_RULES), dtype=bool)
-        every = np.arange(len(self.twin), dtype=np.intp)
-        state = self.twin.rows_state(every)
-        self._active[every] = rule_conditions(
-            _fresh_estimates(state.estimate, state.last_time_ms)).start
+        for _, records in itertools.groupby(self.store.packets(), key=lambda r: r.batch_index):
+            packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
+                              self._open_readings(r), Provenance(r.provenance))
+                       for r in records]
+            update, rules, _ = self._advance(packets)
+            self.twin.apply(update)
+            self._active[update.rows] = rules.active
+
+    def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
+        try:
+            return decode_readings(self.keyring.open(
+                rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
+                packet_aad(rec.leaf_index, rec.patient_id)))
+        except DecryptionError as exc:
+            raise VerificationError(
+                f"pipeline: stored {rec.describe()} cannot be opened (altered, or sealed "
+                "under another key); run `medtwin verify`", rec.describe()) from exc
 
 
 def _fresh_estimates(estimate: npt.NDArray[np.float64],

@@ -9,9 +9,14 @@ from medtwin.domain import canonical_json
 
 @dataclass(frozen=True, slots=True)
 class PacketRecord:
-    """An accepted packet: metadata in the clear, readings only as ciphertext."""
+    """An accepted packet: metadata in the clear, readings only as ciphertext.
+
+    `batch_index` is the first leaf of the batch it was processed in: replaying batches as
+    they were processed rebuilds exactly the twin and rule state the site had.
+    """
 
     leaf_index: int
+    batch_index: int
     device_id: str
     patient_id: str
     seq: int
@@ -25,8 +30,9 @@ class PacketRecord:
     kind = "packet"
 
     def commit_bytes(self) -> bytes:
-        meta = canonical_json([self.device_id, self.patient_id, self.seq, self.sent_at_ms,
-                               self.received_at_ms, self.provenance, self.n_readings])
+        meta = canonical_json([self.batch_index, self.device_id, self.patient_id, self.seq,
+                               self.sent_at_ms, self.received_at_ms, self.provenance,
+                               self.n_readings])
         return b"\n".join((meta, self.envelope, self.signature or b""))
 
     def describe(self) -> str:

@@ -43,6 +43,7 @@ devices = Table(
 packets = Table(
     "packets", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("batch_index", BigInteger, nullable=False),
     Column("device_id", String(64), nullable=False),
     Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
     Column("seq", BigInteger, nullable=False),
