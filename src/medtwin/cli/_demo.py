@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from medtwin.access import Role, new_token
 from medtwin.cli._server import BackgroundServer
+from medtwin.clinical import RULES
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading
 from medtwin.pipeline import Pipeline, verify_store
@@ -172,31 +173,47 @@ def _headline(stats: dict[str, int], clock: AcceleratedClock) -> str:
 
 
 def _ward_view(http: httpx.Client, token: str, clock: AcceleratedClock,
-               stats: dict[str, int]) -> Callable[[], Table]:
-    """A function that fetches the ward from the API and renders it as a table."""
+               stats: dict[str, int]) -> Callable[[], Group]:
+    """A function that fetches the ward and its latest alerts from the API and renders them."""
     headers = {"Authorization": f"Bearer {token}"}
 
-    def view() -> Table:
+    def view() -> Group:
         table = Table(title=_headline(stats, clock), expand=True)
         for name in ("patient", "glucose mg/dL", "HR /min", "SpO2 %", "RR /min", "BP mmHg",
                      "temp °C", "NEWS2", "alerts"):
             table.add_column(name, justify="right" if name != "alerts" else "left")
         try:
             states = http.get("/v1/patients", headers=headers).json()
+            alerts = http.get("/v1/alerts", params={"limit": 5}, headers=headers).json()
         except httpx.HTTPError:
-            return table
+            return Group(table)
         for s in states:
             ch = s["channels"]
 
-            def v(code: str, ch: dict[str, Any] = ch) -> str:
+            def v(code: str, fmt: str = "{:.0f}", ch: dict[str, Any] = ch) -> str:
                 item = ch.get(code)
-                return "–" if item is None or item["value"] is None else f"{item['value']:g}"
+                return "–" if item is None or item["value"] is None else fmt.format(item["value"])
 
             news = s["news2"]
             table.add_row(
                 s["patient_id"], v("99504-3"), v("8867-4"), v("59408-5"), v("9279-1"),
-                f"{v('8480-6')}/{v('8462-4')}", v("8310-5"),
-                f"[{_RISK_STYLE[news['risk']]}]{news['total']}[/]", ", ".join(s["active_alerts"]))
-        return table
+                f"{v('8480-6')}/{v('8462-4')}", v("8310-5", "{:.1f}"),
+                f"[{_RISK_STYLE[news['risk']]}]{news['total']}[/]",
+                ", ".join(_most_severe(s["active_alerts"])))
+        latest = Table.grid(padding=(0, 1))
+        for a in alerts:
+            latest.add_row(f"[{_RISK_STYLE.get(a['severity'], 'white')}]{a['severity']}[/]",
+                           a["patient_id"], a["summary"])
+        return Group(table, "[bold]latest alerts[/]", latest)
 
     return view
+
+
+def _most_severe(active: list[str]) -> list[str]:
+    """Active rules without those outranked by a more severe rule of their family."""
+    by_family = {rule.name: rule.family for rule in RULES}
+    order = [rule.name for rule in RULES]
+    top: dict[str, str] = {}
+    for name in sorted(active, key=order.index):
+        top[by_family[name]] = name
+    return list(top.values())
