@@ -17,6 +17,10 @@ DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 MAX_PACKET_BYTES = 256 * 1024
 #: Most readings in one packet (prevents DoS through one huge batch).
 MAX_PACKET_READINGS = 4096
+#: Longest patient or device id (bounded so every record and message can name it).
+MAX_ID_LENGTH = 64
+#: Patient and device ids: letters, digits and . _ : - only (never free text).
+ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 #: How long a device may buffer readings before sending them.
 MAX_READING_AGE_S = 24 * 3600.0
 #: AEAD suite for new ciphertext; old ciphertext names its own suite and stays readable.

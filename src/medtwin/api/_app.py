@@ -14,15 +14,20 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from medtwin.access import Permission
-from medtwin.api._auth import Caller, require
+from medtwin.access import Permission, Role, allows, new_token
+from medtwin.api._auth import Caller, caller_of, require
 from medtwin.api._batcher import IngestBatcher
-from medtwin.config import MAX_PACKET_BYTES
-from medtwin.crypto import SIGNATURE_SUITES
-from medtwin.domain import Device, RejectReason
-from medtwin.errors import ConflictError, MedtwinError, NotFoundError
-from medtwin.ingest import MAX_ID_LENGTH
-from medtwin.pipeline import Accepted, Pipeline, alert_json, twin_state_json, verify_store
+from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_BYTES
+from medtwin.domain import Device, DeviceStatus, RejectReason
+from medtwin.errors import ConfigError, ConflictError, MedtwinError, NotFoundError
+from medtwin.pipeline import (
+    Accepted,
+    Pipeline,
+    SignedSubmission,
+    alert_json,
+    twin_state_json,
+    verify_store,
+)
 
 #: Seconds between keep-alive comments on the live stream (keeps proxies from closing it).
 STREAM_KEEPALIVE_S = 15.0
@@ -42,8 +47,7 @@ _REJECTION_STATUS = {
     RejectReason.UNKNOWN_PATIENT: 422,
 }
 
-IdStr = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH,
-                             pattern=r"^[A-Za-z0-9._:-]+$")]
+IdStr = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 class PatientIn(BaseModel):
@@ -55,6 +59,26 @@ class DeviceIn(BaseModel):
     patient_id: IdStr
     suite: str = "ed25519"
     public_key: str = Field(description="The device's raw public key, base64")
+
+
+class TokenIn(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    role: Role
+
+
+async def _read_capped(request: Request, limit: int) -> tuple[bytes, int]:
+    """The request body, but never more than `limit` + 1 bytes of it in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return b"", int(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return b"", size
+        chunks.append(chunk)
+    return b"".join(chunks), size
 
 
 def create_app(pipeline: Pipeline) -> FastAPI:
@@ -77,8 +101,8 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.exception_handler(MedtwinError)
     async def medtwin_error(_request: Request, exc: MedtwinError) -> JSONResponse:
-        code = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(
-            exc, ConflictError) else 500
+        code = (404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError)
+                else 422 if isinstance(exc, ConfigError) else 500)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.get("/healthz", tags=["meta"])
@@ -94,14 +118,10 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     async def ingest_packet(request: Request) -> JSONResponse:
         """Ingest one signed device packet; authenticated by the device's signature, not a
         token. Answers only once the packet (or its rejection) is durable."""
-        body = await request.body()
-        envelope: Any = None
-        if len(body) <= MAX_PACKET_BYTES:
-            try:
-                envelope = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                envelope = None
-        outcome = await batcher.submit(envelope, len(body))
+        body, size = await _read_capped(request, MAX_PACKET_BYTES)
+        submission = (SignedSubmission.from_bytes(body) if size <= MAX_PACKET_BYTES
+                      else SignedSubmission(None, size))
+        outcome = await batcher.submit(submission)
         if isinstance(outcome, Accepted):
             return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,
                                  "device_id": outcome.device_id, "seq": outcome.seq,
@@ -112,16 +132,14 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                             status_code=_REJECTION_STATUS[error.reason])
 
     @app.post("/v1/patients", status_code=201, tags=["admin"])
-    async def add_patient(body: PatientIn, _caller: Caller = manage) -> dict[str, str]:
+    def add_patient(body: PatientIn, _caller: Caller = manage) -> dict[str, str]:
         """Register a patient (creates their data key)."""
         pipeline.add_patient(body.patient_id)
         return {"patient_id": body.patient_id}
 
     @app.post("/v1/devices", status_code=201, tags=["admin"])
-    async def add_device(body: DeviceIn, _caller: Caller = manage) -> dict[str, str]:
+    def add_device(body: DeviceIn, _caller: Caller = manage) -> dict[str, str]:
         """Register a device and its public key to a patient."""
-        if body.suite not in SIGNATURE_SUITES:
-            raise HTTPException(422, f"api: suite must be one of {sorted(SIGNATURE_SUITES)}")
         try:
             key = base64.b64decode(body.public_key, validate=True)
         except (binascii.Error, ValueError):
@@ -130,24 +148,48 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         return {"device_id": body.device_id, "patient_id": body.patient_id}
 
     @app.get("/v1/devices", tags=["admin"])
-    async def list_devices(_caller: Caller = manage) -> list[dict[str, Any]]:
+    def list_devices(_caller: Caller = manage) -> list[dict[str, Any]]:
         """Registered devices, their patient, status and last accepted sequence number."""
         return [{"device_id": d.device_id, "patient_id": d.patient_id, "suite": d.suite,
                  "status": d.status.value, "last_seq": d.last_seq}
                 for d in pipeline.devices()]
 
+    @app.post("/v1/devices/{device_id}/quarantine", tags=["admin"])
+    def quarantine_device(device_id: str, _caller: Caller = manage) -> dict[str, str]:
+        """Stop a device's packets from reaching the twin (they are refused and recorded)."""
+        pipeline.set_device_status(device_id, DeviceStatus.QUARANTINED)
+        return {"device_id": device_id, "status": DeviceStatus.QUARANTINED.value}
+
+    @app.post("/v1/devices/{device_id}/release", tags=["admin"])
+    def release_device(device_id: str, _caller: Caller = manage) -> dict[str, str]:
+        """Let a quarantined device's packets reach the twin again."""
+        pipeline.set_device_status(device_id, DeviceStatus.ACTIVE)
+        return {"device_id": device_id, "status": DeviceStatus.ACTIVE.value}
+
+    @app.post("/v1/tokens", status_code=201, tags=["admin"])
+    def create_token(body: TokenIn, _caller: Caller = manage) -> dict[str, str]:
+        """Create a token for `name` with `role`; the token is shown only in this answer."""
+        token, token_hash = new_token()
+        pipeline.store.add_token(token_hash, body.name, body.role.value, pipeline.clock())
+        return {"name": body.name, "role": body.role.value, "token": token}
+
+    @app.delete("/v1/tokens/{name}", tags=["admin"])
+    def revoke_tokens(name: str, _caller: Caller = manage) -> dict[str, Any]:
+        """Revoke every token held by `name`; effective on the holder's next request."""
+        return {"name": name, "revoked": pipeline.store.revoke_tokens(name)}
+
     @app.get("/v1/patients", tags=["twin"])
-    async def list_patients(_caller: Caller = read_twin) -> list[dict[str, Any]]:
+    def list_patients(_caller: Caller = read_twin) -> list[dict[str, Any]]:
         """Every patient with their twin state."""
         return [twin_state_json(s) for s in pipeline.twin_states()]
 
     @app.get("/v1/patients/{patient_id}/twin", tags=["twin"])
-    async def get_twin(patient_id: str, _caller: Caller = read_twin) -> dict[str, Any]:
+    def get_twin(patient_id: str, _caller: Caller = read_twin) -> dict[str, Any]:
         """One patient's twin: latest values and ages, estimates, NEWS2, active alerts."""
         return twin_state_json(pipeline.twin_state(patient_id))
 
     @app.get("/v1/alerts", tags=["twin"])
-    async def list_alerts(_caller: Caller = read_twin, patient_id: str | None = None,
+    def list_alerts(_caller: Caller = read_twin, patient_id: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100
                           ) -> list[dict[str, Any]]:
         """Recent alerts, newest first, with their explanations."""
@@ -155,8 +197,14 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.get("/v1/stream", tags=["twin"])
     async def stream(request: Request, _caller: Caller = read_twin) -> StreamingResponse:
-        """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts."""
+        """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts.
+        The token is checked again at every keep-alive, so a revoked token's stream ends."""
         queue = pipeline.events.subscribe()
+        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+
+        async def still_allowed() -> bool:
+            now = await asyncio.to_thread(caller_of, pipeline, token)
+            return now is not None and allows(now.role, Permission.READ_TWIN)
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -165,6 +213,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                     try:
                         event = await asyncio.wait_for(queue.get(), STREAM_KEEPALIVE_S)
                     except TimeoutError:
+                        if not await still_allowed():
+                            yield "event: end\ndata: {\"reason\": \"token revoked\"}\n\n"
+                            return
                         yield ": keep-alive\n\n"
                         continue
                     yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
@@ -175,7 +226,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                                  headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/rejections", tags=["audit"])
-    async def list_rejections(_caller: Caller = read_audit,
+    def list_rejections(_caller: Caller = read_audit,
                               limit: Annotated[int, Query(ge=1, le=1000)] = 100
                               ) -> list[dict[str, Any]]:
         """Recent gate rejections (never with readings)."""
@@ -184,7 +235,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                 for r in pipeline.store.rejections(limit)]
 
     @app.get("/v1/ledger/head", tags=["audit"])
-    async def ledger_head(_caller: Caller = read_audit) -> dict[str, Any]:
+    def ledger_head(_caller: Caller = read_audit) -> dict[str, Any]:
         """The latest signed tree head (checkpoint) of the log."""
         head = pipeline.store.latest_head()
         if head is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -21,25 +21,31 @@ class Caller:
     role: Role
 
 
-def require(permission: Permission) -> Callable[..., Awaitable[Caller]]:
-    """A dependency that admits callers whose role holds `permission`."""
+def caller_of(pipeline: Pipeline, token: str) -> Caller | None:
+    """Who holds `token`, or None if it is unknown or revoked."""
+    found = pipeline.store.token_role(hash_token(token))
+    return None if found is None else Caller(found[0], Role(found[1]))
 
-    async def dependency(
+
+def require(permission: Permission) -> Callable[..., Caller]:
+    """A dependency that admits callers whose role holds `permission` (runs in a worker
+    thread: it reads the store)."""
+
+    def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
         if credentials is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "api: bearer token required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        pipeline: Pipeline = request.app.state.pipeline
-        found = pipeline.store.token_role(hash_token(credentials.credentials))
-        if found is None:
+        caller = caller_of(request.app.state.pipeline, credentials.credentials)
+        if caller is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "api: unknown or revoked token",
                                 headers={"WWW-Authenticate": "Bearer"})
-        caller = Caller(found[0], Role(found[1]))
         if not allows(caller.role, permission):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"api: role {caller.role.value!r} may not {permission.value}")
         return caller
 
+    dependency.__name__ = f"require_{permission.value.replace('-', '_')}"
     return dependency

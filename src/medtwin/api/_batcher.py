@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
-from medtwin.ingest import SignedSubmission
-from medtwin.pipeline import Outcome, Pipeline
+from medtwin.pipeline import Outcome, Pipeline, SignedSubmission
 
 
 class IngestBatcher:
@@ -33,12 +31,13 @@ class IngestBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, envelope: Any, size: int = 0) -> Outcome:
-        """Queue one envelope; returns its outcome once durable (or raises the batch's error)."""
+    async def submit(self, submission: SignedSubmission) -> Outcome:
+        """Queue one submission; returns its outcome once durable (or raises the batch's
+        error)."""
         if self._queue is None:
             raise RuntimeError("api: ingest batcher is not running")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put((SignedSubmission(envelope, size), future))
+        await self._queue.put((submission, future))
         return await future
 
     async def _run(self) -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 from medtwin.access import Role, new_token
 from medtwin.config import Settings
 from medtwin.crypto import SiteKeys, signature_suite
-from medtwin.domain import Device
+from medtwin.domain import Device, DeviceStatus
 from medtwin.errors import MedtwinError
 from medtwin.pipeline import Pipeline, verify_store
 from medtwin.store import Store
@@ -157,6 +157,9 @@ def verify(data_dir: DataDir = None) -> None:
     console.print(f"[green]verify: OK[/] {report.records} records ({report.packets} packets, "
                   f"{report.alerts} alerts, {report.rejections} rejections); root "
                   f"{report.root_hex}")
+    if report.pending:
+        console.print(f"{report.pending} records appended since the signed head are not yet "
+                      "covered by it")
 
 
 @keys_app.command("init")
@@ -171,7 +174,10 @@ def keys_init(data_dir: DataDir = None) -> None:
 @keys_app.command("add-patient")
 def keys_add_patient(patient_id: str, data_dir: DataDir = None) -> None:
     """Register a patient and create their data key."""
-    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        pipeline = Pipeline.open(_settings(data_dir))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
     try:
         pipeline.add_patient(patient_id)
     except MedtwinError as exc:
@@ -194,7 +200,10 @@ def keys_add_device(
         console.print(f"[bold red]error:[/] {out} exists; refusing to overwrite a key file")
         raise typer.Exit(1)
     private, public = signature_suite("ed25519").generate()
-    pipeline = Pipeline.open(_settings(data_dir))
+    try:
+        pipeline = Pipeline.open(_settings(data_dir))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
     try:
         pipeline.add_device(Device(device_id, patient, "ed25519", public))
     except MedtwinError as exc:
@@ -211,13 +220,40 @@ def keys_add_device(
 
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
-    """List registered devices."""
-    pipeline = Pipeline.open(_settings(data_dir))
+    """List registered devices (works while the site is serving)."""
+    store = Store(_settings(data_dir).resolved_database_url)
     table = Table("device", "patient", "suite", "status", "last seq")
-    for d in pipeline.devices():
+    for d in store.devices():
         table.add_row(d.device_id, d.patient_id, d.suite, d.status.value, str(d.last_seq))
-    pipeline.close()
+    store.close()
     console.print(table)
+
+
+def _set_status(device_id: str, status: DeviceStatus, data_dir: Path | None) -> None:
+    try:
+        pipeline = Pipeline.open(_settings(data_dir))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    try:
+        pipeline.set_device_status(device_id, status)
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    finally:
+        pipeline.close()
+    console.print(f"device {device_id} is {status.value}")
+
+
+@keys_app.command("quarantine")
+def keys_quarantine(device_id: str, data_dir: DataDir = None) -> None:
+    """Quarantine a device: its packets are refused (and recorded) until it is released.
+    While the site is serving, use `POST /v1/devices/{id}/quarantine` instead."""
+    _set_status(device_id, DeviceStatus.QUARANTINED, data_dir)
+
+
+@keys_app.command("release")
+def keys_release(device_id: str, data_dir: DataDir = None) -> None:
+    """Release a quarantined device."""
+    _set_status(device_id, DeviceStatus.ACTIVE, data_dir)
 
 
 @token_app.command("create")
@@ -226,14 +262,31 @@ def token_create(
     name: Annotated[str, typer.Option(help="Who holds the token.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Create an API token; it is printed once and stored only as its hash."""
+    """Create an API token; it is printed once and stored only as its hash (works while the
+    site is serving)."""
     token, token_hash = new_token()
-    pipeline = Pipeline.open(_settings(data_dir))
+    settings = _settings(data_dir)
+    SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
+    store = Store(settings.resolved_database_url)
     try:
-        pipeline.store.add_token(token_hash, name, role.value, int(time.time() * 1000))
+        store.add_token(token_hash, name, role.value, int(time.time() * 1000))
     finally:
-        pipeline.close()
+        store.close()
     console.print(token, soft_wrap=True)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Option(help="Whose tokens to revoke.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke every token held by `name`; effective on its next request."""
+    store = Store(_settings(data_dir).resolved_database_url)
+    try:
+        n = store.revoke_tokens(name)
+    finally:
+        store.close()
+    console.print(f"revoked {n} token(s) of {name}")
 
 
 @app.command()

@@ -8,7 +8,9 @@ from medtwin.estimation._smoother import (
     TwinArrays,
     default_smoother_params,
     empty_twin,
+    plan_rounds,
     smoother_step,
+    smoother_update,
 )
 
 __all__ = [
@@ -20,5 +22,7 @@ __all__ = [
     "TwinUpdate",
     "default_smoother_params",
     "empty_twin",
+    "plan_rounds",
     "smoother_step",
+    "smoother_update",
 ]

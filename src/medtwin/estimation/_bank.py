@@ -57,6 +57,12 @@ class TwinBank:
     def patient_ids(self) -> list[str]:
         return list(self._rows)
 
+    def gather(self, row: npt.NDArray[np.intp]
+               ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], TwinArrays]:
+        """The distinct rows of a batch, each reading's index among them, and their state."""
+        rows, local = np.unique(row, return_inverse=True)
+        return rows, local.astype(np.intp), self._state.take(rows)
+
     def propose(self, row: npt.NDArray[np.intp], channel: npt.NDArray[np.int8],
                 value: npt.NDArray[np.float64], time_ms: npt.NDArray[np.int64],
                 arrival: npt.NDArray[np.int64] | None = None) -> TwinUpdate:

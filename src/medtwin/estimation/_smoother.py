@@ -77,46 +77,84 @@ def _rank_within_groups(group: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return np.arange(n) - start_index
 
 
+def plan_rounds(row: npt.NDArray[np.intp], channel: npt.NDArray[np.int8],
+                time_ms: npt.NDArray[np.int64],
+                arrival: npt.NDArray[np.int64] | None = None) -> list[npt.NDArray[np.intp]]:
+    """Split a batch into rounds of events: round k holds the k-th event of every patient.
+
+    A patient's events are their readings in order of `arrival` (e.g. the packet's position)
+    then time; readings with the same arrival and time form one event, unless they repeat a
+    channel (two doses at one time are two events). Each round therefore holds at most one
+    reading per (patient, channel), and rounds are array operations over patients: the loop
+    runs over events per patient, not over readings.
+    """
+    n = row.shape[0]
+    if n == 0:
+        return []
+    arrived = np.zeros(n, np.int64) if arrival is None else arrival.astype(np.int64)
+    by_channel = np.lexsort((channel, time_ms, arrived, row))
+    same_channel_key = np.stack([row[by_channel], arrived[by_channel], time_ms[by_channel],
+                                 channel[by_channel]], axis=1)
+    new_key = np.ones(n, dtype=bool)
+    new_key[1:] = (same_channel_key[1:] != same_channel_key[:-1]).any(axis=1)
+    repeat = np.empty(n, np.int64)
+    repeat[by_channel] = _rank_within_groups(np.cumsum(new_key))
+    order = np.lexsort((channel, repeat, time_ms, arrived, row))
+    event_key = np.stack([arrived[order], time_ms[order], repeat[order]], axis=1)
+    patient = row[order]
+    new_patient = np.ones(n, dtype=bool)
+    new_patient[1:] = patient[1:] != patient[:-1]
+    new_event = new_patient.copy()
+    new_event[1:] |= (event_key[1:] != event_key[:-1]).any(axis=1)
+    event_number = np.cumsum(new_event)
+    first_event = np.maximum.accumulate(np.where(new_patient, event_number, 0))
+    round_of = event_number - first_event
+    by_round = np.argsort(round_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(round_of[by_round])) + 1
+    return [order[chunk] for chunk in np.split(by_round, bounds)]
+
+
+def smoother_update(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
+                    channel: npt.NDArray[np.int8], value: FloatArray,
+                    time_ms: npt.NDArray[np.int64]) -> StepResult:
+    """Apply readings with at most one per (row, channel) to the state rows; pure.
+
+    Exponential smoothing with irregular steps: alpha = 1 - exp(-dt / tau). The first reading
+    of a channel sets its estimate; a reading older than the channel's latest value leaves the
+    state as it is.
+    """
+    last_value, last_time, estimate = (
+        state.last_value.copy(), state.last_time_ms.copy(), state.estimate.copy())
+    r, c = row, channel.astype(np.intp)
+    prev_t = last_time[r, c]
+    fresh = time_ms >= prev_t
+    never = prev_t == NO_TIME
+    dt_s = np.maximum(np.where(never, 0.0, (time_ms - np.where(never, time_ms, prev_t)) / 1000.0),
+                      0.0)
+    tau = params.tau_s[c]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where((tau > 0) & ~never, -np.expm1(-dt_s / np.where(tau > 0, tau, 1.0)), 1.0)
+    prev_est = estimate[r, c]
+    new_est = np.where(never | np.isnan(prev_est), value, prev_est + alpha * (value - prev_est))
+    new_est = np.where(fresh, new_est, prev_est)
+    estimate[r, c] = new_est
+    last_value[r, c] = np.where(fresh, value, last_value[r, c])
+    last_time[r, c] = np.where(fresh, time_ms, prev_t)
+    return StepResult(TwinArrays(last_value, last_time, estimate), new_est)
+
+
 def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
                   channel: npt.NDArray[np.int8], value: FloatArray,
                   time_ms: npt.NDArray[np.int64],
                   arrival: npt.NDArray[np.int64] | None = None) -> StepResult:
     """Fold a batch of readings into the state rows; pure: `state` is not modified.
 
-    `row` indexes each reading's patient in `state` (shape (n_readings,)). Readings of the same
-    patient and channel are applied in order of `arrival` (e.g. the packet's position; default:
-    all equal), then time, round by round: round k applies the k-th reading of every
-    (patient, channel) at once, so the work is array operations over patients. A reading older
-    than the channel's latest value leaves the state as it is, so the result does not depend on
-    how packets were grouped into batches.
+    `row` indexes each reading's patient in `state` (shape (n_readings,)). Readings are applied
+    in the rounds of `plan_rounds` (per patient in order of `arrival`, then time), so the
+    result does not depend on how packets were grouped into batches.
     """
-    last_value, last_time, estimate = (
-        state.last_value.copy(), state.last_time_ms.copy(), state.estimate.copy())
     out = np.full(value.shape, np.nan)
-    if value.size == 0:
-        return StepResult(TwinArrays(last_value, last_time, estimate), out)
-    ch = channel.astype(np.intp)
-    arrived = np.zeros(value.shape, np.int64) if arrival is None else arrival
-    order = np.lexsort((time_ms, arrived, ch, row))
-    group = row[order].astype(np.int64) * N_CHANNELS + ch[order]
-    rank = _rank_within_groups(group)
-    tau_s = params.tau_s
-    for k in range(int(rank.max()) + 1):
-        idx = order[rank == k]
-        r, c, v, t = row[idx], ch[idx], value[idx], time_ms[idx]
-        prev_t = last_time[r, c]
-        fresh = t >= prev_t
-        never = prev_t == NO_TIME
-        dt_s = np.maximum(np.where(never, 0.0, (t - np.where(never, t, prev_t)) / 1000.0), 0.0)
-        tau = tau_s[c]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = np.where((tau > 0) & ~never, -np.expm1(-dt_s / np.where(tau > 0, tau, 1.0)),
-                             1.0)
-        prev_est = estimate[r, c]
-        new_est = np.where(never | np.isnan(prev_est), v, prev_est + alpha * (v - prev_est))
-        new_est = np.where(fresh, new_est, prev_est)
-        estimate[r, c] = new_est
-        last_value[r, c] = np.where(fresh, v, last_value[r, c])
-        last_time[r, c] = np.where(fresh, t, prev_t)
-        out[idx] = new_est
-    return StepResult(TwinArrays(last_value, last_time, estimate), out)
+    for idx in plan_rounds(row, channel, time_ms, arrival):
+        state, out[idx] = smoother_update(params, state, row[idx], channel[idx], value[idx],
+                                          time_ms[idx])
+    return StepResult(state, out)

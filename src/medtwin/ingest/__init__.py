@@ -9,11 +9,10 @@ from medtwin.ingest._gate import (
     Submission,
     Verdict,
 )
-from medtwin.ingest._wire import ENVELOPE_ADAPTER, MAX_ID_LENGTH, WireEnvelope
+from medtwin.ingest._wire import ENVELOPE_ADAPTER, WireEnvelope, decode_json
 
 __all__ = [
     "ENVELOPE_ADAPTER",
-    "MAX_ID_LENGTH",
     "Admitted",
     "Gate",
     "ImportSubmission",
@@ -22,4 +21,5 @@ __all__ = [
     "Submission",
     "Verdict",
     "WireEnvelope",
+    "decode_json",
 ]

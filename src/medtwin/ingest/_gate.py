@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from medtwin.config import MAX_PACKET_BYTES, Settings
+from medtwin.config import MAX_ID_LENGTH, MAX_PACKET_BYTES, Settings
 from medtwin.crypto import SIGNATURE_SUITES, verify_signature
 from medtwin.domain import (
     POSSIBLE_MAX,
@@ -41,7 +42,11 @@ from medtwin.domain import (
     packet_signing_message,
 )
 from medtwin.errors import GateRejection, SignatureError
-from medtwin.ingest._wire import ENVELOPE_ADAPTER, MAX_ID_LENGTH
+from medtwin.ingest._wire import (
+    DEVICE_ID_PATTERN,
+    ENVELOPE_ADAPTER,
+    decode_json,
+)
 
 _CHANNEL_BY_CODE = {c.code: int(c) for c in Channel}
 _UCUM_BY_CHANNEL = np.array([c.ucum for c in Channel])
@@ -57,6 +62,13 @@ class SignedSubmission:
 
     envelope: Any
     size: int = 0
+
+    @classmethod
+    def from_bytes(cls, body: bytes, limit: int = MAX_PACKET_BYTES) -> SignedSubmission:
+        """A submission from a request body; an oversized or non-JSON body becomes one the
+        gate refuses (and records) like any other."""
+        envelope = decode_json(body) if len(body) <= limit else None
+        return cls(envelope, len(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +116,15 @@ class Admitted:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A packet the gate rejected; `device_id` is the claimed sender, if one could be read."""
+    """A packet the gate rejected; `device_id` is the claimed sender, if one could be read.
+
+    `seq` is set when the packet was authentic (its signature verified) but its readings were
+    refused: the sequence number of every authentic packet is used once, whatever its fate.
+    """
 
     rejection: GateRejection
     device_id: str | None
+    seq: int | None = None
 
 
 Verdict = Admitted | Refused
@@ -233,8 +250,10 @@ class Gate:
         with np.errstate(invalid="ignore"):
             possible = np.isfinite(values) & (values >= POSSIBLE_MIN[safe]) & (
                 values <= POSSIBLE_MAX[safe])
-        timely = ~signed | ((times <= now_ms + self.max_skew_ms)
-                            & (times >= now_ms - self.max_age_ms))
+        # Imports may be old history, but nothing may come from the future: one future
+        # reading would otherwise hide every real one after it.
+        not_future = times <= now_ms + self.max_skew_ms
+        timely = not_future & (~signed | (times >= now_ms - self.max_age_ms))
         failure = np.select([~known, ~right_unit, ~possible, ~timely], [1, 2, 3, 4], 0)
 
         bad = np.flatnonzero(failure)
@@ -243,8 +262,10 @@ class Gate:
         for k, (i, cand) in enumerate(candidates):
             if k in first_bad:
                 at = int(bad[first_bad[k]])
+                authentic = cand.provenance is Provenance.DEVICE_SIGNED
                 verdicts[i] = Refused(_reading_rejection(int(failure[at]), at - int(starts[k]),
-                                                         str(codes[at])), cand.device_id)
+                                                         str(codes[at])), cand.device_id,
+                                      cand.seq if authentic else None)
                 continue
             sl = slice(int(starts[k]), int(starts[k] + counts[k]))
             batch = ReadingBatch(channel[sl].astype(np.int8), values[sl], times[sl])
@@ -278,7 +299,8 @@ def _claimed_device(raw: Any) -> str | None:
         device_id = raw["packet"]["device_id"]
     except (KeyError, TypeError):
         return None
-    if isinstance(device_id, str) and 0 < len(device_id) <= MAX_ID_LENGTH:
+    if (isinstance(device_id, str) and len(device_id) <= MAX_ID_LENGTH
+            and re.fullmatch(DEVICE_ID_PATTERN, device_id)):
         return device_id
     return None
 

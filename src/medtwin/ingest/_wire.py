@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
 from typing_extensions import TypedDict
 
-from medtwin.config import MAX_PACKET_READINGS
+from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_READINGS
 
-#: Longest device id (bounded so a rejection record can always name it).
-MAX_ID_LENGTH = 64
 #: Longest base64 signature accepted (ML-DSA-87 signatures are 4,627 bytes).
 MAX_SIGNATURE_LENGTH = 8192
 _MAX_INT = 2**63 - 1
 
 DeviceId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH,
-                                      pattern=r"^[A-Za-z0-9._:-]+$")]
+                                      pattern=ID_PATTERN)]
 Millis = Annotated[StrictInt, Field(ge=0, le=_MAX_INT)]
 
 
@@ -25,9 +24,14 @@ Millis = Annotated[StrictInt, Field(ge=0, le=_MAX_INT)]
 _MAX_EXACT_INT = 2**53
 
 
+#: Printable ASCII without spaces: codes and units are never free text.
+_TOKEN = r"^[!-~]{1,32}$"
+DEVICE_ID_PATTERN = ID_PATTERN
+
+
 class WireReading(TypedDict):
-    code: Annotated[StrictStr, Field(max_length=32)]
-    unit: Annotated[StrictStr, Field(max_length=32)]
+    code: Annotated[StrictStr, Field(pattern=_TOKEN)]
+    unit: Annotated[StrictStr, Field(pattern=_TOKEN)]
     value: StrictFloat | Annotated[StrictInt, Field(ge=-_MAX_EXACT_INT, le=_MAX_EXACT_INT)]
     time: Millis
 
@@ -46,3 +50,16 @@ class WireEnvelope(TypedDict):
 
 
 ENVELOPE_ADAPTER: TypeAdapter[WireEnvelope] = TypeAdapter(WireEnvelope)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def decode_json(body: bytes) -> Any:
+    """The JSON value of a request body, or None if it is not strict JSON (NaN and Infinity
+    literals, invalid UTF-8 and nesting deep enough to exhaust the parser are all refused)."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None

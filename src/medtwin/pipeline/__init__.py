@@ -1,5 +1,6 @@
 """Composes the one path of a reading; the only place that knows the order of the steps."""
 
+from medtwin.ingest import SignedSubmission
 from medtwin.pipeline._codec import decode_readings, encode_readings
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._pipeline import (
@@ -18,6 +19,7 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "Rejected",
+    "SignedSubmission",
     "VerifyReport",
     "alert_json",
     "decode_readings",

@@ -6,7 +6,8 @@ import asyncio
 import threading
 from typing import Any
 
-#: Events buffered per subscriber; a subscriber that falls further behind loses the oldest.
+#: Twin updates buffered per subscriber; one that falls further behind misses twin updates
+#: (the next one supersedes them) but never an alert.
 SUBSCRIBER_BUFFER = 1024
 
 
@@ -20,7 +21,7 @@ class EventHub:
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         """A queue receiving every event from now on; call from the subscriber's event loop."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         with self._lock:
             self._subscribers.append((asyncio.get_running_loop(), queue))
         return queue
@@ -49,6 +50,5 @@ class EventHub:
 
 def _offer(queue: asyncio.Queue[dict[str, Any]], events: list[dict[str, Any]]) -> None:
     for event in events:
-        if queue.full():
-            queue.get_nowait()
-        queue.put_nowait(event)
+        if event["type"] == "alert" or queue.qsize() < SUBSCRIBER_BUFFER:
+            queue.put_nowait(event)

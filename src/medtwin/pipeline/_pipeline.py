@@ -20,14 +20,13 @@ from medtwin.clinical import (
     RISK_NAMES,
     RULES,
     STALE_AFTER_S,
-    RuleStep,
     explain,
     news2_from_estimates,
     news2_risk,
     step_rules,
 )
 from medtwin.config import Settings
-from medtwin.crypto import KeyRing, SiteKeys
+from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import (
     Alert,
     Channel,
@@ -47,7 +46,7 @@ from medtwin.errors import (
     NotFoundError,
     VerificationError,
 )
-from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate
+from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate, plan_rounds, smoother_update
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.pipeline._codec import (
@@ -59,6 +58,7 @@ from medtwin.pipeline._codec import (
     packet_aad,
 )
 from medtwin.pipeline._events import EventHub
+from medtwin.pipeline._lock import WriterLock
 from medtwin.store import (
     AlertRecord,
     Commit,
@@ -109,6 +109,7 @@ class Pipeline:
         self.events = EventHub()
         self.twin = TwinBank()
         self._lock = threading.RLock()
+        self._writer_lock: WriterLock | None = None
         self._wrapped = store.patient_keys()
         self._devices = {d.device_id: d for d in store.devices()}
         self._tree = MerkleTree(store.leaf_hashes())
@@ -117,12 +118,26 @@ class Pipeline:
 
     @classmethod
     def open(cls, settings: Settings) -> Pipeline:
-        """Open (or create on first run) the site in `settings.data_dir`."""
-        keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
-        return cls(settings, Store(settings.resolved_database_url), keys)
+        """Open (or create on first run) the site in `settings.data_dir`.
+
+        One process at a time writes a site (its log numbering lives in memory): a second
+        `open` of the same data directory raises ConfigError until the first is closed.
+        """
+        lock = WriterLock.acquire(settings.data_dir)
+        try:
+            keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
+            pipeline = cls(settings, Store(settings.resolved_database_url), keys)
+        except BaseException:
+            lock.release()
+            raise
+        pipeline._writer_lock = lock
+        return pipeline
 
     def close(self) -> None:
         self.store.close()
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
     # The path -------------------------------------------------------------------------------
 
@@ -135,8 +150,7 @@ class Pipeline:
             admitted = [v for v in verdicts if isinstance(v, Admitted)]
             # (2) twin: one batched update over every admitted reading
             # (3) clinical rules on the patients the batch touched
-            update, rules, values = self._advance([a.packet for a in admitted])
-            alerts = self._explain(update, rules, values)
+            update, active, alerts = self._advance([a.packet for a in admitted])
             # (4) seal and log: records, leaves and a signed tree head
             tree = self._tree.copy()
             commit, outcomes = self._seal_and_log(verdicts, update, alerts, tree, now)
@@ -145,7 +159,7 @@ class Pipeline:
             # (6) make it current, and tell the subscribers
             self._tree = tree
             self.twin.apply(update)
-            self._active[update.rows] = rules.active
+            self._active[update.rows] = active
             for device_id, seq in commit.device_seqs.items():
                 device = self._devices[device_id]
                 self._devices[device_id] = Device(device.device_id, device.patient_id,
@@ -158,11 +172,15 @@ class Pipeline:
     # Steps ----------------------------------------------------------------------------------
 
     def _advance(self, packets: Sequence[Packet]
-                 ) -> tuple[TwinUpdate, RuleStep, npt.NDArray[np.float64]]:
-        """Steps (2) and (3) for a batch of packets, proposed, not applied: the twin update,
-        the rules' new state and the estimates the rules saw. Restart replays through here."""
-        batches = [p.readings for p in packets]
-        sizes = [len(b) for b in batches]
+                 ) -> tuple[TwinUpdate, npt.NDArray[np.bool_], list[Alert]]:
+        """Steps (2) and (3) for a batch, proposed, not applied: the twin update, the rules'
+        new state and the alerts they raised. Restart replays through here.
+
+        Each patient's events are applied in order, and the rules judge the twin after each
+        one, so a short excursion inside one packet or batch is still seen; the loop runs over
+        events per patient (round k: every patient's k-th event), not over readings.
+        """
+        sizes = [len(p.readings) for p in packets]
         rows = np.repeat(np.array([self.twin.row(p.patient_id) for p in packets], np.intp),
                          sizes)
         if self._active.shape[0] < len(self.twin):
@@ -171,23 +189,29 @@ class Pipeline:
             self._active = grown
 
         def column(name: str, dtype: type) -> npt.NDArray[Any]:
-            return (np.concatenate([getattr(b, name) for b in batches]) if batches
-                    else np.zeros(0, dtype))
+            parts = [getattr(p.readings, name) for p in packets]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
-        update = self.twin.propose(rows, column("channel", np.int8), column("value", np.float64),
-                                   column("time_ms", np.int64),
-                                   np.repeat(np.arange(len(packets), dtype=np.int64), sizes))
-        values = _fresh_estimates(update.state.estimate, update.state.last_time_ms)
-        return update, step_rules(self._active[update.rows], values), values
-
-    def _explain(self, update: TwinUpdate, rules: RuleStep,
-                 values: npt.NDArray[np.float64]) -> list[Alert]:
+        channel, value = column("channel", np.int8), column("value", np.float64)
+        time_ms = column("time_ms", np.int64)
+        arrival = np.repeat(np.arange(len(packets), dtype=np.int64), sizes)
+        patients, local, state = self.twin.gather(rows)
+        active = self._active[patients].copy()
+        estimate = np.full(value.shape, np.nan)
         patient_ids = self.twin.patient_ids()
-        return [
-            explain(int(rule), patient_ids[update.rows[r]], values[r],
-                    int(update.state.last_time_ms[r].max()))
-            for r, rule in zip(rules.fired_rows, rules.fired_rules, strict=True)
-        ]
+        alerts: list[Alert] = []
+        for idx in plan_rounds(local, channel, time_ms, arrival):
+            state, estimate[idx] = smoother_update(self.twin.params, state, local[idx],
+                                                   channel[idx], value[idx], time_ms[idx])
+            touched = np.unique(local[idx])
+            values = _fresh_estimates(state.estimate[touched], state.last_time_ms[touched])
+            step = step_rules(active[touched], values)
+            active[touched] = step.active
+            alerts.extend(
+                explain(int(rule), patient_ids[patients[touched[r]]], values[r],
+                        int(state.last_time_ms[touched[r]].max()))
+                for r, rule in zip(step.fired_rows, step.fired_rules, strict=True))
+        return TwinUpdate(patients, state, estimate), active, alerts
 
     def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
                       alerts: Sequence[Alert], tree: MerkleTree,
@@ -214,6 +238,8 @@ class Pipeline:
                 rejections.append(rec)
                 outcomes.append(Rejected(index, verdict.rejection))
                 log(rec)
+                if verdict.seq is not None and verdict.device_id in self._devices:
+                    seqs[verdict.device_id] = verdict.seq
                 continue
             pkt = verdict.packet
             n = len(pkt.readings)
@@ -287,11 +313,15 @@ class Pipeline:
                                     "register the patient first")
             if device.device_id in self._devices:
                 raise ConflictError(f"pipeline: device {device.device_id!r} already exists")
+            signature_suite(device.suite)
             self.store.add_device(device, self.clock())
             self._devices[device.device_id] = device
 
     def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
+        """Quarantine or release a device; NotFoundError if unknown."""
         with self._lock:
+            if device_id not in self._devices:
+                raise NotFoundError(f"pipeline: unknown device {device_id!r}")
             self.store.set_device_status(device_id, status)
             d = self._devices[device_id]
             self._devices[device_id] = Device(d.device_id, d.patient_id, d.suite, d.public_key,
@@ -334,10 +364,14 @@ class Pipeline:
             return self._tree.size
 
     def _state_of(self, row: int, now: int) -> TwinState:
+        """The twin as a reader should see it at `now`: values older than the rules'
+        staleness limit (by the site clock) no longer count for NEWS2, and a rule whose
+        evidence is all stale is not shown as active."""
         rows = np.array([row], dtype=np.intp)
         state = self.twin.rows_state(rows)
         ages = self.twin.ages_s(rows, now)[0]
-        fresh = _fresh_estimates(state.estimate, state.last_time_ms)
+        current = ages <= STALE_AFTER_S
+        fresh = np.where(current, state.estimate, np.nan)
         score = news2_from_estimates(fresh)
         risk = int(news2_risk(score)[0])
         channels = tuple(
@@ -346,9 +380,10 @@ class Pipeline:
             for c in Channel if state.last_time_ms[0, c] != NO_TIME
         )
         active = self._active[row] if row < self._active.shape[0] else np.zeros(N_RULES, bool)
+        shown = tuple(RULES[i].name for i in np.flatnonzero(active)
+                      if current[list(RULES[i].channels)].any())
         return TwinState(self.twin.patient_ids()[row], now, channels, int(score.total[0]),
-                         bool(score.complete[0]), RISK_NAMES[risk],
-                         tuple(RULES[i].name for i in np.flatnonzero(active)))
+                         bool(score.complete[0]), RISK_NAMES[risk], shown)
 
     def _rebuild_twin(self) -> None:
         """Replay the stored packets, batch by batch as they were processed, so a restart
@@ -359,9 +394,9 @@ class Pipeline:
             packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
                               self._open_readings(r), Provenance(r.provenance))
                        for r in records]
-            update, rules, _ = self._advance(packets)
+            update, active, _ = self._advance(packets)
             self.twin.apply(update)
-            self._active[update.rows] = rules.active
+            self._active[update.rows] = active
 
     def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
         try:

@@ -5,7 +5,9 @@
   (2) records are numbered 0, 1, 2, … with no gap or duplicate;
   (3) each record's leaf, recomputed from its stored bytes, equals the stored leaf hash;
   (4) the tree over the recomputed leaves has the signed head's size and root.
-The first failure raises VerificationError naming the record (or the head).
+The first failure raises VerificationError naming the record (or the head). The head is read
+first and the check covers the records it signs, so a site that keeps ingesting while it is
+verified is checked consistently; records appended since are reported as pending.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class VerifyReport:
     rejections: int
     tree_size: int
     root_hex: str
+    pending: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
@@ -43,10 +46,15 @@ def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
             raise VerificationError(f"checkpoint: signed by unknown key {head.key_id!r}",
                                     "tree-head")
         verify_tree_head(head, log_key.public_key)
-    stored = store.leaf_hashes()
+    signed_size = head.size if head is not None else 0
+    stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0}
+    pending = 0
     for record in store.records():
+        if record.leaf_index >= signed_size:
+            pending += 1
+            continue
         # (2): numbering
         if record.leaf_index != tree.size:
             raise VerificationError(
@@ -60,18 +68,19 @@ def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
                 record.describe())
         tree.append_hash(h)
         counts[record.kind] += 1
-    if len(stored) != tree.size:
-        raise VerificationError(
-            f"log: {len(stored)} leaves but {tree.size} records: record #{tree.size} is missing",
-            f"record #{tree.size}")
-    # (4): root against the signed head
     if head is None:
-        if tree.size:
+        if pending:
             raise VerificationError("checkpoint: records exist but no signed tree head",
                                     "tree-head")
-    elif head.size != tree.size or head.root != tree.root():
+    elif tree.size < head.size or len(stored) < head.size:
+        raise VerificationError(
+            f"log: the signed head covers {head.size} records but the store holds "
+            f"{tree.size} records and {len(stored)} leaves: record #{tree.size} is missing",
+            f"record #{tree.size}")
+    # (4): root against the signed head
+    elif head.root != tree.root():
         raise VerificationError(
             f"checkpoint: signed head (size {head.size}) does not match the log recomputed from "
             f"the store (size {tree.size}): the log was altered", "tree-head")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
-                        tree.size, tree.root().hex())
+                        tree.size, tree.root().hex(), pending)

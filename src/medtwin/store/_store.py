@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medtwin.domain import Device, DeviceStatus
@@ -198,6 +198,12 @@ class Store:
                     token_hash=token_hash, name=name, role=role, created_at_ms=now_ms))
         except IntegrityError as exc:
             raise ConflictError("store: token already exists") from exc
+
+    def revoke_tokens(self, name: str) -> int:
+        """Delete every token held by `name`; returns how many there were."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(t.api_tokens).where(t.api_tokens.c.name == name))
+            return int(result.rowcount)
 
     def token_role(self, token_hash: bytes) -> tuple[str, str] | None:
         """(name, role) of the token with this hash, or None."""
