@@ -71,16 +71,22 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
         '{"a":[1,2.5],"b":1,"c":{"y":"°C","z":null}}'.encode())
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 2**53 + 1])
 def test_canonical_json_refuses_non_finite_numbers(bad: float) -> None:
-    with pytest.raises(ValueError, match="JSON compliant"):
+    with pytest.raises(ValueError, match="^canonical JSON: "):
         canonical_json({"value": bad})
+
+
+def test_canonical_json_is_rfc_8785() -> None:
+    # ECMAScript number forms (RFC 8785 §3.2.2.3): what a JavaScript or C device produces.
+    assert canonical_json({"v": [72.0, 1e-7, 1e21, 0.1, -0.0]}) == b'{"v":[72,1e-7,1e+21,0.1,0]}'
+    assert canonical_json({"\u00e9": 1, "z": 2, "a": 3}) == '{"a":3,"z":2,"é":1}'.encode()
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.text(max_size=5),
-                       st.integers() | st.text(max_size=5) | st.floats(allow_nan=False,
-                                                                        allow_infinity=False),
+                       st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=5)
+                       | st.floats(-(2.0**53) + 1, 2.0**53 - 1),
                        max_size=6))
 def test_canonical_json_round_trips_and_ignores_insertion_order(obj: dict[str, object]) -> None:
     encoded = canonical_json(obj)

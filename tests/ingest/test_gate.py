@@ -291,8 +291,11 @@ def test_packet_with_one_bad_reading_is_refused_whole(pipeline: Pipeline, device
 @pytest.mark.parametrize("huge", [10**400, -(10**400)])
 def test_huge_integer_value_is_refused_not_raised(pipeline: Pipeline, device: DeviceSim,
                                                   clock: FakeClock, huge: int) -> None:
-    """A JSON integer beyond float64's exact range is refused, not overflowed or rounded."""
-    envelope = _with(device, clock, _reading("value", huge))
+    """A JSON integer beyond float64's exact range is refused, not overflowed or rounded.
+
+    No device can sign it (canonical JSON covers integers to 2**53 - 1), so it is sent as a
+    hand-made body, as an attacker would."""
+    envelope = _with(device, clock, _reading("value", huge), sign_after=False)
     outcomes = pipeline.process([SignedSubmission(envelope), device.submit(_hr(clock))])
     assert [type(o) for o in outcomes] == [Rejected, Accepted]
     assert isinstance(outcomes[0], Rejected)
@@ -300,13 +303,22 @@ def test_huge_integer_value_is_refused_not_raised(pipeline: Pipeline, device: De
                      r"packet\.readings\.1\.value\.constrained-int: (less|greater)_than_equal")
 
 
-@pytest.mark.parametrize("large", [2**53, 2**53 + 1, 2**70])
+@pytest.mark.parametrize("large", [2**31, 2**52, 2**53 - 1])
 def test_large_integer_value_fails_the_range_check(pipeline: Pipeline, device: DeviceSim,
                                                    clock: FakeClock, large: int) -> None:
     (outcome,) = pipeline.process([SignedSubmission(_with(device, clock,
                                                           _reading("value", large)))])
     assert isinstance(outcome, Rejected)
     assert outcome.error.reason is RejectReason.IMPOSSIBLE_VALUE
+
+
+@pytest.mark.parametrize("unsafe", [2**53, 2**53 + 1, 2**70])
+def test_integers_beyond_canonical_json_are_malformed(pipeline: Pipeline, device: DeviceSim,
+                                                      clock: FakeClock, unsafe: int) -> None:
+    envelope = _with(device, clock, _reading("value", unsafe), sign_after=False)
+    (outcome,) = pipeline.process([SignedSubmission(envelope)])
+    assert isinstance(outcome, Rejected)
+    assert outcome.error.reason is RejectReason.MALFORMED
 
 
 # Imports ---------------------------------------------------------------------------------------

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import rfc8785
 
 from medtwin.domain._channels import Channel
 
@@ -123,10 +123,14 @@ class Alert:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The one byte encoding that signatures and hashes cover: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """The one byte encoding that signatures and hashes cover: the JSON Canonicalization
+    Scheme (RFC 8785), which any language can reproduce (sorted keys, no spaces, UTF-8,
+    ECMAScript number form, so 72.0 and 72 encode alike). Integers beyond ±2**53 and
+    non-finite numbers raise ValueError."""
+    try:
+        return bytes(rfc8785.dumps(obj))
+    except rfc8785.CanonicalizationError as exc:
+        raise ValueError(f"canonical JSON: {exc}") from exc
 
 
 def packet_wire(

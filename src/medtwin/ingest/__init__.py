@@ -8,6 +8,7 @@ from medtwin.ingest._gate import (
     SignedSubmission,
     Submission,
     Verdict,
+    signed_packet_readings,
 )
 from medtwin.ingest._wire import ENVELOPE_ADAPTER, WireEnvelope, decode_json
 
@@ -22,4 +23,5 @@ __all__ = [
     "Verdict",
     "WireEnvelope",
     "decode_json",
+    "signed_packet_readings",
 ]

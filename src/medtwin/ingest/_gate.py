@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from medtwin.config import MAX_ID_LENGTH, MAX_PACKET_BYTES, Settings
 from medtwin.crypto import SIGNATURE_SUITES, verify_signature
 from medtwin.domain import (
+    PACKET_SIGNING_CONTEXT,
     POSSIBLE_MAX,
     POSSIBLE_MIN,
     Channel,
@@ -39,12 +40,13 @@ from medtwin.domain import (
     Provenance,
     ReadingBatch,
     RejectReason,
-    packet_signing_message,
+    canonical_json,
 )
 from medtwin.errors import GateRejection, SignatureError
 from medtwin.ingest._wire import (
     DEVICE_ID_PATTERN,
     ENVELOPE_ADAPTER,
+    PACKET_ADAPTER,
     decode_json,
 )
 
@@ -100,6 +102,7 @@ class _Candidate:
     sent_at_ms: int
     provenance: Provenance
     signature: bytes | None
+    signed: bytes | None
     codes: Sequence[str]
     units: Sequence[str]
     values: npt.NDArray[np.float64]
@@ -108,10 +111,13 @@ class _Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A packet the gate accepted, with the signature it carried (None for imports)."""
+    """A packet the gate accepted, with the signature it carried and the exact bytes that
+    signature covers (canonical JSON of the packet, without the context prefix); both None
+    for imports."""
 
     packet: Packet
     signature: bytes | None
+    signed: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,11 @@ class Gate:
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['type']}" for e in exc.errors()[:3])
             raise _Rejected(RejectReason.MALFORMED, f"envelope does not match the protocol "
                             f"({where})", claimed) from None
+        try:
+            signed = canonical_json(raw["packet"])
+        except ValueError:
+            raise _Rejected(RejectReason.MALFORMED, "packet holds a number outside the range "
+                            "canonical JSON covers (integers to 2**53 - 1)", claimed) from None
         pkt = env["packet"]
         device_id = pkt["device_id"]
         # (1): suite
@@ -193,8 +204,8 @@ class Gate:
             signature = base64.b64decode(env["signature"], validate=True)
             if env["suite"] != device.suite:
                 raise SignatureError("suite differs from the device's registered suite")
-            verify_signature(device.suite, device.public_key,
-                             packet_signing_message(raw["packet"]), signature)
+            verify_signature(device.suite, device.public_key, PACKET_SIGNING_CONTEXT + signed,
+                             signature)
         except (SignatureError, binascii.Error, ValueError):
             raise _Rejected(RejectReason.BAD_SIGNATURE, f"signature does not verify with the "
                             f"registered key of device {device_id!r}", device_id) from None
@@ -212,7 +223,7 @@ class Gate:
         readings = pkt["readings"]
         return _Candidate(
             device_id, device.patient_id, pkt["seq"], pkt["sent_at"], Provenance.DEVICE_SIGNED,
-            signature, [r["code"] for r in readings], [r["unit"] for r in readings],
+            signature, signed, [r["code"] for r in readings], [r["unit"] for r in readings],
             np.array([r["value"] for r in readings], dtype=np.float64),
             np.array([r["time"] for r in readings], dtype=np.int64))
 
@@ -225,7 +236,7 @@ class Gate:
             raise _Rejected(RejectReason.MALFORMED, "an import packet needs readings", source)
         sent = int(sub.time_ms.max())
         return _Candidate(source, sub.patient_id, sub.seq, sent, Provenance.TRUSTED_IMPORT, None,
-                          sub.codes, sub.units, np.asarray(sub.values, np.float64),
+                          None, sub.codes, sub.units, np.asarray(sub.values, np.float64),
                           np.asarray(sub.time_ms, np.int64))
 
     def _check_readings(self, candidates: list[tuple[int, _Candidate]], now_ms: int,
@@ -271,7 +282,7 @@ class Gate:
             batch = ReadingBatch(channel[sl].astype(np.int8), values[sl], times[sl])
             verdicts[i] = Admitted(Packet(cand.device_id, cand.patient_id, cand.seq,
                                           cand.sent_at_ms, batch, cand.provenance),
-                                   cand.signature)
+                                   cand.signature, cand.signed)
 
 
 def _reading_rejection(failure: int, position: int, code: str) -> GateRejection:
@@ -309,3 +320,16 @@ class _Rejected(Exception):
     def __init__(self, reason: RejectReason, detail: str, device_id: str | None) -> None:
         self.error = GateRejection(reason, detail)
         self.device_id = device_id
+
+
+def signed_packet_readings(signed: bytes) -> ReadingBatch:
+    """The readings of a packet from the exact bytes its device signed (as stored)."""
+    try:
+        packet = PACKET_ADAPTER.validate_python(decode_json(signed))
+        readings = packet["readings"]
+        return ReadingBatch(
+            np.array([Channel.from_code(r["code"]) for r in readings], dtype=np.int8),
+            np.array([r["value"] for r in readings], dtype=np.float64),
+            np.array([r["time"] for r in readings], dtype=np.int64))
+    except (ValidationError, KeyError) as exc:
+        raise ValueError("ingest: stored packet bytes are not a valid packet") from exc

@@ -12,7 +12,8 @@ from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_READINGS
 
 #: Longest base64 signature accepted (ML-DSA-87 signatures are 4,627 bytes).
 MAX_SIGNATURE_LENGTH = 8192
-_MAX_INT = 2**63 - 1
+#: Largest integer in a signed packet: canonical JSON (RFC 8785) covers integers to 2**53.
+_MAX_INT = 2**53 - 1
 
 DeviceId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH,
                                       pattern=ID_PATTERN)]
@@ -21,7 +22,7 @@ Millis = Annotated[StrictInt, Field(ge=0, le=_MAX_INT)]
 
 #: Integers a float64 holds exactly; larger JSON integers are refused here (a JSON float that
 #: large still parses, and the gate's possible-value range refuses it).
-_MAX_EXACT_INT = 2**53
+_MAX_EXACT_INT = 2**53 - 1
 
 
 #: Printable ASCII without spaces: codes and units are never free text.
@@ -50,6 +51,7 @@ class WireEnvelope(TypedDict):
 
 
 ENVELOPE_ADAPTER: TypeAdapter[WireEnvelope] = TypeAdapter(WireEnvelope)
+PACKET_ADAPTER: TypeAdapter[WirePacket] = TypeAdapter(WirePacket)
 
 
 def _refuse_constant(name: str) -> Any:

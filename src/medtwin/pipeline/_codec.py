@@ -1,4 +1,8 @@
-"""Plaintext encodings of what the store keeps sealed: a packet's readings and an alert."""
+"""Plaintext encodings of what the store keeps sealed: a packet's readings and an alert.
+
+A packet payload starts with a tag: 0x01 readings as fixed-width columns (trusted imports),
+0x02 the exact bytes a device signed (so its signature can be checked again at any time).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medtwin.domain import Alert, ReadingBatch, Severity, canonical_json
+from medtwin.ingest import signed_packet_readings
 
 _READINGS_HEADER = struct.Struct(">BI")  # version, number of readings
 _READINGS_VERSION = 1
@@ -19,6 +24,25 @@ def encode_readings(batch: ReadingBatch) -> bytes:
     return (_READINGS_HEADER.pack(_READINGS_VERSION, len(batch))
             + batch.channel.astype(">i1").tobytes() + batch.value.astype(">f8").tobytes()
             + batch.time_ms.astype(">i8").tobytes())
+
+
+SIGNED_PACKET_TAG = b"\x02"
+
+
+def encode_signed_packet(signed: bytes) -> bytes:
+    """The payload of a device packet: the bytes its signature covers."""
+    return SIGNED_PACKET_TAG + signed
+
+
+def signed_bytes(payload: bytes) -> bytes | None:
+    """The signed bytes inside a device packet's payload; None for an import's."""
+    return payload[1:] if payload[:1] == SIGNED_PACKET_TAG else None
+
+
+def decode_payload(payload: bytes) -> ReadingBatch:
+    """The readings of a stored packet payload, whichever its encoding."""
+    signed = signed_bytes(payload)
+    return signed_packet_readings(signed) if signed is not None else decode_readings(payload)
 
 
 def decode_readings(data: bytes) -> ReadingBatch:

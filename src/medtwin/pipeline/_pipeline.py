@@ -52,9 +52,10 @@ from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.pipeline._codec import (
     alert_aad,
     decode_alert,
-    decode_readings,
+    decode_payload,
     encode_alert,
     encode_readings,
+    encode_signed_packet,
     packet_aad,
 )
 from medtwin.pipeline._events import EventHub
@@ -243,9 +244,10 @@ class Pipeline:
                 continue
             pkt = verdict.packet
             n = len(pkt.readings)
+            payload = (encode_signed_packet(verdict.signed) if verdict.signed is not None
+                       else encode_readings(pkt.readings))
             envelope = self.keyring.seal(pkt.patient_id, self._wrapped[pkt.patient_id],
-                                         encode_readings(pkt.readings),
-                                         packet_aad(index, pkt.patient_id))
+                                         payload, packet_aad(index, pkt.patient_id))
             prec = PacketRecord(index, batch_index, pkt.device_id, pkt.patient_id, pkt.seq,
                                 pkt.sent_at_ms, now, pkt.provenance.value, n, envelope,
                                 verdict.signature)
@@ -400,10 +402,10 @@ class Pipeline:
 
     def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
         try:
-            return decode_readings(self.keyring.open(
+            return decode_payload(self.keyring.open(
                 rec.patient_id, self._wrapped[rec.patient_id], rec.envelope,
                 packet_aad(rec.leaf_index, rec.patient_id)))
-        except DecryptionError as exc:
+        except (DecryptionError, ValueError) as exc:
             raise VerificationError(
                 f"pipeline: stored {rec.describe()} cannot be opened (altered, or sealed "
                 "under another key); run `medtwin verify`", rec.describe()) from exc
