@@ -121,15 +121,22 @@ def test_ingestion_answers_say_why_a_packet_was_refused(client: TestClient, pipe
 def test_audit_endpoints_show_the_signed_head_and_verify(client: TestClient, pipeline: Pipeline,
                                                           device: DeviceSim) -> None:
     auditor = _auth(_token(pipeline, Role.AUDITOR))
-    assert client.get("/v1/ledger/head", headers=auditor).status_code == 404
+    assert client.get("/v1/ledger/head", headers=auditor).json()["size"] == 1  # registration
     for _ in range(3):
         assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
     head = client.get("/v1/ledger/head", headers=auditor).json()
-    assert head["size"] == 3
+    assert head["size"] == 4
     assert head["suite"] == "ed25519"
     result = client.get("/v1/verify", headers=auditor).json()
-    assert result == {"ok": True, "records": 3, "packets": 3, "alerts": 0, "rejections": 0,
+    assert result == {"ok": True, "records": 4, "packets": 3, "alerts": 0, "rejections": 0,
+                      "registrations": 1, "signatures_checked": 3, "pending": 0,
                       "root": head["root"]}
+
+
+def test_the_ledger_head_of_an_empty_site_is_not_found(client: TestClient,
+                                                       pipeline: Pipeline) -> None:
+    auditor = _auth(_token(pipeline, Role.AUDITOR))
+    assert client.get("/v1/ledger/head", headers=auditor).status_code == 404
 
 
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:

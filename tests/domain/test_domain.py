@@ -73,7 +73,7 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 2**53 + 1])
 def test_canonical_json_refuses_non_finite_numbers(bad: float) -> None:
-    with pytest.raises(ValueError, match="^canonical JSON: "):
+    with pytest.raises(ValueError, match=r"^canonical JSON: "):
         canonical_json({"value": bad})
 
 

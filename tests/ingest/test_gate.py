@@ -268,7 +268,7 @@ def test_good_packets_pass_beside_bad_ones(pipeline: Pipeline, device: DeviceSim
     outcomes = pipeline.process(batch)
     assert [type(o).__name__ for o in outcomes] == [
         "Rejected", "Accepted", "Rejected", "Rejected", "Rejected", "Accepted", "Rejected"]
-    assert [o.leaf_index for o in outcomes] == list(range(7))
+    assert [o.leaf_index for o in outcomes] == list(range(1, 8))  # #0: the registration
     reasons = [o.error.reason for o in outcomes if isinstance(o, Rejected)]
     assert reasons == [RejectReason.BAD_SIGNATURE, RejectReason.IMPOSSIBLE_VALUE,
                        RejectReason.REPLAYED_SEQUENCE, RejectReason.WRONG_UNIT,

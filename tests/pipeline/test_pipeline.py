@@ -54,7 +54,7 @@ def _sql(pipeline: Pipeline) -> Iterator[sqlite3.Connection]:
 def test_end_to_end_estimates_and_news2(pipeline: Pipeline, device: DeviceSim,
                                         clock: FakeClock) -> None:
     first = _step(pipeline, device, clock, hr=80.0)
-    assert (first.leaf_index, first.device_id, first.seq, first.n_readings) == (0, "vit-1", 0, 5)
+    assert (first.leaf_index, first.device_id, first.seq, first.n_readings) == (1, "vit-1", 0, 5)
     assert first.estimates.tolist() == [80.0, 16.0, 97.0, 120.0, 37.0]
     second = _step(pipeline, device, clock, hr=100.0)
     expected = 80.0 + (1 - np.exp(-60 / 120)) * (100.0 - 80.0)   # tau 120 s for heart rate
@@ -242,7 +242,7 @@ def test_a_short_hypoglycaemia_alerts_however_it_is_batched(
 @pytest.fixture
 def logged(pipeline: Pipeline, device: DeviceSim, clock: FakeClock,
            make_device: Callable[..., DeviceSim]) -> Pipeline:
-    """A log of packets #0–#2, rejection #3, packets #4–#11 and news2 alerts after them."""
+    """A log of registration #0, packets #1–#3, rejection #4, packets #5–#12 and news2 alerts."""
     for _ in range(3):
         _step(pipeline, device, clock)
     pipeline.process([make_device("ghost-1").submit(device.vitals())])
@@ -280,11 +280,11 @@ def _flip(logged: Pipeline, table: str, column: str, leaf_index: int, at: int = 
 @pytest.mark.parametrize(("column", "at"), [("envelope", 40), ("envelope", 0),
                                             ("signature", 5)])
 def test_flipped_packet_byte_is_named(logged: Pipeline, column: str, at: int) -> None:
-    _flip(logged, "packets", column, 2, at)
-    with pytest.raises(VerificationError, match=r"^log: packet #2 \(device vit-1, seq 2\) does "
+    _flip(logged, "packets", column, 3, at)
+    with pytest.raises(VerificationError, match=r"^log: packet #3 \(device vit-1, seq 2\) does "
                                                 r"not match its log leaf") as caught:
         _verify(logged)
-    assert caught.value.record == "packet #2 (device vit-1, seq 2)"
+    assert caught.value.record == "packet #3 (device vit-1, seq 2)"
 
 
 def test_flipped_alert_byte_is_named(logged: Pipeline) -> None:
@@ -297,11 +297,13 @@ def test_flipped_alert_byte_is_named(logged: Pipeline) -> None:
 
 
 @pytest.mark.parametrize(("sql", "record"), [
-    ("UPDATE rejections SET detail = 'nothing to see' WHERE leaf_index = 3",
-     "rejection #3 (unknown-device)"),
-    ("UPDATE packets SET seq = 99 WHERE leaf_index = 4", "packet #4 (device vit-1, seq 99)"),
-    ("UPDATE packets SET n_readings = 4 WHERE leaf_index = 0",
-     "packet #0 (device vit-1, seq 0)"),
+    ("UPDATE rejections SET detail = 'nothing to see' WHERE leaf_index = 4",
+     "rejection #4 (unknown-device)"),
+    ("UPDATE packets SET seq = 99 WHERE leaf_index = 5", "packet #5 (device vit-1, seq 99)"),
+    ("UPDATE packets SET n_readings = 4 WHERE leaf_index = 1",
+     "packet #1 (device vit-1, seq 0)"),
+    ("UPDATE registrations SET public_key = zeroblob(32) WHERE leaf_index = 0",
+     "registration #0 (device vit-1, active)"),
     ("UPDATE alerts SET severity = 'low'", None),
 ])
 def test_altered_metadata_is_named(logged: Pipeline, sql: str, record: str | None) -> None:
@@ -315,7 +317,8 @@ def test_altered_metadata_is_named(logged: Pipeline, sql: str, record: str | Non
         assert caught.value.record is not None and caught.value.record.startswith("alert #")
 
 
-_TABLES = {"packet": "packets", "alert": "alerts", "rejection": "rejections"}
+_TABLES = {"packet": "packets", "alert": "alerts", "rejection": "rejections",
+           "registration": "registrations"}
 
 
 def test_deleted_row_is_detected(logged: Pipeline) -> None:
@@ -356,12 +359,12 @@ def test_deleted_row_and_leaf_are_detected(logged: Pipeline) -> None:
 def test_altered_record_with_matching_leaf_is_detected(logged: Pipeline) -> None:
     """Rewriting a record and its leaf hash together still breaks the signed root."""
     with _sql(logged) as conn:
-        conn.execute("UPDATE rejections SET detail = 'rewritten' WHERE leaf_index = 3")
-    rewritten = next(r for r in logged.store.records() if r.leaf_index == 3)
+        conn.execute("UPDATE rejections SET detail = 'rewritten' WHERE leaf_index = 4")
+    rewritten = next(r for r in logged.store.records() if r.leaf_index == 4)
     from medtwin.ledger import leaf_data, leaf_hash
-    h = leaf_hash(leaf_data(rewritten.kind, "3", rewritten.commit_bytes()))
+    h = leaf_hash(leaf_data(rewritten.kind, "4", rewritten.commit_bytes()))
     with _sql(logged) as conn:
-        conn.execute("UPDATE ledger_leaves SET leaf_hash = ? WHERE leaf_index = 3", (h,))
+        conn.execute("UPDATE ledger_leaves SET leaf_hash = ? WHERE leaf_index = 4", (h,))
     with pytest.raises(VerificationError, match=r"does not match the log recomputed from the "
                                                 r"store .*the log was altered"):
         _verify(logged)
@@ -408,7 +411,7 @@ def test_store_error_changes_nothing(pipeline: Pipeline, device: DeviceSim, cloc
     monkeypatch.undo()
 
     (outcome,) = pipeline.process([SignedSubmission(envelope)])
-    assert isinstance(outcome, Accepted) and outcome.leaf_index == 1 and outcome.seq == 1
+    assert isinstance(outcome, Accepted) and outcome.leaf_index == 2 and outcome.seq == 1
     assert _channels(pipeline)[Channel.HEART_RATE][0] == BAD["hr"]
     _verify(pipeline)
 
@@ -431,7 +434,7 @@ def test_database_failure_mid_batch_writes_nothing(pipeline: Pipeline, device: D
         conn.execute("DROP TRIGGER full")
     outcomes = pipeline.process(batch)
     assert [type(o) for o in outcomes] == [Rejected, Accepted]
-    assert [o.leaf_index for o in outcomes] == [1, 2]
+    assert [o.leaf_index for o in outcomes] == [2, 3]
     assert _channels(pipeline)[Channel.HEART_RATE][0] == 150.0
     _verify(pipeline)
 

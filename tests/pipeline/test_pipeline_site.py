@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,10 +11,12 @@ from tests.conftest import DeviceSim, FakeClock
 
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading, RejectReason
-from medtwin.errors import ConfigError
+from medtwin.errors import ConfigError, VerificationError
 from medtwin.ingest import ImportSubmission, SignedSubmission
+from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.pipeline import Accepted, EventHub, Pipeline, Rejected, verify_store
 from medtwin.pipeline._events import SUBSCRIBER_BUFFER
+from medtwin.store import PacketRecord
 
 
 def test_one_process_writes_a_site_at_a_time(settings: Settings, pipeline: Pipeline) -> None:
@@ -82,7 +85,7 @@ def test_verify_counts_records_after_the_signed_head_as_pending(
         conn.exec_driver_sql("UPDATE tree_heads SET size = ?, root = ?, signature = ?",
                              (head.size, head.root, head.signature))
     report = verify_store(pipeline.store, pipeline.keys.log_key)
-    assert (report.records, report.pending) == (3, 1)
+    assert (report.records, report.registrations, report.pending) == (4, 1, 1)
 
 
 def test_a_slow_subscriber_misses_twin_updates_but_never_an_alert() -> None:
@@ -98,3 +101,45 @@ def test_a_slow_subscriber_misses_twin_updates_but_never_an_alert() -> None:
     kinds = asyncio.run(scenario())
     assert kinds.count("twin") == SUBSCRIBER_BUFFER
     assert kinds[-1] == "alert"
+
+
+def test_verify_catches_a_swapped_device_key(pipeline: Pipeline, device: DeviceSim) -> None:
+    pipeline.process([device.submit(device.vitals())])
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE devices SET public_key = zeroblob(32)")
+    with pytest.raises(VerificationError, match=r"^devices: device 'vit-1' differs from its "
+                                                r"logged registration") as caught:
+        verify_store(pipeline.store, pipeline.keys.log_key)
+    assert caught.value.record == "device vit-1"
+
+
+def test_not_even_the_site_can_fabricate_a_device_packet(pipeline: Pipeline,
+                                                         device: DeviceSim) -> None:
+    """An insider holding the site's keys rewrites a packet's readings, seals them again,
+    fixes the leaf and re-signs the tree head: only the device signature check catches it."""
+    pipeline.process([device.submit(device.vitals(hr=70.0)) for _ in range(2)])
+    (record,) = [r for r in pipeline.store.records() if r.leaf_index == 2]
+    assert isinstance(record, PacketRecord)
+    wrapped = pipeline.store.patient_keys()["pt-1"]
+    payload = pipeline.keyring.open("pt-1", wrapped, record.envelope,
+                                    b"medtwin/packet/2/pt-1")
+    forged = payload.replace(b'"value":70', b'"value":40')
+    assert forged != payload
+    envelope = pipeline.keyring.seal("pt-1", wrapped, forged, b"medtwin/packet/2/pt-1")
+    altered = dataclasses.replace(record, envelope=envelope)
+    leaf = leaf_hash(leaf_data("packet", "2", altered.commit_bytes()))
+    leaves = pipeline.store.leaf_hashes()
+    leaves[2] = leaf
+    tree = MerkleTree(leaves)
+    head = sign_tree_head(pipeline.keys.log_key, pipeline.settings.log_origin, tree.size,
+                          tree.root(), 0)
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE packets SET envelope = ? WHERE leaf_index = 2", (envelope,))
+        conn.exec_driver_sql("UPDATE ledger_leaves SET leaf_hash = ? WHERE leaf_index = 2",
+                             (leaf,))
+        conn.exec_driver_sql("UPDATE tree_heads SET root = ?, signature = ?",
+                             (head.root, head.signature))
+    verify_store(pipeline.store, pipeline.keys.log_key)  # the log alone is consistent
+    with pytest.raises(VerificationError, match=r"^signature: packet #2 \(device vit-1, seq 1\) "
+                                                r"is not signed by its device's registered key"):
+        verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)

@@ -13,9 +13,9 @@ import pytest
 
 from medtwin.config import Settings
 from medtwin.domain import Channel, Device, DeviceStatus, Reading
-from medtwin.errors import ConflictError, NotFoundError
+from medtwin.errors import ConflictError, StoreError
 from medtwin.pipeline import Pipeline
-from medtwin.store import Store
+from medtwin.store import Commit, RegistrationRecord, Store
 
 if TYPE_CHECKING:
     from conftest import DeviceSim, FakeClock
@@ -120,31 +120,37 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-def test_duplicate_patient_and_device_conflict(store: Store) -> None:
+def test_duplicate_patient_conflicts(store: Store) -> None:
     store.add_patient("p", b"wrapped", "kek-1", 0)
     with pytest.raises(ConflictError, match=r"^store: patient 'p' already exists$"):
         store.add_patient("p", b"wrapped", "kek-1", 0)
-    device = Device("d", "p", "ed25519", b"k" * 32)
-    store.add_device(device, 0)
-    with pytest.raises(ConflictError, match=r"device 'd' already exists"):
-        store.add_device(device, 0)
-    with pytest.raises(ConflictError, match=r"or its patient is unknown"):
-        store.add_device(Device("e", "nobody", "ed25519", b"k" * 32), 0)
 
 
-def test_device_status_round_trip(store: Store) -> None:
+def _registration(index: int, status: DeviceStatus, patient: str = "p") -> Commit:
+    record = RegistrationRecord(index, "d", patient, "ed25519", b"k" * 32, status.value, index)
+    return Commit((), (), (), ((index, record.kind, b"h" * 32),), None, {}, (record,))
+
+
+def test_a_logged_registration_is_what_the_device_table_holds(store: Store) -> None:
     store.add_patient("p", b"wrapped", "kek-1", 0)
-    store.add_device(Device("d", "p", "ed25519", b"k" * 32, last_seq=4), 0)
-    store.set_device_status("d", DeviceStatus.QUARANTINED)
+    store.commit(_registration(0, DeviceStatus.ACTIVE))
+    store.commit(Commit((), (), (), (), None, {"d": 4}))
+    store.commit(_registration(1, DeviceStatus.QUARANTINED))
     assert store.devices() == [Device("d", "p", "ed25519", b"k" * 32,
                                       DeviceStatus.QUARANTINED, 4)]
-    with pytest.raises(NotFoundError, match=r"^store: unknown device 'x'$"):
-        store.set_device_status("x", DeviceStatus.ACTIVE)
+    assert [r.kind for r in store.records()] == ["registration", "registration"]
+    assert store.counts()["registrations"] == 2
+
+
+def test_a_registration_for_an_unknown_patient_writes_nothing(store: Store) -> None:
+    with pytest.raises(StoreError, match=r"^store: batch not written: IntegrityError$"):
+        store.commit(_registration(0, DeviceStatus.ACTIVE, patient="nobody"))
+    assert store.devices() == [] and list(store.records()) == []
 
 
 def test_empty_store(store: Store) -> None:
-    assert store.counts() == {"patients": 0, "devices": 0, "packets": 0, "alerts": 0,
-                              "rejections": 0, "leaves": 0, "readings": 0}
+    assert store.counts() == {"patients": 0, "devices": 0, "registrations": 0, "packets": 0,
+                              "alerts": 0, "rejections": 0, "leaves": 0, "readings": 0}
     assert store.latest_head() is None
     assert list(store.records()) == [] and store.leaf_hashes() == []
 
@@ -156,8 +162,9 @@ def test_records_come_back_in_leaf_order(pipeline: Pipeline, device: DeviceSim,
     pipeline.process([stranger.submit(device.vitals()), device.submit(device.vitals()),
                       stranger.submit(device.vitals()), device.submit(device.vitals())])
     records = list(pipeline.store.records())
-    assert [r.leaf_index for r in records] == [0, 1, 2, 3]
-    assert [r.kind for r in records] == ["rejection", "packet", "rejection", "packet"]
-    assert len(pipeline.store.leaf_hashes()) == 4
+    assert [r.leaf_index for r in records] == [0, 1, 2, 3, 4]
+    assert [r.kind for r in records] == ["registration", "rejection", "packet", "rejection",
+                                         "packet"]
+    assert len(pipeline.store.leaf_hashes()) == 5
     head = pipeline.store.latest_head()
-    assert head is not None and head.size == 4
+    assert head is not None and head.size == 5

@@ -247,9 +247,12 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.get("/v1/verify", tags=["audit"])
     async def verify(_caller: Caller = read_audit) -> dict[str, Any]:
         """Recompute the log from the store and check it against the signed head."""
-        report = await asyncio.to_thread(verify_store, pipeline.store, pipeline.keys.log_key)
+        report = await asyncio.to_thread(verify_store, pipeline.store, pipeline.keys.log_key,
+                                         pipeline.keyring)
         return {"ok": True, "records": report.records, "packets": report.packets,
                 "alerts": report.alerts, "rejections": report.rejections,
+                "registrations": report.registrations,
+                "signatures_checked": report.signatures_checked, "pending": report.pending,
                 "root": report.root_hex}
 
     return app

@@ -120,7 +120,7 @@ def run_demo(data_dir: Path, patients: int, speed: float, duration_s: float, hea
         streamer.join(timeout=30)
     server.stop()
     counts = pipeline.store.counts()
-    report = verify_store(pipeline.store, pipeline.keys.log_key)
+    report = verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
     pipeline.close()
     return DemoResult(server.url, data_dir, stats["sent"], stats["accepted"], stats["rejected"],
                       counts, report.records)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from medtwin.access import Role, new_token
 from medtwin.config import Settings
-from medtwin.crypto import SiteKeys, signature_suite
+from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import Device, DeviceStatus
 from medtwin.errors import MedtwinError
 from medtwin.pipeline import Pipeline, verify_store
@@ -149,13 +149,15 @@ def verify(data_dir: DataDir = None) -> None:
     store = Store(settings.resolved_database_url)
     try:
         keys = SiteKeys.load(settings.resolved_keys_dir)
-        report = verify_store(store, keys.log_key)
+        report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite))
     except MedtwinError as exc:
         raise _fail(exc) from exc
     finally:
         store.close()
     console.print(f"[green]verify: OK[/] {report.records} records ({report.packets} packets, "
-                  f"{report.alerts} alerts, {report.rejections} rejections); root "
+                  f"{report.alerts} alerts, {report.rejections} rejections, "
+                  f"{report.registrations} device registrations) match the signed tree head; "
+                  f"{report.signatures_checked} device signatures re-checked; root "
                   f"{report.root_hex}")
     if report.pending:
         console.print(f"{report.pending} records appended since the signed head are not yet "

@@ -65,6 +65,7 @@ from medtwin.store import (
     Commit,
     HeadRecord,
     PacketRecord,
+    RegistrationRecord,
     RejectionRecord,
     Store,
 )
@@ -274,15 +275,29 @@ class Pipeline:
                                alert.time_ms, envelope)
             alert_records.append(arec)
             log(arec)
-        head = None
-        if leaves:
-            sth = sign_tree_head(self.keys.log_key, self.settings.log_origin, tree.size,
-                                 tree.root(), now)
-            head = HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
-                              sth.suite, sth.signature)
+        head = self._sign_head(tree, now) if leaves else None
         commit = Commit(tuple(packets), tuple(alert_records), tuple(rejections), tuple(leaves),
                         head, seqs)
         return commit, outcomes
+
+    def _sign_head(self, tree: MerkleTree, now: int) -> HeadRecord:
+        sth = sign_tree_head(self.keys.log_key, self.settings.log_origin, tree.size,
+                             tree.root(), now)
+        return HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
+                          sth.suite, sth.signature)
+
+    def _register(self, device: Device) -> None:
+        """Log a device's registration (or status change) and make it current, durably."""
+        now = self.clock()
+        tree = self._tree.copy()
+        record = RegistrationRecord(tree.size, device.device_id, device.patient_id,
+                                    device.suite, device.public_key, device.status.value, now)
+        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+        tree.append_hash(h)
+        self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
+                                 self._sign_head(tree, now), {}, (record,)))
+        self._tree = tree
+        self._devices[device.device_id] = device
 
     def _events(self, update: TwinUpdate, alerts: Sequence[Alert],
                 now: int) -> list[dict[str, Any]]:
@@ -316,18 +331,17 @@ class Pipeline:
             if device.device_id in self._devices:
                 raise ConflictError(f"pipeline: device {device.device_id!r} already exists")
             signature_suite(device.suite)
-            self.store.add_device(device, self.clock())
-            self._devices[device.device_id] = device
+            self._register(Device(device.device_id, device.patient_id, device.suite,
+                                  device.public_key, device.status))
 
     def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
         """Quarantine or release a device; NotFoundError if unknown."""
         with self._lock:
             if device_id not in self._devices:
                 raise NotFoundError(f"pipeline: unknown device {device_id!r}")
-            self.store.set_device_status(device_id, status)
             d = self._devices[device_id]
-            self._devices[device_id] = Device(d.device_id, d.patient_id, d.suite, d.public_key,
-                                              status, d.last_seq)
+            self._register(Device(d.device_id, d.patient_id, d.suite, d.public_key, status,
+                                  d.last_seq))
 
     # Reads ----------------------------------------------------------------------------------
 

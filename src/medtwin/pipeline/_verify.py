@@ -4,7 +4,10 @@
       with the site's log key;
   (2) records are numbered 0, 1, 2, … with no gap or duplicate;
   (3) each record's leaf, recomputed from its stored bytes, equals the stored leaf hash;
-  (4) the tree over the recomputed leaves has the signed head's size and root.
+  (4) the tree over the recomputed leaves has the signed head's size and root;
+  (5) the devices the gate trusts are exactly the latest logged registration of each device;
+  (6) with the site's keys: every device packet's stored bytes carry a valid signature of the
+      device key registered when it arrived (a site cannot fabricate device data).
 The first failure raises VerificationError naming the record (or the head). The head is read
 first and the check covers the records it signs, so a site that keeps ingesting while it is
 verified is checked consistently; records appended since are reported as pending.
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medtwin.crypto import LogSigningKey
-from medtwin.errors import VerificationError
+from medtwin.crypto import KeyRing, LogSigningKey, verify_signature
+from medtwin.domain import PACKET_SIGNING_CONTEXT
+from medtwin.errors import DecryptionError, SignatureError, VerificationError
 from medtwin.ledger import MerkleTree, SignedTreeHead, leaf_data, leaf_hash, verify_tree_head
-from medtwin.store import Store
+from medtwin.pipeline._codec import packet_aad, signed_bytes
+from medtwin.store import PacketRecord, RegistrationRecord, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +36,14 @@ class VerifyReport:
     tree_size: int
     root_hex: str
     pending: int = 0
+    registrations: int = 0
+    signatures_checked: int = 0
 
 
-def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
-    """Check every stored record against the Merkle log and the signed tree head."""
+def verify_store(store: Store, log_key: LogSigningKey,
+                 keyring: KeyRing | None = None) -> VerifyReport:
+    """Check every stored record against the Merkle log and the signed tree head; with a
+    `keyring`, also every device signature."""
     # (1): signed head
     head_row = store.latest_head()
     head = None
@@ -49,8 +58,11 @@ def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
     signed_size = head.size if head is not None else 0
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
-    counts = {"packet": 0, "alert": 0, "rejection": 0}
+    counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0}
     pending = 0
+    registered: dict[str, RegistrationRecord] = {}
+    wrapped = store.patient_keys() if keyring is not None else {}
+    signatures = 0
     for record in store.records():
         if record.leaf_index >= signed_size:
             pending += 1
@@ -68,6 +80,12 @@ def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
                 record.describe())
         tree.append_hash(h)
         counts[record.kind] += 1
+        if isinstance(record, RegistrationRecord):
+            registered[record.device_id] = record
+        elif isinstance(record, PacketRecord) and keyring is not None and record.signature:
+            # (6): the device's signature over the stored bytes
+            _check_signature(record, registered.get(record.device_id), keyring, wrapped)
+            signatures += 1
     if head is None:
         if pending:
             raise VerificationError("checkpoint: records exist but no signed tree head",
@@ -82,5 +100,35 @@ def verify_store(store: Store, log_key: LogSigningKey) -> VerifyReport:
         raise VerificationError(
             f"checkpoint: signed head (size {head.size}) does not match the log recomputed from "
             f"the store (size {tree.size}): the log was altered", "tree-head")
+    # (5): the gate's device table against the log
+    trusted = {d.device_id: d for d in store.devices()}
+    for device_id in sorted(set(trusted) | set(registered)):
+        device, reg = trusted.get(device_id), registered.get(device_id)
+        if device is None or reg is None or (
+                device.patient_id, device.suite, device.public_key, device.status.value) != (
+                reg.patient_id, reg.suite, reg.public_key, reg.status):
+            raise VerificationError(
+                f"devices: device {device_id!r} differs from its logged registration: the "
+                "devices table was altered", f"device {device_id}")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
-                        tree.size, tree.root().hex(), pending)
+                        tree.size, tree.root().hex(), pending, counts["registration"],
+                        signatures)
+
+
+def _check_signature(record: PacketRecord, registration: RegistrationRecord | None,
+                     keyring: KeyRing, wrapped: dict[str, bytes]) -> None:
+    where = record.describe()
+    if registration is None:
+        raise VerificationError(f"log: {where} comes from a device with no earlier logged "
+                                "registration", where)
+    try:
+        payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
+                               packet_aad(record.leaf_index, record.patient_id))
+        signed = signed_bytes(payload)
+        if signed is None:
+            raise SignatureError("no signed bytes")
+        verify_signature(registration.suite, registration.public_key,
+                         PACKET_SIGNING_CONTEXT + signed, record.signature or b"")
+    except (DecryptionError, SignatureError, KeyError) as exc:
+        raise VerificationError(f"signature: {where} is not signed by its device's registered "
+                                "key: the packet was altered or fabricated", where) from exc

@@ -6,6 +6,7 @@ from medtwin.store._records import (
     HeadRecord,
     PacketRecord,
     Record,
+    RegistrationRecord,
     RejectionRecord,
 )
 from medtwin.store._store import Store
@@ -16,6 +17,7 @@ __all__ = [
     "HeadRecord",
     "PacketRecord",
     "Record",
+    "RegistrationRecord",
     "RejectionRecord",
     "Store",
 ]

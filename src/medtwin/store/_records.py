@@ -79,7 +79,33 @@ class RejectionRecord:
         return f"rejection #{self.leaf_index} ({self.reason})"
 
 
-Record = PacketRecord | AlertRecord | RejectionRecord
+@dataclass(frozen=True, slots=True)
+class RegistrationRecord:
+    """A device registered to a patient with its public key, or a change of its status.
+
+    The latest registration of a device is what the gate trusts; logging every one makes a
+    swapped key or a silent release visible to `verify`.
+    """
+
+    leaf_index: int
+    device_id: str
+    patient_id: str
+    suite: str
+    public_key: bytes
+    status: str
+    time_ms: int
+
+    kind = "registration"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.device_id, self.patient_id, self.suite,
+                               self.public_key.hex(), self.status, self.time_ms])
+
+    def describe(self) -> str:
+        return f"registration #{self.leaf_index} (device {self.device_id}, {self.status})"
+
+
+Record = PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +131,4 @@ class Commit:
     leaf_hashes: tuple[tuple[int, str, bytes], ...]
     head: HeadRecord | None
     device_seqs: dict[str, int]
+    registrations: tuple[RegistrationRecord, ...] = ()

@@ -67,6 +67,18 @@ alerts = Table(
     Index("ix_alerts_patient", "patient_id", "leaf_index"),
 )
 
+registrations = Table(
+    "registrations", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("device_id", String(64), nullable=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("suite", String(32), nullable=False),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Index("ix_registrations_device", "device_id", "leaf_index"),
+)
+
 rejections = Table(
     "rejections", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

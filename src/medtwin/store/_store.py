@@ -13,7 +13,7 @@ from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, in
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medtwin.domain import Device, DeviceStatus
-from medtwin.errors import ConflictError, NotFoundError, StoreError
+from medtwin.errors import ConflictError, StoreError
 from medtwin.store import _schema as t
 from medtwin.store._records import (
     AlertRecord,
@@ -21,6 +21,7 @@ from medtwin.store._records import (
     HeadRecord,
     PacketRecord,
     Record,
+    RegistrationRecord,
     RejectionRecord,
 )
 
@@ -69,31 +70,11 @@ class Store:
             rows = conn.execute(select(t.patients.c.patient_id, t.patients.c.wrapped_key))
             return {r.patient_id: r.wrapped_key for r in rows}
 
-    def add_device(self, device: Device, now_ms: int) -> None:
-        """Register a device to its patient; ConflictError if the id exists."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(t.devices).values(
-                    device_id=device.device_id, patient_id=device.patient_id, suite=device.suite,
-                    public_key=device.public_key, status=device.status.value,
-                    last_seq=device.last_seq, registered_at_ms=now_ms))
-        except IntegrityError as exc:
-            raise ConflictError(
-                f"store: device {device.device_id!r} already exists or its patient is unknown"
-            ) from exc
-
     def devices(self) -> list[Device]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.devices).order_by(t.devices.c.device_id))
             return [Device(r.device_id, r.patient_id, r.suite, r.public_key,
                            DeviceStatus(r.status), r.last_seq) for r in rows]
-
-    def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
-        with self.engine.begin() as conn:
-            result = conn.execute(update(t.devices).where(t.devices.c.device_id == device_id)
-                                  .values(status=status.value))
-            if result.rowcount == 0:
-                raise NotFoundError(f"store: unknown device {device_id!r}")
 
     # The one write of the reading's path ----------------------------------------------------
 
@@ -107,6 +88,17 @@ class Store:
                     conn.execute(insert(t.alerts), [_row(a) for a in batch.alerts])
                 if batch.rejections:
                     conn.execute(insert(t.rejections), [_row(r) for r in batch.rejections])
+                for reg in batch.registrations:
+                    conn.execute(insert(t.registrations).values(**_row(reg)))
+                    current = {"patient_id": reg.patient_id, "suite": reg.suite,
+                               "public_key": reg.public_key, "status": reg.status}
+                    done = conn.execute(update(t.devices)
+                                        .where(t.devices.c.device_id == reg.device_id)
+                                        .values(**current))
+                    if done.rowcount == 0:
+                        conn.execute(insert(t.devices).values(
+                            device_id=reg.device_id, last_seq=-1,
+                            registered_at_ms=reg.time_ms, **current))
                 if batch.leaf_hashes:
                     conn.execute(insert(t.leaves), [
                         {"leaf_index": i, "kind": k, "leaf_hash": h}
@@ -160,6 +152,8 @@ class Store:
                  for r in conn.execute(select(t.alerts).order_by(t.alerts.c.leaf_index))),
                 (RejectionRecord(**r._asdict()) for r in conn.execute(
                     select(t.rejections).order_by(t.rejections.c.leaf_index))),
+                (RegistrationRecord(**r._asdict()) for r in conn.execute(
+                    select(t.registrations).order_by(t.registrations.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -183,6 +177,7 @@ class Store:
         with self.engine.connect() as conn:
             result = {name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
                       for name, table in (("patients", t.patients), ("devices", t.devices),
+                                          ("registrations", t.registrations),
                                           ("packets", t.packets), ("alerts", t.alerts),
                                           ("rejections", t.rejections), ("leaves", t.leaves))}
             readings = conn.execute(select(func.coalesce(func.sum(t.packets.c.n_readings), 0)))
@@ -213,5 +208,5 @@ class Store:
         return None if r is None else (r.name, r.role)
 
 
-def _row(record: PacketRecord | AlertRecord | RejectionRecord | HeadRecord) -> dict[str, Any]:
+def _row(record: Record | HeadRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}
