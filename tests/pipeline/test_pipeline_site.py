@@ -143,3 +143,23 @@ def test_not_even_the_site_can_fabricate_a_device_packet(pipeline: Pipeline,
     with pytest.raises(VerificationError, match=r"^signature: packet #2 \(device vit-1, seq 1\) "
                                                 r"is not signed by its device's registered key"):
         verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+
+
+def test_a_site_with_patients_refuses_to_start_without_its_keys(settings: Settings,
+                                                                pipeline: Pipeline,
+                                                                patient_id: str) -> None:
+    pipeline.close()
+    for key_file in settings.resolved_keys_dir.iterdir():
+        key_file.unlink()
+    with pytest.raises(ConfigError, match=r"^keys: no site key files .* restore the key files"):
+        Pipeline.open(settings)
+    assert list(settings.resolved_keys_dir.iterdir()) == []
+
+
+def test_a_key_file_readable_by_others_is_refused(settings: Settings,
+                                                  pipeline: Pipeline) -> None:
+    pipeline.close()
+    kek = settings.resolved_keys_dir / "site-kek.json"
+    kek.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"is readable by others \(mode 644\); run `chmod 600"):
+        Pipeline.open(settings)

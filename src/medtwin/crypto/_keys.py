@@ -23,18 +23,32 @@ def _b64(data: bytes) -> str:
 
 
 def _write_secret(path: Path, document: dict[str, str]) -> None:
-    """Write a key file readable by its owner only, atomically."""
+    """Write a key file readable by its owner only, atomically, never over an existing one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover of a crash: never reuse it (or its mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(document, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # fails if the key file appeared meanwhile: keep that one
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _read_secret(path: Path) -> dict[str, str]:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"keys: key file {path} is missing: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise ConfigError(f"keys: key file {path} is readable by others (mode {mode:o}); "
+                          f"run `chmod 600 {path}`")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -65,6 +79,11 @@ class SiteKeys:
     kek_suite: str
     kek: bytes = field(repr=False)
     log_key: LogSigningKey
+
+    @classmethod
+    def exist(cls, keys_dir: Path) -> bool:
+        """Whether any site key file is in `keys_dir`."""
+        return (keys_dir / KEK_FILE).exists() or (keys_dir / LOG_KEY_FILE).exists()
 
     @classmethod
     def load_or_create(cls, keys_dir: Path, aead: str = "aes-256-gcm",

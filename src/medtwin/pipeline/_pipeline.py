@@ -40,6 +40,7 @@ from medtwin.domain import (
     TwinState,
 )
 from medtwin.errors import (
+    ConfigError,
     ConflictError,
     DecryptionError,
     GateRejection,
@@ -126,10 +127,19 @@ class Pipeline:
         `open` of the same data directory raises ConfigError until the first is closed.
         """
         lock = WriterLock.acquire(settings.data_dir)
+        store = None
         try:
+            store = Store(settings.resolved_database_url)
+            if not SiteKeys.exist(settings.resolved_keys_dir) and store.patient_keys():
+                raise ConfigError(
+                    f"keys: no site key files in {settings.resolved_keys_dir}, but the database "
+                    "holds patients' wrapped data keys: restore the key files (new keys would "
+                    "make their data unreadable)")
             keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
-            pipeline = cls(settings, Store(settings.resolved_database_url), keys)
+            pipeline = cls(settings, store, keys)
         except BaseException:
+            if store is not None:
+                store.close()
             lock.release()
             raise
         pipeline._writer_lock = lock
