@@ -11,10 +11,12 @@ from medtwin.clinical._rules import (
     STALE_AFTER_S,
     Rule,
     RuleConditions,
+    RuleEvents,
     RuleStep,
     explain,
     news2_from_estimates,
     rule_conditions,
+    rules_over_events,
     step_rules,
 )
 
@@ -30,11 +32,13 @@ __all__ = [
     "News2",
     "Rule",
     "RuleConditions",
+    "RuleEvents",
     "RuleStep",
     "explain",
     "news2_from_estimates",
     "news2_risk",
     "news2_score",
     "rule_conditions",
+    "rules_over_events",
     "step_rules",
 ]

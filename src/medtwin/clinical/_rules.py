@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from medtwin.clinical._news2 import NEWS2_PARAMETERS, News2, news2_score
 from medtwin.domain import Alert, Channel, Severity
+from medtwin.estimation import segmented_scan
 
 HYPO_LEVEL_1_MG_DL = 70.0
 HYPO_LEVEL_2_MG_DL = 54.0
@@ -96,6 +97,52 @@ class RuleStep(NamedTuple):
     active: npt.NDArray[np.bool_]
     fired_rows: npt.NDArray[np.intp]
     fired_rules: npt.NDArray[np.intp]
+
+
+class RuleEvents(NamedTuple):
+    """Rules judged after every event of a batch: each patient's active rules after the batch
+    (n_patients, N_RULES), and the (event, rule) pairs that fired."""
+
+    active: npt.NDArray[np.bool_]
+    fired_events: npt.NDArray[np.intp]
+    fired_rules: npt.NDArray[np.intp]
+
+
+def _hysteresis(earlier: tuple[npt.NDArray[Any], ...],
+                later: tuple[npt.NDArray[Any], ...]) -> tuple[npt.NDArray[Any], ...]:
+    """Compose two steps of active' = start | (active & hold)."""
+    start_1, hold_1 = earlier
+    start_2, hold_2 = later
+    return start_2 | (start_1 & hold_2), hold_1 & hold_2
+
+
+def rules_over_events(active: npt.NDArray[np.bool_], values: npt.NDArray[np.float64],
+                      event_row: npt.NDArray[np.intp],
+                      event_start: npt.NDArray[np.intp]) -> RuleEvents:
+    """Judge the rules after every event, as `step_rules` would one event at a time.
+
+    `active` (n_patients, N_RULES) before the batch; `values` (n_events, channels) the twin's
+    estimates after each event; events of a patient are contiguous, `event_row` names the
+    patient and `event_start` the index of the patient's first event. The recurrence runs
+    as a segmented scan, not a loop over events.
+    """
+    if values.shape[0] == 0:
+        none = np.zeros(0, np.intp)
+        return RuleEvents(active.copy(), none, none)
+    conditions = rule_conditions(values)
+    start, hold = segmented_scan((conditions.start, conditions.hold), _hysteresis, event_start)
+    before = active[event_row]
+    now_active = start.astype(bool) | (before & hold.astype(bool))
+    index = np.arange(values.shape[0])
+    previous = np.where((index > event_start)[:, np.newaxis], np.roll(now_active, 1, axis=0),
+                        before)
+    outranked = (now_active.astype(np.int8) @ _OUTRANKED.T.astype(np.int8)) > 0
+    fired_events, fired_rules = np.nonzero(now_active & ~previous & ~outranked)
+    after = active.copy()
+    last = np.ones(values.shape[0], dtype=bool)
+    last[:-1] = event_start[1:] != event_start[:-1]
+    after[event_row[last]] = now_active[last]
+    return RuleEvents(after, fired_events, fired_rules)
 
 
 def step_rules(active: npt.NDArray[np.bool_], values: npt.NDArray[np.float64]) -> RuleStep:

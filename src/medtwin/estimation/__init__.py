@@ -1,20 +1,27 @@
 """State estimation of the twin, batched over patients (first version: smoothed channels)."""
 
 from medtwin.estimation._bank import TwinBank, TwinUpdate
+from medtwin.estimation._scan import (
+    linear_recurrence,
+    segment_starts,
+    segmented_cummax,
+    segmented_scan,
+)
 from medtwin.estimation._smoother import (
     NO_TIME,
+    EventResult,
     SmootherParams,
     StepResult,
     TwinArrays,
     default_smoother_params,
     empty_twin,
-    plan_rounds,
+    smoother_events,
     smoother_step,
-    smoother_update,
 )
 
 __all__ = [
     "NO_TIME",
+    "EventResult",
     "SmootherParams",
     "StepResult",
     "TwinArrays",
@@ -22,7 +29,10 @@ __all__ = [
     "TwinUpdate",
     "default_smoother_params",
     "empty_twin",
-    "plan_rounds",
+    "linear_recurrence",
+    "segment_starts",
+    "segmented_cummax",
+    "segmented_scan",
+    "smoother_events",
     "smoother_step",
-    "smoother_update",
 ]

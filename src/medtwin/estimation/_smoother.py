@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin.domain import N_CHANNELS, Channel
+from medtwin.estimation._scan import linear_recurrence, segment_starts, segmented_cummax
 
 FloatArray = npt.NDArray[np.float64]
 NO_TIME = np.iinfo(np.int64).min
@@ -68,93 +69,119 @@ class StepResult(NamedTuple):
     estimate: FloatArray
 
 
-def _rank_within_groups(group: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Position of each element among equal `group` values, for an array sorted by group."""
-    n = group.shape[0]
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = group[1:] != group[:-1]
-    start_index = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    return np.arange(n) - start_index
+class EventResult(NamedTuple):
+    """A batch folded in event by event.
 
-
-def plan_rounds(row: npt.NDArray[np.intp], channel: npt.NDArray[np.int8],
-                time_ms: npt.NDArray[np.int64],
-                arrival: npt.NDArray[np.int64] | None = None) -> list[npt.NDArray[np.intp]]:
-    """Split a batch into rounds of events: round k holds the k-th event of every patient.
-
-    A patient's events are their readings in order of `arrival` (e.g. the packet's position)
-    then time; readings with the same arrival and time form one event, unless they repeat a
-    channel (two doses at one time are two events). Each round therefore holds at most one
-    reading per (patient, channel), and rounds are array operations over patients: the loop
-    runs over events per patient, not over readings.
+    `state`: the rows after the batch; `estimate`: per reading (input order), the estimate
+    right after it. Events are a patient's readings with the same arrival and time, in
+    order; per event (shape (n_events,) or (n_events, n_channels)): its row, the index of its
+    patient's first event, and every channel's estimate and latest time right after it.
     """
-    n = row.shape[0]
-    if n == 0:
-        return []
-    arrived = np.zeros(n, np.int64) if arrival is None else arrival.astype(np.int64)
-    by_channel = np.lexsort((channel, time_ms, arrived, row))
-    same_channel_key = np.stack([row[by_channel], arrived[by_channel], time_ms[by_channel],
-                                 channel[by_channel]], axis=1)
-    new_key = np.ones(n, dtype=bool)
-    new_key[1:] = (same_channel_key[1:] != same_channel_key[:-1]).any(axis=1)
-    repeat = np.empty(n, np.int64)
-    repeat[by_channel] = _rank_within_groups(np.cumsum(new_key))
-    order = np.lexsort((channel, repeat, time_ms, arrived, row))
-    event_key = np.stack([arrived[order], time_ms[order], repeat[order]], axis=1)
-    patient = row[order]
-    new_patient = np.ones(n, dtype=bool)
-    new_patient[1:] = patient[1:] != patient[:-1]
-    new_event = new_patient.copy()
-    new_event[1:] |= (event_key[1:] != event_key[:-1]).any(axis=1)
-    event_number = np.cumsum(new_event)
-    first_event = np.maximum.accumulate(np.where(new_patient, event_number, 0))
-    round_of = event_number - first_event
-    by_round = np.argsort(round_of, kind="stable")
-    bounds = np.flatnonzero(np.diff(round_of[by_round])) + 1
-    return [order[chunk] for chunk in np.split(by_round, bounds)]
+
+    state: TwinArrays
+    estimate: FloatArray
+    event_row: npt.NDArray[np.intp]
+    event_start: npt.NDArray[np.intp]
+    event_estimate: FloatArray
+    event_time_ms: npt.NDArray[np.int64]
 
 
-def smoother_update(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
+def smoother_events(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
                     channel: npt.NDArray[np.int8], value: FloatArray,
-                    time_ms: npt.NDArray[np.int64]) -> StepResult:
-    """Apply readings with at most one per (row, channel) to the state rows; pure.
+                    time_ms: npt.NDArray[np.int64],
+                    arrival: npt.NDArray[np.int64] | None = None) -> EventResult:
+    """Fold a batch of readings into the state rows, keeping the twin after every event; pure.
 
-    Exponential smoothing with irregular steps: alpha = 1 - exp(-dt / tau). The first reading
-    of a channel sets its estimate; a reading older than the channel's latest value leaves the
-    state as it is.
+    `row` indexes each reading's patient in `state` (shape (n_readings,)). A patient's
+    readings apply in order of `arrival` (e.g. the packet's position), then time; a reading
+    older than its channel's latest value leaves the state as it is, so the result does not
+    depend on how packets were grouped into batches. Smoothing with irregular steps:
+    estimate += alpha * (value - estimate), alpha = 1 - exp(-dt / tau); the first reading of a
+    channel sets it. The recurrences run as segmented scans: log2(readings per patient)
+    array passes, no loop over readings.
     """
-    last_value, last_time, estimate = (
-        state.last_value.copy(), state.last_time_ms.copy(), state.estimate.copy())
-    r, c = row, channel.astype(np.intp)
-    prev_t = last_time[r, c]
-    fresh = time_ms >= prev_t
+    n = value.shape[0]
+    if n == 0:
+        none = np.zeros(0, np.intp)
+        return EventResult(state, np.zeros(0), none, none, np.zeros((0, N_CHANNELS)),
+                           np.zeros((0, N_CHANNELS), np.int64))
+    ch = channel.astype(np.intp)
+    arrived = np.zeros(n, np.int64) if arrival is None else arrival.astype(np.int64)
+    # Events: readings of a patient with equal (arrival, time); a repeated channel starts a
+    # new event, so an event holds each channel at most once.
+    by_key = np.lexsort((ch, time_ms, arrived, row))
+    key = np.stack([row[by_key], arrived[by_key], time_ms[by_key], ch[by_key]], axis=1)
+    new_key = np.ones(n, dtype=bool)
+    new_key[1:] = (key[1:] != key[:-1]).any(axis=1)
+    repeat = np.empty(n, np.int64)
+    repeat[by_key] = np.arange(n) - segment_starts(np.cumsum(new_key))
+    by_event = np.lexsort((ch, repeat, time_ms, arrived, row))
+    event_key = np.stack([row[by_event], arrived[by_event], time_ms[by_event],
+                          repeat[by_event]], axis=1)
+    new_event = np.ones(n, dtype=bool)
+    new_event[1:] = (event_key[1:] != event_key[:-1]).any(axis=1)
+    event_of = np.empty(n, np.intp)
+    event_of[by_event] = np.cumsum(new_event) - 1
+    n_events = int(new_event.sum())
+    event_row = row[by_event][new_event].astype(np.intp)
+    event_start = segment_starts(event_row.astype(np.int64))
+
+    # Per (patient, channel): the smoothing recurrence over its readings in event order.
+    order = np.lexsort((event_of, ch, row))
+    r, c, t, v = row[order], ch[order], time_ms[order], value[order]
+    start = segment_starts(r.astype(np.int64) * N_CHANNELS + c)
+    first_time = state.last_time_ms[r, c]
+    newest = segmented_cummax(t, start)
+    before = np.where(np.arange(n) > start, np.roll(newest, 1), NO_TIME)
+    prev_t = np.maximum(first_time, before)
+    fresh = t >= prev_t
     never = prev_t == NO_TIME
-    dt_s = np.maximum(np.where(never, 0.0, (time_ms - np.where(never, time_ms, prev_t)) / 1000.0),
-                      0.0)
+    dt_s = np.maximum(np.where(never, 0.0, (t - np.where(never, t, prev_t)) / 1000.0), 0.0)
     tau = params.tau_s[c]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         alpha = np.where((tau > 0) & ~never, -np.expm1(-dt_s / np.where(tau > 0, tau, 1.0)), 1.0)
-    prev_est = estimate[r, c]
-    new_est = np.where(never | np.isnan(prev_est), value, prev_est + alpha * (value - prev_est))
-    new_est = np.where(fresh, new_est, prev_est)
-    estimate[r, c] = new_est
-    last_value[r, c] = np.where(fresh, value, last_value[r, c])
-    last_time[r, c] = np.where(fresh, time_ms, prev_t)
-    return StepResult(TwinArrays(last_value, last_time, estimate), new_est)
+    a = np.where(fresh, 1.0 - alpha, 1.0)
+    b = np.where(fresh, alpha * v, 0.0)
+    smoothed = linear_recurrence(a, b, state.estimate[r, c], start)
+    latest_time = np.maximum(first_time, newest)
+    last_fresh = np.maximum.accumulate(np.where(fresh, np.arange(n), -1))
+    latest_value = np.where(last_fresh >= start, v[np.maximum(last_fresh, 0)],
+                            state.last_value[r, c])
+
+    estimate = np.empty(n)
+    estimate[order] = smoothed
+    last = np.ones(n, dtype=bool)
+    last[:-1] = start[1:] != start[:-1]
+    new_state = TwinArrays(state.last_value.copy(), state.last_time_ms.copy(),
+                           state.estimate.copy())
+    new_state.last_value[r[last], c[last]] = latest_value[last]
+    new_state.last_time_ms[r[last], c[last]] = latest_time[last]
+    new_state.estimate[r[last], c[last]] = smoothed[last]
+
+    # Per event: every channel of its patient, carried forward from the patient's last event
+    # that updated it (or from the state before the batch).
+    e = event_of[order]
+    updated = np.full((n_events, N_CHANNELS), -1, np.intp)
+    event_est = np.empty((n_events, N_CHANNELS))
+    event_time = np.empty((n_events, N_CHANNELS), np.int64)
+    updated[e, c] = e
+    event_est[e, c] = smoothed
+    event_time[e, c] = latest_time
+    carried = np.maximum.accumulate(updated, axis=0)
+    has = carried >= event_start[:, np.newaxis]
+    columns = np.arange(N_CHANNELS)
+    source = np.maximum(carried, 0)
+    event_est = np.where(has, event_est[source, columns],
+                         state.estimate[event_row[:, np.newaxis], columns])
+    event_time = np.where(has, event_time[source, columns],
+                          state.last_time_ms[event_row[:, np.newaxis], columns])
+    return EventResult(new_state, estimate, event_row, event_start, event_est, event_time)
 
 
 def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
                   channel: npt.NDArray[np.int8], value: FloatArray,
                   time_ms: npt.NDArray[np.int64],
                   arrival: npt.NDArray[np.int64] | None = None) -> StepResult:
-    """Fold a batch of readings into the state rows; pure: `state` is not modified.
-
-    `row` indexes each reading's patient in `state` (shape (n_readings,)). Readings are applied
-    in the rounds of `plan_rounds` (per patient in order of `arrival`, then time), so the
-    result does not depend on how packets were grouped into batches.
-    """
-    out = np.full(value.shape, np.nan)
-    for idx in plan_rounds(row, channel, time_ms, arrival):
-        state, out[idx] = smoother_update(params, state, row[idx], channel[idx], value[idx],
-                                          time_ms[idx])
-    return StepResult(state, out)
+    """Fold a batch of readings into the state rows (see `smoother_events`); pure."""
+    result = smoother_events(params, state, row, channel, value, time_ms, arrival)
+    return StepResult(result.state, result.estimate)

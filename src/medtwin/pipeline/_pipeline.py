@@ -23,7 +23,7 @@ from medtwin.clinical import (
     explain,
     news2_from_estimates,
     news2_risk,
-    step_rules,
+    rules_over_events,
 )
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
@@ -47,7 +47,7 @@ from medtwin.errors import (
     NotFoundError,
     VerificationError,
 )
-from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate, plan_rounds, smoother_update
+from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate, smoother_events
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.pipeline._codec import (
@@ -188,9 +188,9 @@ class Pipeline:
         """Steps (2) and (3) for a batch, proposed, not applied: the twin update, the rules'
         new state and the alerts they raised. Restart replays through here.
 
-        Each patient's events are applied in order, and the rules judge the twin after each
-        one, so a short excursion inside one packet or batch is still seen; the loop runs over
-        events per patient (round k: every patient's k-th event), not over readings.
+        Each patient's events are applied in order and the rules judge the twin after each
+        one, so a short excursion inside one packet or batch is still seen; both run as
+        segmented scans over all events at once.
         """
         sizes = [len(p.readings) for p in packets]
         rows = np.repeat(np.array([self.twin.row(p.patient_id) for p in packets], np.intp),
@@ -208,22 +208,19 @@ class Pipeline:
         time_ms = column("time_ms", np.int64)
         arrival = np.repeat(np.arange(len(packets), dtype=np.int64), sizes)
         patients, local, state = self.twin.gather(rows)
-        active = self._active[patients].copy()
-        estimate = np.full(value.shape, np.nan)
+        folded = smoother_events(self.twin.params, state, local, channel, value, time_ms,
+                                 arrival)
+        values = _fresh_estimates(folded.event_estimate, folded.event_time_ms)
+        rules = rules_over_events(self._active[patients], values, folded.event_row,
+                                  folded.event_start)
         patient_ids = self.twin.patient_ids()
-        alerts: list[Alert] = []
-        for idx in plan_rounds(local, channel, time_ms, arrival):
-            state, estimate[idx] = smoother_update(self.twin.params, state, local[idx],
-                                                   channel[idx], value[idx], time_ms[idx])
-            touched = np.unique(local[idx])
-            values = _fresh_estimates(state.estimate[touched], state.last_time_ms[touched])
-            step = step_rules(active[touched], values)
-            active[touched] = step.active
-            alerts.extend(
-                explain(int(rule), patient_ids[patients[touched[r]]], values[r],
-                        int(state.last_time_ms[touched[r]].max()))
-                for r, rule in zip(step.fired_rows, step.fired_rules, strict=True))
-        return TwinUpdate(patients, state, estimate), active, alerts
+        alerts = [
+            explain(int(rule), patient_ids[patients[folded.event_row[e]]], values[e],
+                    int(folded.event_time_ms[e].max()))
+            for e, rule in zip(rules.fired_events, rules.fired_rules, strict=True)
+        ]
+        update = TwinUpdate(patients, folded.state, folded.estimate)
+        return update, rules.active, alerts
 
     def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
                       alerts: Sequence[Alert], tree: MerkleTree,
