@@ -6,6 +6,7 @@ ratios compare like with like.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -74,3 +75,25 @@ def bench_ingest(batches: tuple[int, ...], n_packets: int, n_patients: int) -> l
             rows.append(BenchRow(batch, len(subs), time.perf_counter() - t0))
             pipeline.close()
     return rows
+
+
+def bench_buffered_upload(n_readings: int) -> float:
+    """Seconds to process one signed packet of `n_readings` CGM readings of one patient (a
+    device uploading a day it buffered): the twin and the rules fold it event by event."""
+    now = int(time.time() * 1000)
+    private, public = signature_suite("ed25519").generate()
+    device = Device("cgm-00001", "pt-00001", "ed25519", public)
+    readings = [Reading(Channel.GLUCOSE, 120.0 + 60.0 * math.sin(i / 40.0),
+                        now - (n_readings - i) * 15_000) for i in range(n_readings)]
+    envelope = sign_packet(packet_wire(device.device_id, 0, now, readings), private)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = Pipeline.open(Settings(data_dir=Path(tmp), clock=lambda: now))
+        pipeline.add_patient(device.patient_id)
+        pipeline.add_device(device)
+        t0 = time.perf_counter()
+        (outcome,) = pipeline.process([SignedSubmission(envelope)])
+        elapsed = time.perf_counter() - t0
+        pipeline.close()
+    if not isinstance(outcome, Accepted):
+        raise RuntimeError("bench: the buffered upload was rejected")
+    return elapsed

@@ -294,7 +294,7 @@ def token_revoke(
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] = False) -> None:
     """Packets/s and readings/s through gate + twin + ledger + store, by batch size."""
-    from medtwin.cli._bench import READINGS_PER_PACKET, bench_ingest
+    from medtwin.cli._bench import READINGS_PER_PACKET, bench_buffered_upload, bench_ingest
 
     n_packets = 400 if quick else 4000
     rows = bench_ingest((1, 16, 256), n_packets, n_patients=50)
@@ -308,6 +308,13 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         table.add_row(str(r.batch), f"{r.packets_per_s:,.0f}", f"{r.readings_per_s:,.0f}",
                       f"{1e6 / r.packets_per_s:,.0f}", f"{r.packets_per_s / base:.1f}×")
     console.print(table)
+    upload = Table(title="buffered upload: one signed packet of one patient's CGM readings")
+    for col in ("readings in the packet", "ms", "readings/s"):
+        upload.add_column(col, justify="right")
+    for n in (256, 4096) if quick else (256, 1024, 4096):
+        seconds = bench_buffered_upload(n)
+        upload.add_row(f"{n:,}", f"{seconds * 1000:,.0f}", f"{n / seconds:,.0f}")
+    console.print(upload)
 
 
 def main() -> None:
