@@ -26,7 +26,6 @@ from medtwin.pipeline import (
     SignedSubmission,
     alert_json,
     twin_state_json,
-    verify_store,
 )
 
 #: Seconds between keep-alive comments on the live stream (keeps proxies from closing it).
@@ -247,8 +246,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.get("/v1/verify", tags=["audit"])
     async def verify(_caller: Caller = read_audit) -> dict[str, Any]:
         """Recompute the log from the store and check it against the signed head."""
-        report = await asyncio.to_thread(verify_store, pipeline.store, pipeline.keys.log_key,
-                                         pipeline.keyring)
+        report = await asyncio.to_thread(pipeline.verify)
         return {"ok": True, "records": report.records, "packets": report.packets,
                 "alerts": report.alerts, "rejections": report.rejections,
                 "registrations": report.registrations,

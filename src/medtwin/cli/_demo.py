@@ -27,7 +27,7 @@ from medtwin.cli._server import BackgroundServer
 from medtwin.clinical import RULES
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading
-from medtwin.pipeline import Pipeline, verify_store
+from medtwin.pipeline import Pipeline
 from medtwin.sim import Ward, forged_envelope, replayed_envelope
 
 #: Simulated time between ward steps sent to the site.
@@ -120,7 +120,7 @@ def run_demo(data_dir: Path, patients: int, speed: float, duration_s: float, hea
         streamer.join(timeout=30)
     server.stop()
     counts = pipeline.store.counts()
-    report = verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+    report = pipeline.verify()
     pipeline.close()
     return DemoResult(server.url, data_dir, stats["sent"], stats["accepted"], stats["rejected"],
                       counts, report.records)

@@ -18,8 +18,8 @@ from medtwin.access import Role, new_token
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import Device, DeviceStatus
-from medtwin.errors import MedtwinError
-from medtwin.pipeline import Pipeline, verify_store
+from medtwin.errors import ConfigError, MedtwinError
+from medtwin.pipeline import Pipeline, WriterLock, verify_store
 from medtwin.store import Store
 
 app = typer.Typer(help="medtwin: secure digital twin kernel for healthcare.",
@@ -146,6 +146,12 @@ def verify(data_dir: DataDir = None) -> None:
             settings.resolved_database_url.startswith("sqlite")):
         console.print(f"[bold red]error:[/] no site in {settings.data_dir}")
         raise typer.Exit(1)
+    try:
+        lock: WriterLock | None = WriterLock.acquire(settings.data_dir)
+    except ConfigError:
+        lock = None
+        console.print("the site is live: records written during the check may be reported as "
+                      "a mismatch; `GET /v1/verify` checks a live site consistently")
     store = Store(settings.resolved_database_url)
     try:
         keys = SiteKeys.load(settings.resolved_keys_dir)
@@ -154,6 +160,8 @@ def verify(data_dir: DataDir = None) -> None:
         raise _fail(exc) from exc
     finally:
         store.close()
+        if lock is not None:
+            lock.release()
     console.print(f"[green]verify: OK[/] {report.records} records ({report.packets} packets, "
                   f"{report.alerts} alerts, {report.rejections} rejections, "
                   f"{report.registrations} device registrations) match the signed tree head; "
@@ -267,9 +275,7 @@ def token_create(
     """Create an API token; it is printed once and stored only as its hash (works while the
     site is serving)."""
     token, token_hash = new_token()
-    settings = _settings(data_dir)
-    SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
-    store = Store(settings.resolved_database_url)
+    store = Store(_settings(data_dir).resolved_database_url)
     try:
         store.add_token(token_hash, name, role.value, int(time.time() * 1000))
     finally:

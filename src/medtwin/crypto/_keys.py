@@ -39,6 +39,11 @@ def _write_secret(path: Path, document: dict[str, str]) -> None:
         pass
     finally:
         tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the key file survives a power cut, like the data it unlocks
+    finally:
+        os.close(directory)
 
 
 def _read_secret(path: Path) -> dict[str, str]:

@@ -181,9 +181,10 @@ class Gate:
                             f"({where})", claimed) from None
         try:
             signed = canonical_json(raw["packet"])
-        except ValueError:
-            raise _Rejected(RejectReason.MALFORMED, "packet holds a number outside the range "
-                            "canonical JSON covers (integers to 2**53 - 1)", claimed) from None
+        except (ValueError, RecursionError):
+            raise _Rejected(RejectReason.MALFORMED, "packet cannot be put in canonical JSON "
+                            "(a number beyond ±(2**53 - 1), text that is not Unicode, or too "
+                            "deep)", claimed) from None
         pkt = env["packet"]
         device_id = pkt["device_id"]
         # (1): suite

@@ -58,10 +58,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"JSON constant {name} is not allowed")
 
 
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return document
+
+
 def decode_json(body: bytes) -> Any:
-    """The JSON value of a request body, or None if it is not strict JSON (NaN and Infinity
-    literals, invalid UTF-8 and nesting deep enough to exhaust the parser are all refused)."""
+    """The JSON value of a request body, or None if it is not strict JSON (I-JSON, RFC 7493:
+    NaN and Infinity literals, duplicate keys, invalid UTF-8 and nesting deep enough to
+    exhaust the parser are all refused)."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant,
+                          object_pairs_hook=_refuse_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None

@@ -3,6 +3,7 @@
 from medtwin.ingest import SignedSubmission
 from medtwin.pipeline._codec import decode_readings, encode_readings
 from medtwin.pipeline._events import EventHub
+from medtwin.pipeline._lock import WriterLock
 from medtwin.pipeline._pipeline import (
     Accepted,
     Outcome,
@@ -21,6 +22,7 @@ __all__ = [
     "Rejected",
     "SignedSubmission",
     "VerifyReport",
+    "WriterLock",
     "alert_json",
     "decode_readings",
     "encode_readings",

@@ -61,6 +61,7 @@ from medtwin.pipeline._codec import (
 )
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
+from medtwin.pipeline._verify import VerifyReport, verify_store
 from medtwin.store import (
     AlertRecord,
     Commit,
@@ -113,6 +114,7 @@ class Pipeline:
         self.twin = TwinBank()
         self._lock = threading.RLock()
         self._writer_lock: WriterLock | None = None
+        self._check_store()
         self._wrapped = store.patient_keys()
         self._devices = {d.device_id: d for d in store.devices()}
         self._tree = MerkleTree(store.leaf_hashes())
@@ -144,6 +146,23 @@ class Pipeline:
             raise
         pipeline._writer_lock = lock
         return pipeline
+
+    def _check_store(self) -> None:
+        """Refuse a store whose records, leaves, devices or sequence numbers disagree with
+        the signed tree head: the site would otherwise sign edits made while it was down."""
+        report = verify_store(self.store, self.keys.log_key)
+        if report.pending:
+            raise VerificationError(
+                f"pipeline: {report.pending} records lie beyond the signed tree head; every "
+                "commit signs its head, so they were added outside medtwin: run `medtwin "
+                "verify`", f"record #{report.tree_size}")
+
+    def verify(self, signatures: bool = True) -> VerifyReport:
+        """Verify the store against the log while no batch is being written (consistent even
+        on a live site); with `signatures`, re-check every device signature too."""
+        with self._lock:
+            return verify_store(self.store, self.keys.log_key,
+                                self.keyring if signatures else None)
 
     def close(self) -> None:
         self.store.close()
@@ -243,7 +262,7 @@ class Pipeline:
             index = tree.size
             if isinstance(verdict, Refused):
                 rec = RejectionRecord(index, now, verdict.device_id, verdict.rejection.reason.value,
-                                      verdict.rejection.detail)
+                                      verdict.rejection.detail, verdict.seq)
                 rejections.append(rec)
                 outcomes.append(Rejected(index, verdict.rejection))
                 log(rec)

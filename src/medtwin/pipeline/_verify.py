@@ -5,9 +5,12 @@
   (2) records are numbered 0, 1, 2, … with no gap or duplicate;
   (3) each record's leaf, recomputed from its stored bytes, equals the stored leaf hash;
   (4) the tree over the recomputed leaves has the signed head's size and root;
-  (5) the devices the gate trusts are exactly the latest logged registration of each device;
+  (5) every device packet comes from a device registered, and active, for that patient when it
+      arrived, with a sequence number above all earlier ones of that device; the devices the
+      gate trusts (key, patient, status, last sequence number) are exactly what the log implies;
   (6) with the site's keys: every device packet's stored bytes carry a valid signature of the
-      device key registered when it arrived (a site cannot fabricate device data).
+      device key registered when it arrived, and say the device, sequence number and send
+      time its record says (a site cannot fabricate or re-file device data).
 The first failure raises VerificationError naming the record (or the head). The head is read
 first and the check covers the records it signs, so a site that keeps ingesting while it is
 verified is checked consistently; records appended since are reported as pending.
@@ -16,13 +19,15 @@ verified is checked consistently; records appended since are reported as pending
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from medtwin.crypto import KeyRing, LogSigningKey, verify_signature
-from medtwin.domain import PACKET_SIGNING_CONTEXT
+from medtwin.domain import PACKET_SIGNING_CONTEXT, DeviceStatus, Provenance
 from medtwin.errors import DecryptionError, SignatureError, VerificationError
+from medtwin.ingest import decode_json
 from medtwin.ledger import MerkleTree, SignedTreeHead, leaf_data, leaf_hash, verify_tree_head
 from medtwin.pipeline._codec import packet_aad, signed_bytes
-from medtwin.store import PacketRecord, RegistrationRecord, Store
+from medtwin.store import PacketRecord, Record, RegistrationRecord, RejectionRecord, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +66,19 @@ def verify_store(store: Store, log_key: LogSigningKey,
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
+    last_seq: dict[str, int] = {}
     wrapped = store.patient_keys() if keyring is not None else {}
     signatures = 0
     for record in store.records():
         if record.leaf_index >= signed_size:
+            # Written after the head was read (or outside medtwin): reported, not verified;
+            # it still counts for what the device table should hold now.
             pending += 1
+            if isinstance(record, RegistrationRecord):
+                registered[record.device_id] = record
+            elif _uses_sequence(record) and record.device_id:
+                seq = int(record.seq or 0)
+                last_seq[record.device_id] = max(last_seq.get(record.device_id, -1), seq)
             continue
         # (2): numbering
         if record.leaf_index != tree.size:
@@ -82,10 +95,23 @@ def verify_store(store: Store, log_key: LogSigningKey,
         counts[record.kind] += 1
         if isinstance(record, RegistrationRecord):
             registered[record.device_id] = record
-        elif isinstance(record, PacketRecord) and keyring is not None and record.signature:
-            # (6): the device's signature over the stored bytes
-            _check_signature(record, registered.get(record.device_id), keyring, wrapped)
-            signatures += 1
+        elif isinstance(record, RejectionRecord) and record.seq is not None:
+            _check_sequence(record, record.device_id or "", record.seq, last_seq)
+        elif (isinstance(record, PacketRecord)
+              and record.provenance == Provenance.DEVICE_SIGNED.value):
+            # (5): a registered, active device of that patient, in sequence
+            registration = registered.get(record.device_id)
+            if (registration is None or registration.patient_id != record.patient_id
+                    or registration.status != DeviceStatus.ACTIVE.value
+                    or not record.signature):
+                raise VerificationError(
+                    f"log: {record.describe()} is not from an active device registered to its "
+                    "patient", record.describe())
+            _check_sequence(record, record.device_id, record.seq, last_seq)
+            if keyring is not None:
+                # (6): the device's signature over the stored bytes
+                _check_signature(record, registration, keyring, wrapped)
+                signatures += 1
     if head is None:
         if pending:
             raise VerificationError("checkpoint: records exist but no signed tree head",
@@ -105,22 +131,36 @@ def verify_store(store: Store, log_key: LogSigningKey,
     for device_id in sorted(set(trusted) | set(registered)):
         device, reg = trusted.get(device_id), registered.get(device_id)
         if device is None or reg is None or (
-                device.patient_id, device.suite, device.public_key, device.status.value) != (
-                reg.patient_id, reg.suite, reg.public_key, reg.status):
+                device.patient_id, device.suite, device.public_key, device.status.value,
+                device.last_seq) != (reg.patient_id, reg.suite, reg.public_key, reg.status,
+                                     last_seq.get(device_id, -1)):
             raise VerificationError(
-                f"devices: device {device_id!r} differs from its logged registration: the "
-                "devices table was altered", f"device {device_id}")
+                f"devices: device {device_id!r} differs from its logged registration and "
+                "sequence numbers: the devices table was altered", f"device {device_id}")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures)
 
 
-def _check_signature(record: PacketRecord, registration: RegistrationRecord | None,
+def _uses_sequence(record: Record) -> TypeGuard[PacketRecord | RejectionRecord]:
+    """Whether a record used up a device sequence number (authentic packets only)."""
+    if isinstance(record, PacketRecord):
+        return record.provenance == Provenance.DEVICE_SIGNED.value
+    return isinstance(record, RejectionRecord) and record.seq is not None
+
+
+def _check_sequence(record: PacketRecord | RejectionRecord, device_id: str, seq: int,
+                    last_seq: dict[str, int]) -> None:
+    if seq <= last_seq.get(device_id, -1):
+        raise VerificationError(
+            f"log: {record.describe()} reuses sequence number {seq} of device {device_id!r}: "
+            "a replayed or duplicated packet", record.describe())
+    last_seq[device_id] = seq
+
+
+def _check_signature(record: PacketRecord, registration: RegistrationRecord,
                      keyring: KeyRing, wrapped: dict[str, bytes]) -> None:
     where = record.describe()
-    if registration is None:
-        raise VerificationError(f"log: {where} comes from a device with no earlier logged "
-                                "registration", where)
     try:
         payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
                                packet_aad(record.leaf_index, record.patient_id))
@@ -129,6 +169,10 @@ def _check_signature(record: PacketRecord, registration: RegistrationRecord | No
             raise SignatureError("no signed bytes")
         verify_signature(registration.suite, registration.public_key,
                          PACKET_SIGNING_CONTEXT + signed, record.signature or b"")
-    except (DecryptionError, SignatureError, KeyError) as exc:
+        packet = decode_json(signed)
+        if (packet["device_id"], packet["seq"], packet["sent_at"]) != (
+                record.device_id, record.seq, record.sent_at_ms):
+            raise SignatureError("the signed packet is another packet")
+    except (DecryptionError, SignatureError, KeyError, TypeError) as exc:
         raise VerificationError(f"signature: {where} is not signed by its device's registered "
                                 "key: the packet was altered or fabricated", where) from exc

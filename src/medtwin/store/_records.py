@@ -62,18 +62,24 @@ class AlertRecord:
 
 @dataclass(frozen=True, slots=True)
 class RejectionRecord:
-    """A refused packet: who claimed to send it and why; never its readings."""
+    """A refused packet: who claimed to send it and why; never its readings.
+
+    `seq` is the sequence number of an authentic packet refused for its readings: it is used
+    up, and the log must say so for the replay protection to be checkable.
+    """
 
     leaf_index: int
     received_at_ms: int
     device_id: str | None
     reason: str
     detail: str
+    seq: int | None = None
 
     kind = "rejection"
 
     def commit_bytes(self) -> bytes:
-        return canonical_json([self.received_at_ms, self.device_id, self.reason, self.detail])
+        return canonical_json([self.received_at_ms, self.device_id, self.reason, self.detail,
+                               self.seq])
 
     def describe(self) -> str:
         return f"rejection #{self.leaf_index} ({self.reason})"

@@ -86,6 +86,7 @@ rejections = Table(
     Column("device_id", String(64), nullable=True),
     Column("reason", String(32), nullable=False),
     Column("detail", Text, nullable=False),
+    Column("seq", BigInteger, nullable=True),
 )
 
 leaves = Table(
