@@ -192,10 +192,7 @@ class Pipeline:
             self.twin.apply(update)
             self._active[update.rows] = active
             for device_id, seq in commit.device_seqs.items():
-                device = self._devices[device_id]
-                self._devices[device_id] = Device(device.device_id, device.patient_id,
-                                                  device.suite, device.public_key,
-                                                  device.status, seq)
+                self._devices[device_id] = replace(self._devices[device_id], last_seq=seq)
             if self.events.has_subscribers:
                 self.events.publish(self._events(update, alerts, now))
             return outcomes
@@ -365,9 +362,7 @@ class Pipeline:
         with self._lock:
             if device_id not in self._devices:
                 raise NotFoundError(f"pipeline: unknown device {device_id!r}")
-            d = self._devices[device_id]
-            self._register(Device(d.device_id, d.patient_id, d.suite, d.public_key, status,
-                                  d.last_seq))
+            self._register(replace(self._devices[device_id], status=status))
 
     # Reads ----------------------------------------------------------------------------------
 
