@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +43,22 @@ def _settings(data_dir: Path | None) -> Settings:
 def _fail(exc: MedtwinError) -> typer.Exit:
     console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(1)
+
+
+@contextmanager
+def _site(data_dir: Path | None) -> Iterator[Pipeline]:
+    """The site's pipeline for one command; medtwin errors end the command with their
+    message and exit code 1."""
+    try:
+        pipeline = Pipeline.open(_settings(data_dir))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    try:
+        yield pipeline
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    finally:
+        pipeline.close()
 
 
 @app.command()
@@ -84,11 +102,8 @@ def serve(
     """Serve the API (packets in; twins, alerts, audit and a live stream out)."""
     from medtwin.cli._server import serve_forever
 
-    pipeline = Pipeline.open(_settings(data_dir))
-    try:
+    with _site(data_dir) as pipeline:
         serve_forever(pipeline, host, port)
-    finally:
-        pipeline.close()
 
 
 @app.command()
@@ -175,25 +190,17 @@ def verify(data_dir: DataDir = None) -> None:
 @keys_app.command("init")
 def keys_init(data_dir: DataDir = None) -> None:
     """Create the site's key files and database if they do not exist."""
-    settings = _settings(data_dir)
-    Pipeline.open(settings).close()
-    console.print(f"site ready; keys in {settings.resolved_keys_dir} (keep them off the "
-                  "database host's backups)")
+    with _site(data_dir) as pipeline:
+        keys_dir = pipeline.settings.resolved_keys_dir
+    console.print(f"site ready; keys in {keys_dir} (keep them off the database host's "
+                  "backups)")
 
 
 @keys_app.command("add-patient")
 def keys_add_patient(patient_id: str, data_dir: DataDir = None) -> None:
     """Register a patient and create their data key."""
-    try:
-        pipeline = Pipeline.open(_settings(data_dir))
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    try:
+    with _site(data_dir) as pipeline:
         pipeline.add_patient(patient_id)
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    finally:
-        pipeline.close()
     console.print(f"patient {patient_id} registered")
 
 
@@ -210,16 +217,8 @@ def keys_add_device(
         console.print(f"[bold red]error:[/] {out} exists; refusing to overwrite a key file")
         raise typer.Exit(1)
     private, public = signature_suite("ed25519").generate()
-    try:
-        pipeline = Pipeline.open(_settings(data_dir))
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    try:
+    with _site(data_dir) as pipeline:
         pipeline.add_device(Device(device_id, patient, "ed25519", public))
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    finally:
-        pipeline.close()
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump({"device_id": device_id, "suite": "ed25519",
@@ -240,16 +239,8 @@ def keys_list(data_dir: DataDir = None) -> None:
 
 
 def _set_status(device_id: str, status: DeviceStatus, data_dir: Path | None) -> None:
-    try:
-        pipeline = Pipeline.open(_settings(data_dir))
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    try:
+    with _site(data_dir) as pipeline:
         pipeline.set_device_status(device_id, status)
-    except MedtwinError as exc:
-        raise _fail(exc) from exc
-    finally:
-        pipeline.close()
     console.print(f"device {device_id} is {status.value}")
 
 
