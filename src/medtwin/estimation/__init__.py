@@ -18,8 +18,19 @@ from medtwin.estimation._smoother import (
     smoother_events,
     smoother_step,
 )
+from medtwin.estimation._ukf import (
+    MIN_EIGENVALUE,
+    UKFParams,
+    UKFUpdate,
+    safe_cholesky,
+    sigma_points,
+    sigma_weights,
+    ukf_predict,
+    ukf_update,
+)
 
 __all__ = [
+    "MIN_EIGENVALUE",
     "NO_TIME",
     "EventResult",
     "SmootherParams",
@@ -27,12 +38,19 @@ __all__ = [
     "TwinArrays",
     "TwinBank",
     "TwinUpdate",
+    "UKFParams",
+    "UKFUpdate",
     "default_smoother_params",
     "empty_twin",
     "linear_recurrence",
+    "safe_cholesky",
     "segment_starts",
     "segmented_cummax",
     "segmented_scan",
+    "sigma_points",
+    "sigma_weights",
     "smoother_events",
     "smoother_step",
+    "ukf_predict",
+    "ukf_update",
 ]
