@@ -9,18 +9,19 @@ import numpy.typing as npt
 
 from medtwin.estimation._smoother import (
     NO_TIME,
+    EventResult,
     SmootherParams,
-    StepResult,
     TwinArrays,
     default_smoother_params,
     empty_twin,
-    smoother_step,
+    smoother_events,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class TwinUpdate:
-    """What a batch would do to the bank: touched rows, their new state, per-reading estimates.
+    """What a batch would do to the bank: touched rows, their new state, per-reading estimates
+    and the twin after every event (`events.event_row` indexes `rows`).
 
     Nothing changes until `TwinBank.apply` is called, after the batch is durable.
     """
@@ -28,6 +29,7 @@ class TwinUpdate:
     rows: npt.NDArray[np.intp]
     state: TwinArrays
     estimate: npt.NDArray[np.float64]
+    events: EventResult
 
 class TwinBank:
     """State of all patients' twins, one row per patient, grown as patients are added."""
@@ -57,21 +59,15 @@ class TwinBank:
     def patient_ids(self) -> list[str]:
         return list(self._rows)
 
-    def gather(self, row: npt.NDArray[np.intp]
-               ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], TwinArrays]:
-        """The distinct rows of a batch, each reading's index among them, and their state."""
-        rows, local = np.unique(row, return_inverse=True)
-        return rows, local.astype(np.intp), self._state.take(rows)
-
     def propose(self, row: npt.NDArray[np.intp], channel: npt.NDArray[np.int8],
                 value: npt.NDArray[np.float64], time_ms: npt.NDArray[np.int64],
                 arrival: npt.NDArray[np.int64] | None = None) -> TwinUpdate:
-        """The update a batch of readings implies, without applying it (see `smoother_step`)."""
+        """The update a batch of readings implies, without applying it (see
+        `smoother_events`)."""
         rows, local = np.unique(row, return_inverse=True)
-        gathered = self._state.take(rows)
-        result: StepResult = smoother_step(self.params, gathered, local.astype(np.intp),
-                                           channel, value, time_ms, arrival)
-        return TwinUpdate(rows, result.state, result.estimate)
+        result = smoother_events(self.params, self._state.take(rows), local.astype(np.intp),
+                                 channel, value, time_ms, arrival)
+        return TwinUpdate(rows, result.state, result.estimate, result)
 
     def apply(self, update: TwinUpdate) -> None:
         """Make a proposed update the current state."""

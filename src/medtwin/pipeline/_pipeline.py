@@ -47,7 +47,7 @@ from medtwin.errors import (
     NotFoundError,
     VerificationError,
 )
-from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate, smoother_events
+from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.pipeline._codec import (
@@ -223,9 +223,8 @@ class Pipeline:
         channel, value = column("channel", np.int8), column("value", np.float64)
         time_ms = column("time_ms", np.int64)
         arrival = np.repeat(np.arange(len(packets), dtype=np.int64), sizes)
-        patients, local, state = self.twin.gather(rows)
-        folded = smoother_events(self.twin.params, state, local, channel, value, time_ms,
-                                 arrival)
+        update = self.twin.propose(rows, channel, value, time_ms, arrival)
+        patients, folded = update.rows, update.events
         values = _fresh_estimates(folded.event_estimate, folded.event_time_ms)
         rules = rules_over_events(self._active[patients], values, folded.event_row,
                                   folded.event_start)
@@ -235,7 +234,6 @@ class Pipeline:
                     int(folded.event_time_ms[e].max()))
             for e, rule in zip(rules.fired_events, rules.fired_rules, strict=True)
         ]
-        update = TwinUpdate(patients, folded.state, folded.estimate)
         return update, rules.active, alerts
 
     def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
