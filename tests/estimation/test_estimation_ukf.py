@@ -64,9 +64,10 @@ def test_linear_gaussian_equals_the_kalman_filter(d: int, m: int) -> None:
     assert np.allclose(result.loglik, loglik, atol=1e-9)
 
 
-def test_masked_entries_are_as_if_never_measured() -> None:
-    pb = _linear_problem(60, 4, 3, seed=7)
-    observed = np.random.default_rng(1).random((60, 3)) < 0.5
+@pytest.mark.parametrize("m", [1, 3])
+def test_masked_entries_are_as_if_never_measured(m: int) -> None:
+    pb = _linear_problem(60, 4, m, seed=7)
+    observed = np.random.default_rng(1).random((60, m)) < 0.5
     observed[:5] = False
     result = _ukf(pb, observed)
     mean, cov, loglik = _kalman(pb, observed)

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medtwin.config import Settings
 from medtwin.crypto import sign_packet, signature_suite
 from medtwin.domain import Channel, Device, Reading, packet_wire
+from medtwin.estimation import UKFParams, ukf_predict, ukf_update
 from medtwin.ingest import SignedSubmission
 from medtwin.pipeline import Accepted, Pipeline
 
@@ -97,3 +100,43 @@ def bench_buffered_upload(n_readings: int) -> float:
     if not isinstance(outcome, Accepted):
         raise RuntimeError("bench: the buffered upload was rejected")
     return elapsed
+
+
+#: The 3-state linear model both UKF benchmarks filter (a constant-acceleration-like chain).
+_UKF_TRANSITION = np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.0, 0.0, 0.9]])
+
+
+def bench_ukf(n_patients: int, steps: int) -> float:
+    """Seconds per predict + update of medtwin's batched UKF over `n_patients` at once."""
+    params = UKFParams()
+    mean = np.zeros((n_patients, 3))
+    cov = np.broadcast_to(np.eye(3), (n_patients, 3, 3)).copy()
+    process = np.broadcast_to(0.01 * np.eye(3), (n_patients, 3, 3)).copy()
+    noise = np.full((n_patients, 1, 1), 0.1)
+    measured = np.zeros((n_patients, 1))
+    observed = np.ones((n_patients, 1), dtype=bool)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        mean, cov = ukf_predict(params, mean, cov, lambda x: x @ _UKF_TRANSITION.T, process)
+        out = ukf_update(params, mean, cov, lambda x: x[..., :1], measured, noise, observed)
+        mean, cov = out.mean, out.cov
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_filterpy(steps: int) -> float | None:
+    """Seconds per predict + update of filterpy's UnscentedKalmanFilter on the same model
+    (one patient), or None where filterpy is not installed."""
+    try:
+        from filterpy.kalman import MerweScaledSigmaPoints, UnscentedKalmanFilter
+    except ImportError:
+        return None
+    points = MerweScaledSigmaPoints(3, alpha=1.0, beta=2.0, kappa=0.0)
+    ukf = UnscentedKalmanFilter(3, 1, 1.0, hx=lambda x: x[:1],
+                                fx=lambda x, _dt: _UKF_TRANSITION @ x, points=points)
+    ukf.Q = 0.01 * np.eye(3)
+    ukf.R = 0.1 * np.eye(1)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        ukf.predict()
+        ukf.update(np.zeros(1))
+    return (time.perf_counter() - t0) / steps

@@ -291,7 +291,13 @@ def token_revoke(
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] = False) -> None:
     """Packets/s and readings/s through gate + twin + ledger + store, by batch size."""
-    from medtwin.cli._bench import READINGS_PER_PACKET, bench_buffered_upload, bench_ingest
+    from medtwin.cli._bench import (
+        READINGS_PER_PACKET,
+        bench_buffered_upload,
+        bench_filterpy,
+        bench_ingest,
+        bench_ukf,
+    )
 
     n_packets = 400 if quick else 4000
     rows = bench_ingest((1, 16, 256), n_packets, n_patients=50)
@@ -312,6 +318,21 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         seconds = bench_buffered_upload(n)
         upload.add_row(f"{n:,}", f"{seconds * 1000:,.0f}", f"{n / seconds:,.0f}")
     console.print(upload)
+    baseline = bench_filterpy(200 if quick else 2000)
+    ukf = Table(title="UKF filter steps (predict + update), 3 states, batched over patients; "
+                      "baseline: filterpy's UnscentedKalmanFilter, one patient")
+    for col in ("patients", "ms per step", "ns per patient-step", "patient-steps/s",
+                "vs filterpy"):
+        ukf.add_column(col, justify="right")
+    if baseline is not None:
+        ukf.add_row("filterpy (1)", f"{baseline * 1000:.3f}", f"{baseline * 1e9:,.0f}",
+                    f"{1 / baseline:,.0f}", "1×")
+    for n in (1, 1_000, 10_000) if quick else (1, 1_000, 10_000, 100_000):
+        seconds = bench_ukf(n, max(3, min(500, 2_000_000 // (n * 50))))
+        per = seconds / n
+        ukf.add_row(f"{n:,}", f"{seconds * 1000:.3f}", f"{per * 1e9:,.0f}", f"{1 / per:,.0f}",
+                    f"{baseline / per:,.0f}×" if baseline is not None else "n/a")
+    console.print(ukf)
 
 
 def main() -> None:

@@ -88,9 +88,9 @@ def sigma_points(params: UKFParams, mean: FloatArray, cov: FloatArray) -> FloatA
 def _moments(points: FloatArray, wm: FloatArray,
              wc: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Weighted mean (n, k), deviations (n, 2d+1, k) and covariance (n, k, k) of points."""
-    mean = np.einsum("s,nsk->nk", wm, points)
+    mean = wm @ points
     dev = points - mean[:, np.newaxis, :]
-    cov = np.einsum("s,nsi,nsj->nij", wc, dev, dev)
+    cov = (np.swapaxes(dev, -1, -2) * wc) @ dev
     return mean, dev, cov
 
 
@@ -121,20 +121,28 @@ def ukf_update(params: UKFParams, mean: FloatArray, cov: FloatArray,
     points = sigma_points(params, mean, cov)
     predicted, y_dev, pyy = _moments(observe(points), wm, wc)
     x_dev = points - mean[:, np.newaxis, :]
-    pxy = np.einsum("s,nsi,nsj->nij", wc, x_dev, y_dev)
+    pxy = (np.swapaxes(x_dev, -1, -2) * wc) @ y_dev
     mask = observed.astype(np.float64)
     both = mask[:, :, np.newaxis] * mask[:, np.newaxis, :]
     eye = np.eye(m)
     s = (pyy + noise_cov) * both + eye * (1.0 - mask)[:, np.newaxis, :]
     innovation = np.where(observed, np.nan_to_num(measured - predicted), 0.0)
-    gain = np.linalg.solve(s, np.swapaxes(pxy * mask[:, np.newaxis, :], -1, -2))
-    gain = np.swapaxes(gain, -1, -2)                               # (n, d, m)
-    new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
+    log_det: FloatArray
+    if m == 1:  # one measured channel: scalar algebra, no batched LAPACK calls
+        gain = pxy * mask[:, np.newaxis, :] / s[:, :, 0][:, np.newaxis, :]
+        solved = innovation / np.sqrt(s[:, :, 0])
+        log_det = np.asarray(np.log(s[:, 0, 0]), dtype=np.float64)
+    else:
+        gain = np.swapaxes(
+            np.linalg.solve(s, np.swapaxes(pxy * mask[:, np.newaxis, :], -1, -2)), -1, -2)
+        chol = safe_cholesky(s)
+        solved = np.asarray(np.linalg.solve(chol, innovation[..., np.newaxis])[..., 0],
+                            dtype=np.float64)
+        log_det = np.asarray(2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1),
+                             dtype=np.float64)
+    new_mean = mean + (gain @ innovation[..., np.newaxis])[..., 0]
     new_cov = cov - gain @ s @ np.swapaxes(gain, -1, -2)
     new_cov = 0.5 * (new_cov + np.swapaxes(new_cov, -1, -2))
-    chol = safe_cholesky(s)
-    solved = np.linalg.solve(chol, innovation[..., np.newaxis])[..., 0]
-    log_det = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
     n_observed = mask.sum(axis=-1)
     loglik = -0.5 * ((solved**2).sum(axis=-1) + log_det + n_observed * _LOG_2PI)
     return UKFUpdate(new_mean, new_cov, innovation, s, np.where(n_observed > 0, loglik, 0.0))
