@@ -1,6 +1,16 @@
-"""State estimation of the twin, batched over patients (first version: smoothed channels)."""
+"""State estimation of the twin, batched over patients: smoothed channels, UKF, glucose twin."""
 
 from medtwin.estimation._bank import TwinBank, TwinUpdate
+from medtwin.estimation._glucose_twin import (
+    FORECAST_STEP_MIN,
+    Z_95,
+    GlucoseFilterState,
+    GlucoseFilterStep,
+    GlucoseNoise,
+    glucose_filter_init,
+    glucose_filter_step,
+    glucose_forecast,
+)
 from medtwin.estimation._scan import (
     linear_recurrence,
     segment_starts,
@@ -30,9 +40,14 @@ from medtwin.estimation._ukf import (
 )
 
 __all__ = [
+    "FORECAST_STEP_MIN",
     "MIN_EIGENVALUE",
     "NO_TIME",
+    "Z_95",
     "EventResult",
+    "GlucoseFilterState",
+    "GlucoseFilterStep",
+    "GlucoseNoise",
     "SmootherParams",
     "StepResult",
     "TwinArrays",
@@ -42,6 +57,9 @@ __all__ = [
     "UKFUpdate",
     "default_smoother_params",
     "empty_twin",
+    "glucose_filter_init",
+    "glucose_filter_step",
+    "glucose_forecast",
     "linear_recurrence",
     "safe_cholesky",
     "segment_starts",
