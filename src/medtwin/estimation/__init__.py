@@ -11,6 +11,13 @@ from medtwin.estimation._glucose_twin import (
     glucose_filter_step,
     glucose_forecast,
 )
+from medtwin.estimation._personalize import (
+    PERSONALIZED_PARAMS,
+    Personalization,
+    identify_glucose_params,
+    insulin_above_basal,
+    personalization_loss,
+)
 from medtwin.estimation._scan import (
     linear_recurrence,
     segment_starts,
@@ -43,11 +50,13 @@ __all__ = [
     "FORECAST_STEP_MIN",
     "MIN_EIGENVALUE",
     "NO_TIME",
+    "PERSONALIZED_PARAMS",
     "Z_95",
     "EventResult",
     "GlucoseFilterState",
     "GlucoseFilterStep",
     "GlucoseNoise",
+    "Personalization",
     "SmootherParams",
     "StepResult",
     "TwinArrays",
@@ -60,7 +69,10 @@ __all__ = [
     "glucose_filter_init",
     "glucose_filter_step",
     "glucose_forecast",
+    "identify_glucose_params",
+    "insulin_above_basal",
     "linear_recurrence",
+    "personalization_loss",
     "safe_cholesky",
     "segment_starts",
     "segmented_cummax",
