@@ -10,6 +10,7 @@ from medtwin.estimation._glucose_twin import (
     glucose_filter_init,
     glucose_filter_step,
     glucose_forecast,
+    glucose_whatif,
 )
 from medtwin.estimation._personalize import (
     PERSONALIZED_PARAMS,
@@ -69,6 +70,7 @@ __all__ = [
     "glucose_filter_init",
     "glucose_filter_step",
     "glucose_forecast",
+    "glucose_whatif",
     "identify_glucose_params",
     "insulin_above_basal",
     "linear_recurrence",

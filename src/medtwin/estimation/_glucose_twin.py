@@ -223,3 +223,48 @@ def glucose_forecast(
     half = Z_95 * np.sqrt(np.maximum(var, 0.0))
     lo, hi = GLUCOSE_STATE_MIN[GlucoseState.G], GLUCOSE_STATE_MAX[GlucoseState.G]
     return mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
+
+
+def glucose_whatif(
+    params: GlucoseParams,
+    state: GlucoseFilterState,
+    dt_min: float,
+    carbs_g: FloatArray,
+    insulin_u: FloatArray,
+    noise: GlucoseNoise = GlucoseNoise(),  # noqa: B008 - an immutable named tuple
+    ukf: UKFParams = UKFParams(),  # noqa: B008 - an immutable named tuple
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Plasma glucose under a given future of meals and insulin: mean, lower and upper 95 %
+    bounds at the end of each step, each (n, T).
+
+    `carbs_g` and `insulin_u` (n, T) are what is eaten and delivered at the start of each of
+    T steps of `dt_min` minutes (insulin on top of the model's basal infusion), e.g. a bolus
+    scaled by 1.3, a skipped meal or a changed basal expressed as doses. The twin's Gaussian
+    is carried through the model by the unscented transform with the process noise of each
+    step, as in `glucose_forecast`.
+    """
+    n = state.mean.shape[0]
+    p = _broadcast_params(params, n)
+    carbs = np.asarray(carbs_g, dtype=np.float64)
+    insulin = np.asarray(insulin_u, dtype=np.float64)
+    if carbs.shape != insulin.shape or carbs.ndim != 2 or carbs.shape[0] != n:
+        raise ValueError(f"estimation: carbs_g and insulin_u must both have shape ({n}, T)")
+    if not np.isfinite(dt_min) or dt_min <= 0:
+        raise ValueError("estimation: dt_min must be a positive number of minutes")
+    steps = carbs.shape[1]
+    mean = np.empty((n, steps))
+    var = np.empty((n, steps))
+    current = state
+    for k in range(steps):
+        u = _inputs(n, carbs[:, k], insulin[:, k])
+        now = 0.0
+        while now < dt_min:
+            h = min(FORECAST_STEP_MIN, dt_min - now)
+            current = _predict(p, noise, current, np.full(n, h), u, ukf)
+            u = np.zeros_like(u)
+            now += h
+        mean[:, k] = current.mean[:, GlucoseState.G]
+        var[:, k] = current.cov[:, GlucoseState.G, GlucoseState.G]
+    half = Z_95 * np.sqrt(np.maximum(var, 0.0))
+    lo, hi = GLUCOSE_STATE_MIN[GlucoseState.G], GLUCOSE_STATE_MAX[GlucoseState.G]
+    return mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
