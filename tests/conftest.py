@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import settings as hypothesis_settings
@@ -139,3 +141,25 @@ def device(pipeline: Pipeline, patient_id: str, make_device: Callable[..., Devic
     sim = make_device("vit-1", patient_id)
     pipeline.add_device(sim.device)
     return sim
+
+
+def simglucose_history(days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """UVA/Padova adult#001 on its 3-min grid for `days` days (seed 1): CGM (mg/dL), carbs
+    (g) and insulin (U, basal and bolus doses) reported per step, and the true BG."""
+    from medtwin.sim import GlucosePatient
+
+    start = int(datetime(2024, 3, 4, 0, 0, tzinfo=UTC).timestamp() * 1000)
+    patient = GlucosePatient("adult#001", start, seed=1)
+    steps = 480 * days
+    cgm, carbs, insulin, bg = (np.zeros(steps) for _ in range(4))
+    for k in range(steps):
+        s = patient.step()
+        bg[k] = s.true_bg
+        for r in s.readings:
+            if r.channel == Channel.GLUCOSE:
+                cgm[k] = r.value
+            elif r.channel == Channel.CARBS:
+                carbs[k] += r.value
+            elif r.channel == Channel.INSULIN:
+                insulin[k] += r.value
+    return cgm, carbs, insulin, bg

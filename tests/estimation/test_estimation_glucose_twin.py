@@ -3,13 +3,12 @@ forecasts better than persistence, and is measured against simglucose (UVA/Padov
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+from tests.conftest import simglucose_history
 
-from medtwin.domain import Channel
 from medtwin.estimation import (
     GlucoseFilterState,
     GlucoseNoise,
@@ -229,22 +228,8 @@ def test_forecast_horizons_in_any_order() -> None:
 def test_simglucose_adult_24h() -> None:
     """UVA/Padova adult#001 for 24 h, default parameters: report, assert loosely."""
     pytest.importorskip("simglucose")
-    from medtwin.sim import GlucosePatient
-
-    start = int(datetime(2024, 3, 4, 0, 0, tzinfo=UTC).timestamp() * 1000)
-    patient = GlucosePatient("adult#001", start, seed=1)
-    steps = 480
-    cgm, carbs, insulin, bg = (np.zeros(steps) for _ in range(4))
-    for k in range(steps):
-        s = patient.step()
-        bg[k] = s.true_bg
-        for r in s.readings:
-            if r.channel == Channel.GLUCOSE:
-                cgm[k] = r.value
-            elif r.channel == Channel.CARBS:
-                carbs[k] += r.value
-            elif r.channel == Channel.INSULIN:
-                insulin[k] += r.value
+    cgm, carbs, insulin, bg = simglucose_history(1)
+    steps = cgm.shape[0]
     p = default_glucose_params(1)
     # The sim reports basal and bolus doses; the model infuses its own basal already.
     extra = np.maximum(insulin - basal_infusion_rate(p)[0] * DT, 0.0)

@@ -3,12 +3,10 @@ improves the glucose twin on simglucose (UVA/Padova) adult#001."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
+from tests.conftest import simglucose_history
 
-from medtwin.domain import Channel
 from medtwin.estimation import (
     PERSONALIZED_PARAMS,
     GlucoseFilterState,
@@ -127,26 +125,6 @@ def test_is_deterministic_and_validates() -> None:
         identify_glucose_params(DT, np.full_like(cgm, np.nan), carbs, insulin)
 
 
-def _simglucose_days(days: int) -> tuple[np.ndarray, ...]:
-    from medtwin.sim import GlucosePatient
-
-    start = int(datetime(2024, 3, 4, 0, 0, tzinfo=UTC).timestamp() * 1000)
-    patient = GlucosePatient("adult#001", start, seed=1)
-    steps = 480 * days
-    cgm, carbs, insulin, bg = (np.zeros(steps) for _ in range(4))
-    for k in range(steps):
-        s = patient.step()
-        bg[k] = s.true_bg
-        for r in s.readings:
-            if r.channel == Channel.GLUCOSE:
-                cgm[k] = r.value
-            elif r.channel == Channel.CARBS:
-                carbs[k] += r.value
-            elif r.channel == Channel.INSULIN:
-                insulin[k] += r.value
-    return cgm, carbs, insulin, bg
-
-
 def _twin_day(p: GlucoseParams, cgm: np.ndarray, carbs: np.ndarray, delivered: np.ndarray,
               bg: np.ndarray, dt: float) -> tuple[float, float, float, float]:
     """Filter RMSE vs BG, raw CGM RMSE, 30-min forecast RMSE and persistence RMSE."""
@@ -179,7 +157,7 @@ def test_simglucose_personalized_twin_beats_default() -> None:
     personalized parameters."""
     pytest.importorskip("simglucose")
     dt = 3.0
-    cgm, carbs, delivered, bg = _simglucose_days(2)
+    cgm, carbs, delivered, bg = simglucose_history(2)
     day1, day2 = slice(0, 480), slice(480, 960)
     prior = default_glucose_params(1)
     # Inputs reported with reading k are given at the start of step k + 1; reading k is at

@@ -29,6 +29,7 @@ from medtwin.physiology import (
     GlucoseInput,
     GlucoseParams,
     GlucoseState,
+    broadcast_glucose_params,
     glucose_dynamics,
     glucose_observation,
     steady_state,
@@ -85,14 +86,6 @@ class GlucoseFilterStep(NamedTuple):
     loglik: FloatArray
 
 
-def _broadcast_params(params: GlucoseParams, n: int) -> GlucoseParams:
-    """`params` with every field of shape (n,) (fields of length 1 are repeated)."""
-    fields = [np.asarray(f, dtype=np.float64) for f in params]
-    if any(f.shape not in ((n,), (1,), ()) for f in fields):
-        raise ValueError(f"estimation: params fields must have shape ({n},) or (1,)")
-    return GlucoseParams(*(np.broadcast_to(f, (n,)).copy() for f in fields))
-
-
 def _clip_mean(mean: FloatArray) -> FloatArray:
     return np.asarray(np.clip(mean, GLUCOSE_STATE_MIN, GLUCOSE_STATE_MAX), dtype=np.float64)
 
@@ -106,7 +99,7 @@ def glucose_filter_init(params: GlucoseParams, n: int) -> GlucoseFilterState:
     after a fast; see `GlucoseNoise`). The first CGM readings pin glucose down within a few
     steps.
     """
-    p = _broadcast_params(params, n)
+    p = broadcast_glucose_params(params, n)
     mean = steady_state(p)
     std = np.empty((n, N_GLUCOSE_STATES))
     std[:, GlucoseState.G] = std[:, GlucoseState.GI] = 50.0
@@ -143,6 +136,27 @@ def _predict(params: GlucoseParams, noise: GlucoseNoise, state: GlucoseFilterSta
     return GlucoseFilterState(_clip_mean(mean), cov)
 
 
+def _propagate(params: GlucoseParams, noise: GlucoseNoise, state: GlucoseFilterState,
+               u: FloatArray, minutes: float, ukf: UKFParams) -> GlucoseFilterState:
+    """Carry the Gaussian `minutes` ahead, inputs `u` at the start, re-approximating it at
+    least every `FORECAST_STEP_MIN`."""
+    n = state.mean.shape[0]
+    now = 0.0
+    while now < minutes:
+        h = min(FORECAST_STEP_MIN, minutes - now)
+        state = _predict(params, noise, state, np.full(n, h), u, ukf)
+        u = np.zeros_like(u)
+        now += h
+    return state
+
+
+def _glucose_band(mean: FloatArray, var: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Mean with its 95 % bounds, clipped to the model's glucose range."""
+    half = Z_95 * np.sqrt(np.maximum(var, 0.0))
+    lo, hi = GLUCOSE_STATE_MIN[GlucoseState.G], GLUCOSE_STATE_MAX[GlucoseState.G]
+    return mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
+
+
 def glucose_filter_step(
     params: GlucoseParams,
     noise: GlucoseNoise,
@@ -163,7 +177,7 @@ def glucose_filter_step(
     physiological bounds. Pure: the same arguments give the same result.
     """
     n = state.mean.shape[0]
-    p = _broadcast_params(params, n)
+    p = broadcast_glucose_params(params, n)
     dt = np.broadcast_to(np.asarray(dt_min, dtype=np.float64), (n,))
     predicted = _predict(p, noise, state, dt, _inputs(n, carbs_g, insulin_u), ukf)
 
@@ -203,7 +217,7 @@ def glucose_forecast(
     clipped to the model's glucose range.
     """
     n = state.mean.shape[0]
-    p = _broadcast_params(params, n)
+    p = broadcast_glucose_params(params, n)
     targets = np.asarray(horizons_min, dtype=np.float64)
     if targets.ndim != 1 or np.any(~np.isfinite(targets)) or np.any(targets < 0):
         raise ValueError("estimation: horizons_min must be finite non-negative minutes")
@@ -213,16 +227,13 @@ def glucose_forecast(
     var = np.empty((n, targets.size))
     current, now = state, 0.0
     for j in order:
-        while now < targets[j]:
-            h = min(FORECAST_STEP_MIN, float(targets[j]) - now)
-            current = _predict(p, noise, current, np.full(n, h), u, ukf)
+        if targets[j] > now:  # the inputs go in with the first step actually taken
+            current = _propagate(p, noise, current, u, float(targets[j]) - now, ukf)
             u = np.zeros_like(u)
-            now += h
+            now = float(targets[j])
         mean[:, j] = current.mean[:, GlucoseState.G]
         var[:, j] = current.cov[:, GlucoseState.G, GlucoseState.G]
-    half = Z_95 * np.sqrt(np.maximum(var, 0.0))
-    lo, hi = GLUCOSE_STATE_MIN[GlucoseState.G], GLUCOSE_STATE_MAX[GlucoseState.G]
-    return mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
+    return _glucose_band(mean, var)
 
 
 def glucose_whatif(
@@ -244,7 +255,7 @@ def glucose_whatif(
     step, as in `glucose_forecast`.
     """
     n = state.mean.shape[0]
-    p = _broadcast_params(params, n)
+    p = broadcast_glucose_params(params, n)
     carbs = np.asarray(carbs_g, dtype=np.float64)
     insulin = np.asarray(insulin_u, dtype=np.float64)
     if carbs.shape != insulin.shape or carbs.ndim != 2 or carbs.shape[0] != n:
@@ -256,15 +267,8 @@ def glucose_whatif(
     var = np.empty((n, steps))
     current = state
     for k in range(steps):
-        u = _inputs(n, carbs[:, k], insulin[:, k])
-        now = 0.0
-        while now < dt_min:
-            h = min(FORECAST_STEP_MIN, dt_min - now)
-            current = _predict(p, noise, current, np.full(n, h), u, ukf)
-            u = np.zeros_like(u)
-            now += h
+        current = _propagate(p, noise, current, _inputs(n, carbs[:, k], insulin[:, k]),
+                             dt_min, ukf)
         mean[:, k] = current.mean[:, GlucoseState.G]
         var[:, k] = current.cov[:, GlucoseState.G, GlucoseState.G]
-    half = Z_95 * np.sqrt(np.maximum(var, 0.0))
-    lo, hi = GLUCOSE_STATE_MIN[GlucoseState.G], GLUCOSE_STATE_MAX[GlucoseState.G]
-    return mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
+    return _glucose_band(mean, var)

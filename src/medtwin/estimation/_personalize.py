@@ -78,6 +78,7 @@ from medtwin.physiology import (
     GlucoseParams,
     GlucoseState,
     basal_infusion_rate,
+    broadcast_glucose_params,
     default_glucose_params,
     glucose_dynamics,
     steady_state,
@@ -266,11 +267,7 @@ def _prepare(
 ) -> tuple[_History, GlucoseParams, tuple[str, ...]]:
     h = _history(dt_min, cgm, carbs_g, insulin_u)
     n = h.cgm.shape[0]
-    p = default_glucose_params(n) if prior is None else prior
-    fields = [np.asarray(f, dtype=np.float64) for f in p]
-    if any(f.shape not in ((n,), (1,), ()) for f in fields):
-        raise ValueError(f"estimation: prior fields must have shape ({n},) or (1,)")
-    p = GlucoseParams(*(np.broadcast_to(f, (n,)).copy() for f in fields))
+    p = broadcast_glucose_params(default_glucose_params(n) if prior is None else prior, n)
     return h, p, _check_names(names)
 
 

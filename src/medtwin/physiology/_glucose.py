@@ -150,6 +150,17 @@ def default_glucose_params(n_patients: int) -> GlucoseParams:
     return GlucoseParams(**{k: np.full(n_patients, v) for k, v in _DEFAULTS.items()})
 
 
+def broadcast_glucose_params(params: GlucoseParams, n_patients: int) -> GlucoseParams:
+    """`params` with every field of shape (n_patients,); fields of length 1 are repeated.
+
+    ValueError if a field has another shape.
+    """
+    fields = [np.asarray(f, dtype=np.float64) for f in params]
+    if any(f.shape not in ((n_patients,), (1,), ()) for f in fields):
+        raise ValueError(f"physiology: params fields must have shape ({n_patients},) or (1,)")
+    return GlucoseParams(*(np.broadcast_to(f, (n_patients,)).copy() for f in fields))
+
+
 def basal_infusion_rate(params: GlucoseParams) -> FloatArray:
     """The constant insulin infusion (U/min) that holds plasma insulin at `basal_insulin`."""
     p = params
@@ -445,26 +456,15 @@ def glucose_dynamics(
         np.multiply(p2, xa, out=acc_x)
         np.subtract(f_x0, acc_x, out=acc_x)  # k1 of X
         np.copyto(acc_g, dg)
-        # stage 2
-        np.multiply(half, dg, out=g_s)
-        g_s += g
-        np.multiply(half, acc_x, out=x_s)
-        x_s += xa
-        _rhs(f_gm, f_xm, sg, p2, g_s, x_s, k_g, k_x)
-        acc_g += k_g
-        acc_g += k_g
-        acc_x += k_x
-        acc_x += k_x
-        # stage 3
-        np.multiply(half, k_g, out=g_s)
-        g_s += g
-        np.multiply(half, k_x, out=x_s)
-        x_s += xa
-        _rhs(f_gm, f_xm, sg, p2, g_s, x_s, k_g, k_x)
-        acc_g += k_g
-        acc_g += k_g
-        acc_x += k_x
-        acc_x += k_x
+        # stages 2 and 3: half a step along the previous stage's slope (k1, then k2)
+        for slope_g, slope_x in ((dg, acc_x), (k_g, k_x)):
+            np.multiply(half, slope_g, out=g_s)
+            g_s += g
+            np.multiply(half, slope_x, out=x_s)
+            x_s += xa
+            _rhs(f_gm, f_xm, sg, p2, g_s, x_s, k_g, k_x)
+            acc_g += 2.0 * k_g
+            acc_x += 2.0 * k_x
         # stage 4
         np.multiply(h, k_g, out=g_s)
         g_s += g
