@@ -18,7 +18,16 @@ from hypothesis import settings as hypothesis_settings
 from medtwin.config import Settings
 from medtwin.crypto import sign_packet
 from medtwin.domain import Channel, Device, Reading, packet_wire
+from medtwin.estimation import (
+    GlucoseFilterState,
+    GlucoseNoise,
+    glucose_filter_init,
+    glucose_filter_step,
+    glucose_forecast,
+    insulin_above_basal,
+)
 from medtwin.ingest import SignedSubmission
+from medtwin.physiology import GlucoseParams, GlucoseState
 from medtwin.pipeline import Pipeline
 
 # Property tests draw the same examples on every run, and keep no example database.
@@ -163,3 +172,32 @@ def simglucose_history(days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             elif r.channel == Channel.INSULIN:
                 insulin[k] += r.value
     return cgm, carbs, insulin, bg
+
+
+def score_glucose_twin(p: GlucoseParams, cgm: np.ndarray, carbs: np.ndarray,
+                       delivered: np.ndarray, bg: np.ndarray,
+                       dt: float) -> tuple[float, float, float, float]:
+    """Run the glucose twin (one patient, params `p`) over a history; return the filter's
+    RMSE vs true BG, the raw CGM's, the 30-min forecast's and persistence's."""
+    noise = GlucoseNoise()
+    extra = np.maximum(insulin_above_basal(delivered[np.newaxis], p, dt)[0], 0.0)
+    state = glucose_filter_init(p, 1)
+    means, covs = [], []
+    given_c, given_i = 0.0, 0.0     # inputs reported with a reading are given next step
+    for k in range(cgm.size):
+        state = glucose_filter_step(p, noise, state, np.array([dt]), np.array([given_c]),
+                                    np.array([given_i]), cgm[[k]], np.array([True])).state
+        given_c, given_i = carbs[k], extra[k]
+        means.append(state.mean[0])
+        covs.append(state.cov[0])
+    burn, ahead = 20, 10
+    est = np.array(means)[:, GlucoseState.G]
+    rmse = float(np.sqrt(np.mean((est[burn:] - bg[burn:]) ** 2)))
+    cgm_rmse = float(np.sqrt(np.mean((cgm[burn:] - bg[burn:]) ** 2)))
+    ks = np.arange(burn, cgm.size - ahead)
+    pk = GlucoseParams(*(np.repeat(f, ks.size) for f in p))
+    fc, _, _ = glucose_forecast(pk, GlucoseFilterState(np.array(means)[ks], np.array(covs)[ks]),
+                                (30.0,), carbs[ks], extra[ks])
+    f_rmse = float(np.sqrt(np.mean((fc[:, 0] - bg[ks + ahead]) ** 2)))
+    p_rmse = float(np.sqrt(np.mean((cgm[ks] - bg[ks + ahead]) ** 2)))
+    return rmse, cgm_rmse, f_rmse, p_rmse

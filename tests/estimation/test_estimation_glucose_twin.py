@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from tests.conftest import simglucose_history
+from tests.conftest import score_glucose_twin, simglucose_history
 
 from medtwin.estimation import (
     GlucoseFilterState,
@@ -21,7 +21,6 @@ from medtwin.physiology import (
     GLUCOSE_STATE_MIN,
     GlucoseParams,
     GlucoseState,
-    basal_infusion_rate,
     default_glucose_params,
     glucose_dynamics,
     steady_state,
@@ -229,30 +228,9 @@ def test_simglucose_adult_24h() -> None:
     """UVA/Padova adult#001 for 24 h, default parameters: report, assert loosely."""
     pytest.importorskip("simglucose")
     cgm, carbs, insulin, bg = simglucose_history(1)
-    steps = cgm.shape[0]
-    p = default_glucose_params(1)
     # The sim reports basal and bolus doses; the model infuses its own basal already.
-    extra = np.maximum(insulin - basal_infusion_rate(p)[0] * DT, 0.0)
-    state = glucose_filter_init(p, 1)
-    means, covs = [], []
-    given_c, given_i = 0.0, 0.0     # inputs reported with a reading are given next step
-    for k in range(steps):
-        step = glucose_filter_step(p, NOISE, state, np.array([DT]), np.array([given_c]),
-                                   np.array([given_i]), cgm[[k]], np.array([True]))
-        state = step.state
-        given_c, given_i = carbs[k], extra[k]
-        means.append(state.mean[0])
-        covs.append(state.cov[0])
-    burn, ahead = 20, 10
-    est = np.array(means)[:, G]
-    rmse = float(np.sqrt(np.mean((est[burn:] - bg[burn:]) ** 2)))
-    cgm_rmse = float(np.sqrt(np.mean((cgm[burn:] - bg[burn:]) ** 2)))
-    ks = np.arange(burn, steps - ahead)
-    fc, _, _ = glucose_forecast(default_glucose_params(ks.size),
-                                GlucoseFilterState(np.array(means)[ks], np.array(covs)[ks]),
-                                (30.0,), carbs[ks], extra[ks])
-    f_rmse = float(np.sqrt(np.mean((fc[:, 0] - bg[ks + ahead]) ** 2)))
-    p_rmse = float(np.sqrt(np.mean((cgm[ks] - bg[ks + ahead]) ** 2)))
+    rmse, cgm_rmse, f_rmse, p_rmse = score_glucose_twin(default_glucose_params(1), cgm, carbs,
+                                                        insulin, bg, DT)
     print(f"\nsimglucose adult#001 24 h, default params: filter RMSE vs BG {rmse:.1f} "
           f"(raw CGM {cgm_rmse:.1f}); 30-min forecast RMSE {f_rmse:.1f} "
           f"(persistence {p_rmse:.1f})")

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import simglucose_history
+from tests.conftest import score_glucose_twin, simglucose_history
 
 from medtwin.estimation import (
     PERSONALIZED_PARAMS,
-    GlucoseFilterState,
-    GlucoseNoise,
     Personalization,
-    glucose_filter_init,
-    glucose_filter_step,
-    glucose_forecast,
     identify_glucose_params,
     insulin_above_basal,
     personalization_loss,
@@ -125,33 +120,6 @@ def test_is_deterministic_and_validates() -> None:
         identify_glucose_params(DT, np.full_like(cgm, np.nan), carbs, insulin)
 
 
-def _twin_day(p: GlucoseParams, cgm: np.ndarray, carbs: np.ndarray, delivered: np.ndarray,
-              bg: np.ndarray, dt: float) -> tuple[float, float, float, float]:
-    """Filter RMSE vs BG, raw CGM RMSE, 30-min forecast RMSE and persistence RMSE."""
-    noise = GlucoseNoise()
-    extra = np.maximum(insulin_above_basal(delivered[np.newaxis], p, dt)[0], 0.0)
-    state = glucose_filter_init(p, 1)
-    means, covs = [], []
-    given_c, given_i = 0.0, 0.0     # inputs reported with a reading are given next step
-    for k in range(cgm.size):
-        state = glucose_filter_step(p, noise, state, np.array([dt]), np.array([given_c]),
-                                    np.array([given_i]), cgm[[k]], np.array([True])).state
-        given_c, given_i = carbs[k], extra[k]
-        means.append(state.mean[0])
-        covs.append(state.cov[0])
-    burn, ahead = 20, 10
-    est = np.array(means)[:, G]
-    rmse = float(np.sqrt(np.mean((est[burn:] - bg[burn:]) ** 2)))
-    cgm_rmse = float(np.sqrt(np.mean((cgm[burn:] - bg[burn:]) ** 2)))
-    ks = np.arange(burn, cgm.size - ahead)
-    pk = GlucoseParams(*(np.repeat(f, ks.size) for f in p))
-    fc, _, _ = glucose_forecast(pk, GlucoseFilterState(np.array(means)[ks], np.array(covs)[ks]),
-                                (30.0,), carbs[ks], extra[ks])
-    f_rmse = float(np.sqrt(np.mean((fc[:, 0] - bg[ks + ahead]) ** 2)))
-    p_rmse = float(np.sqrt(np.mean((cgm[ks] - bg[ks + ahead]) ** 2)))
-    return rmse, cgm_rmse, f_rmse, p_rmse
-
-
 def test_simglucose_personalized_twin_beats_default() -> None:
     """adult#001: identify on day 1, run the twin on day 2 with default and with the
     personalized parameters."""
@@ -171,7 +139,8 @@ def test_simglucose_personalized_twin_beats_default() -> None:
           "log-sd", np.round(result.uncertainty[0], 3))
     numbers = {}
     for label, p in (("default", prior), ("personalized", result.params)):
-        numbers[label] = _twin_day(p, cgm[day2], carbs[day2], delivered[day2], bg[day2], dt)
+        numbers[label] = score_glucose_twin(p, cgm[day2], carbs[day2], delivered[day2],
+                                            bg[day2], dt)
         rmse, cgm_rmse, f_rmse, p_rmse = numbers[label]
         print(f"simglucose adult#001 day 2, {label}: filter RMSE vs BG {rmse:.1f} "
               f"(raw CGM {cgm_rmse:.1f}); 30-min forecast RMSE {f_rmse:.1f} "
