@@ -1,4 +1,4 @@
-"""An Unscented Kalman Filter over many patients at once (NumPy), as pure functions.
+"""An Unscented Kalman Filter over many patients at once, as pure functions.
 
 Every array has a leading patient axis: means (n, d), covariances (n, d, d), measurements
 (n, m). `ukf_predict` and `ukf_update` take the model as functions of batched points, so one
@@ -8,15 +8,21 @@ Sigma points and weights follow the scaled unscented transform (Julier 2002; Wan
 Merwe, "The Unscented Kalman Filter for Nonlinear Estimation", 2000). Covariances are kept
 symmetric and positive definite: a Cholesky factor that fails is repaired by clipping
 eigenvalues, per patient, without touching the others.
+
+The same code runs on NumPy arrays or on torch tensors (float64, on the tensors' device: a GPU
+where they are on one), through `medtwin._array.array_namespace`; the model functions then
+receive and must return tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from medtwin._array import array_namespace
 
 FloatArray = npt.NDArray[np.float64]
 #: Smallest eigenvalue a repaired covariance keeps (in the state's squared units).
@@ -65,32 +71,36 @@ def sigma_weights(params: UKFParams, d: int) -> tuple[FloatArray, FloatArray, fl
 def safe_cholesky(cov: FloatArray) -> FloatArray:
     """Lower Cholesky factors of (n, d, d) covariances, repairing any that are not positive
     definite (symmetrized, eigenvalues clipped to MIN_EIGENVALUE) instead of failing."""
-    sym = np.asarray(0.5 * (cov + np.swapaxes(cov, -1, -2)), dtype=np.float64)
+    xp = array_namespace(cov)
+    sym = xp.asarray(0.5 * (cov + xp.swapaxes(cov, -1, -2)), dtype=xp.float64)
+    factor: FloatArray
     try:
-        return np.asarray(np.linalg.cholesky(sym), dtype=np.float64)
-    except np.linalg.LinAlgError:
-        values, vectors = np.linalg.eigh(sym)
-        repaired = (vectors * np.maximum(values, MIN_EIGENVALUE)[..., None, :]) @ np.swapaxes(
+        factor = xp.linalg.cholesky(sym)
+    except xp.linalg.LinAlgError:
+        values, vectors = xp.linalg.eigh(sym)
+        repaired = (vectors * xp.maximum(values, MIN_EIGENVALUE)[..., None, :]) @ xp.swapaxes(
             vectors, -1, -2)
-        return np.asarray(np.linalg.cholesky(0.5 * (repaired + np.swapaxes(repaired, -1, -2))),
-                          dtype=np.float64)
+        factor = xp.linalg.cholesky(0.5 * (repaired + xp.swapaxes(repaired, -1, -2)))
+    return factor
 
 
 def sigma_points(params: UKFParams, mean: FloatArray, cov: FloatArray) -> FloatArray:
     """Sigma points (n, 2d + 1, d) of each patient's Gaussian."""
+    xp = array_namespace(mean, cov)
     d = mean.shape[-1]
     _, _, spread = sigma_weights(params, d)
-    scaled = spread * np.swapaxes(safe_cholesky(cov), -1, -2)   # rows: columns of L
-    centre = mean[:, np.newaxis, :]
-    return np.concatenate([centre, centre + scaled, centre - scaled], axis=1)
+    scaled = spread * xp.swapaxes(safe_cholesky(cov), -1, -2)   # rows: columns of L
+    centre = mean[:, None, :]
+    points: FloatArray = xp.concatenate([centre, centre + scaled, centre - scaled], axis=1)
+    return points
 
 
-def _moments(points: FloatArray, wm: FloatArray,
+def _moments(xp: Any, points: FloatArray, wm: FloatArray,
              wc: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Weighted mean (n, k), deviations (n, 2d+1, k) and covariance (n, k, k) of points."""
     mean = wm @ points
-    dev = points - mean[:, np.newaxis, :]
-    cov = (np.swapaxes(dev, -1, -2) * wc) @ dev
+    dev = points - mean[:, None, :]
+    cov = (xp.swapaxes(dev, -1, -2) * wc) @ dev
     return mean, dev, cov
 
 
@@ -99,11 +109,12 @@ def ukf_predict(params: UKFParams, mean: FloatArray, cov: FloatArray,
                 process_cov: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Propagate each patient's Gaussian through `transition` (points (n, s, d) → (n, s, d),
     inputs and parameters bound in) and add `process_cov` (n, d, d)."""
+    xp = array_namespace(mean, cov)
     wm, wc, _ = sigma_weights(params, mean.shape[-1])
     moved = transition(sigma_points(params, mean, cov))
-    new_mean, _, new_cov = _moments(moved, wm, wc)
-    new_cov = new_cov + process_cov
-    return new_mean, 0.5 * (new_cov + np.swapaxes(new_cov, -1, -2))
+    new_mean, _, new_cov = _moments(xp, moved, xp.asarray(wm), xp.asarray(wc))
+    new_cov = new_cov + xp.asarray(process_cov)
+    return new_mean, 0.5 * (new_cov + xp.swapaxes(new_cov, -1, -2))
 
 
 def ukf_update(params: UKFParams, mean: FloatArray, cov: FloatArray,
@@ -115,34 +126,36 @@ def ukf_update(params: UKFParams, mean: FloatArray, cov: FloatArray,
     `observe` maps points (n, s, d) to predicted measurements (n, s, m); `noise_cov` is
     (n, m, m).
     """
+    xp = array_namespace(mean, cov)
+    measured, noise_cov = xp.asarray(measured), xp.asarray(noise_cov)
+    observed = xp.asarray(observed)
     d = mean.shape[-1]
     m = measured.shape[-1]
     wm, wc, _ = sigma_weights(params, d)
+    wc = xp.asarray(wc)
     points = sigma_points(params, mean, cov)
-    predicted, y_dev, pyy = _moments(observe(points), wm, wc)
-    x_dev = points - mean[:, np.newaxis, :]
-    pxy = (np.swapaxes(x_dev, -1, -2) * wc) @ y_dev
-    mask = observed.astype(np.float64)
-    both = mask[:, :, np.newaxis] * mask[:, np.newaxis, :]
-    eye = np.eye(m)
-    s = (pyy + noise_cov) * both + eye * (1.0 - mask)[:, np.newaxis, :]
-    innovation = np.where(observed, np.nan_to_num(measured - predicted), 0.0)
+    predicted, y_dev, pyy = _moments(xp, observe(points), xp.asarray(wm), wc)
+    x_dev = points - mean[:, None, :]
+    pxy = (xp.swapaxes(x_dev, -1, -2) * wc) @ y_dev
+    mask = xp.asarray(observed, dtype=xp.float64)
+    both = mask[:, :, None] * mask[:, None, :]
+    eye = xp.eye(m)
+    s = (pyy + noise_cov) * both + eye * (1.0 - mask)[:, None, :]
+    innovation = xp.where(observed, xp.nan_to_num(measured - predicted), 0.0)
     log_det: FloatArray
     if m == 1:  # one measured channel: scalar algebra, no batched LAPACK calls
-        gain = pxy * mask[:, np.newaxis, :] / s[:, :, 0][:, np.newaxis, :]
-        solved = innovation / np.sqrt(s[:, :, 0])
-        log_det = np.asarray(np.log(s[:, 0, 0]), dtype=np.float64)
+        gain = pxy * mask[:, None, :] / s[:, :, 0][:, None, :]
+        solved = innovation / xp.sqrt(s[:, :, 0])
+        log_det = xp.log(s[:, 0, 0])
     else:
-        gain = np.swapaxes(
-            np.linalg.solve(s, np.swapaxes(pxy * mask[:, np.newaxis, :], -1, -2)), -1, -2)
+        gain = xp.swapaxes(
+            xp.linalg.solve(s, xp.swapaxes(pxy * mask[:, None, :], -1, -2)), -1, -2)
         chol = safe_cholesky(s)
-        solved = np.asarray(np.linalg.solve(chol, innovation[..., np.newaxis])[..., 0],
-                            dtype=np.float64)
-        log_det = np.asarray(2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1),
-                             dtype=np.float64)
-    new_mean = mean + (gain @ innovation[..., np.newaxis])[..., 0]
-    new_cov = cov - gain @ s @ np.swapaxes(gain, -1, -2)
-    new_cov = 0.5 * (new_cov + np.swapaxes(new_cov, -1, -2))
+        solved = xp.linalg.solve(chol, innovation[..., None])[..., 0]
+        log_det = 2.0 * xp.log(xp.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    new_mean = mean + (gain @ innovation[..., None])[..., 0]
+    new_cov = cov - gain @ s @ xp.swapaxes(gain, -1, -2)
+    new_cov = 0.5 * (new_cov + xp.swapaxes(new_cov, -1, -2))
     n_observed = mask.sum(axis=-1)
     loglik = -0.5 * ((solved**2).sum(axis=-1) + log_det + n_observed * _LOG_2PI)
-    return UKFUpdate(new_mean, new_cov, innovation, s, np.where(n_observed > 0, loglik, 0.0))
+    return UKFUpdate(new_mean, new_cov, innovation, s, xp.where(n_observed > 0, loglik, 0.0))

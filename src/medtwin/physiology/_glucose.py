@@ -35,17 +35,21 @@ SG = 0.01 /min in the range of Bergman et al. 1979 and Dalla Man et al. 2007
 (IEEE TBME 54:1740); SI = 8e-4 /min per µU/mL (minimal-model SI is of order 1e-4 to 1e-3),
 so that 1 U lowers glucose by about 25 mg/dL and 5 U about covers a 50 g meal;
 Gb = 120 mg/dL, Ib = 10 µU/mL (basal 0.7 U/h at 70 kg); tau_s = 10 min (Rebrin et al. 1999).
+
+The functions run unchanged on NumPy arrays or torch tensors (`medtwin._array`): given a
+tensor state, they compute in float64 on its device (parameters may stay NumPy arrays).
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from medtwin._array import array_namespace
 from medtwin.domain import Channel
 
 FloatArray = npt.NDArray[np.float64]
@@ -155,26 +159,30 @@ def broadcast_glucose_params(params: GlucoseParams, n_patients: int) -> GlucoseP
 
     ValueError if a field has another shape.
     """
-    fields = [np.asarray(f, dtype=np.float64) for f in params]
-    if any(f.shape not in ((n_patients,), (1,), ()) for f in fields):
+    xp = array_namespace(*params)
+    fields = [xp.asarray(f, dtype=xp.float64) for f in params]
+    if any(tuple(f.shape) not in ((n_patients,), (1,), ()) for f in fields):
         raise ValueError(f"physiology: params fields must have shape ({n_patients},) or (1,)")
-    return GlucoseParams(*(np.broadcast_to(f, (n_patients,)).copy() for f in fields))
+    return GlucoseParams(*(xp.array(xp.broadcast_to(f, (n_patients,))) for f in fields))
 
 
 def basal_infusion_rate(params: GlucoseParams) -> FloatArray:
     """The constant insulin infusion (U/min) that holds plasma insulin at `basal_insulin`."""
     p = params
-    return np.asarray(
+    xp = array_namespace(*p)
+    rate: FloatArray = xp.asarray(
         p.basal_insulin * p.insulin_clearance * p.insulin_volume * p.body_weight / 1000.0,
-        dtype=np.float64,
+        dtype=xp.float64,
     )
+    return rate
 
 
 def steady_state(params: GlucoseParams) -> FloatArray:
     """The basal equilibrium (n_patients, n_states): basal glucose and insulin, empty gut."""
     p = params
-    n = np.shape(p.basal_glucose)
-    x = np.zeros((*n, N_GLUCOSE_STATES))
+    xp = array_namespace(*p)
+    n = tuple(xp.asarray(p.basal_glucose).shape)
+    x: FloatArray = xp.zeros((*n, N_GLUCOSE_STATES))
     subcutaneous = basal_infusion_rate(p) * p.insulin_absorption_time
     x[..., GlucoseState.G] = p.basal_glucose
     x[..., GlucoseState.I] = p.basal_insulin
@@ -187,7 +195,9 @@ def steady_state(params: GlucoseParams) -> FloatArray:
 def glucose_observation(x: FloatArray, params: GlucoseParams) -> FloatArray:
     """What the CGM reads (mg/dL, shape `x.shape[:-1]`): the interstitial glucose."""
     del params  # the sensor has no gain or offset in this model
-    return np.array(x[..., GlucoseState.GI], dtype=np.float64)
+    xp = array_namespace(x)
+    reading: FloatArray = xp.array(x[..., GlucoseState.GI], dtype=xp.float64)
+    return reading
 
 
 #: Below this |w| the phi functions come from their Taylor series, above it from expm1.
@@ -196,7 +206,7 @@ _PHI_SERIES_BELOW = 0.2
 _PHI_SERIES_TERMS = 10
 
 
-def _phis(w: FloatArray, em1: FloatArray, k_max: int) -> list[FloatArray]:
+def _phis(xp: Any, w: FloatArray, em1: FloatArray, k_max: int) -> list[FloatArray]:
     """`[phi_1(w), ..., phi_k_max(w)]` for `w <= 0`, given `em1 = expm1(w)`.
 
     `phi_k(w) = int_0^1 e^{(1-s) w} s^{k-1}/(k-1)! ds`, so `phi_1 = (e^w - 1)/w` and
@@ -205,19 +215,19 @@ def _phis(w: FloatArray, em1: FloatArray, k_max: int) -> list[FloatArray]:
     its Taylor series `sum_j w^j/(j + k_max)!` and the rest from `phi_k = 1/k! + w phi_{k+1}`,
     which is stable. Each branch is only evaluated when some patient needs it.
     """
-    series = np.abs(w) < _PHI_SERIES_BELOW
+    series = xp.abs(w) < _PHI_SERIES_BELOW
     any_series = bool(series.any())
     all_series = any_series and bool(series.all())
     if all_series:
         up: list[FloatArray] = []
     else:
-        ws = np.where(series, -1.0, w) if any_series else w  # -1: a harmless stand-in
+        ws = xp.where(series, -1.0, w) if any_series else w  # -1: a harmless stand-in
         up = [em1 / ws]
         for k in range(1, k_max):
             up.append((up[-1] - 1.0 / math.factorial(k)) / ws)
         if not any_series:
             return up
-    top = np.full_like(w, 1.0 / math.factorial(_PHI_SERIES_TERMS - 1 + k_max))
+    top = xp.full_like(w, 1.0 / math.factorial(_PHI_SERIES_TERMS - 1 + k_max))
     for j in range(_PHI_SERIES_TERMS - 2, -1, -1):
         top = top * w + 1.0 / math.factorial(j + k_max)
     down = [top]
@@ -225,7 +235,7 @@ def _phis(w: FloatArray, em1: FloatArray, k_max: int) -> list[FloatArray]:
         down.insert(0, 1.0 / math.factorial(k) + w * down[0])
     if all_series:
         return down
-    return [np.where(series, d, u) for d, u in zip(down, up, strict=True)]
+    return [xp.where(series, d, u) for d, u in zip(down, up, strict=True)]
 
 
 class _SensorWeights(NamedTuple):
@@ -245,10 +255,10 @@ class _SensorWeights(NamedTuple):
     dg1: FloatArray
 
 
-def _sensor_weights(h: FloatArray, tau_s: FloatArray) -> _SensorWeights:
+def _sensor_weights(xp: Any, h: FloatArray, tau_s: FloatArray) -> _SensorWeights:
     z = h / tau_s
-    em1 = np.expm1(-z)
-    phi1, phi2, phi3, phi4 = _phis(-z, em1, 4)
+    em1 = xp.expm1(-z)
+    phi1, phi2, phi3, phi4 = _phis(xp, -z, em1, 4)
     return _SensorWeights(
         decay=1.0 + em1,
         g0=z * (phi1 - 6.0 * phi3 + 12.0 * phi4),
@@ -286,12 +296,14 @@ class _Linear(NamedTuple):
     q: FloatArray  # Q(t)
 
 
-def _linear_start(like: FloatArray) -> _Linear:
-    one, zero = np.ones_like(like), np.zeros_like(like)
+def _linear_start(xp: Any, like: FloatArray) -> _Linear:
+    one, zero = xp.ones_like(like), xp.zeros_like(like)
     return _Linear(t=zero, ed=one, eb=one, ek=one, p=zero, q=zero)
 
 
-def _advance(c: _Linear, by: _Linear, active: npt.NDArray[np.bool_] | None) -> _Linear:
+def _advance(
+    xp: Any, c: _Linear, by: _Linear, active: npt.NDArray[np.bool_] | None
+) -> _Linear:
     """`c` moved on by `by.t` (the one-interval solution `by`); frozen where not `active`."""
     moved = _Linear(
         t=c.t + by.t,
@@ -303,28 +315,31 @@ def _advance(c: _Linear, by: _Linear, active: npt.NDArray[np.bool_] | None) -> _
     )
     if active is None:
         return moved
-    return _Linear(*(np.where(active, m, f) for m, f in zip(moved, c, strict=True)))
+    return _Linear(*(xp.where(active, m, f) for m, f in zip(moved, c, strict=True)))
 
 
-def _linear_interval(tau: FloatArray, a: FloatArray, b: FloatArray, ke: FloatArray) -> _Linear:
+def _linear_interval(
+    xp: Any, tau: FloatArray, a: FloatArray, b: FloatArray, ke: FloatArray
+) -> _Linear:
     """The coefficients at time `tau` (n,)."""
-    eb = np.exp(-b * tau)
-    ek = np.exp(-ke * tau)
-    w = -np.abs(ke - b) * tau
-    phi1, phi2 = _phis(w, np.expm1(w), 2)
+    eb = xp.exp(-b * tau)
+    ek = xp.exp(-ke * tau)
+    w = -xp.abs(ke - b) * tau
+    phi1, phi2 = _phis(xp, w, xp.expm1(w), 2)
     ke_faster = ke >= b
-    e_slow = np.where(ke_faster, eb, ek)  # e^{-min(b, ke) tau}
+    e_slow = xp.where(ke_faster, eb, ek)  # e^{-min(b, ke) tau}
     return _Linear(
         t=tau,
-        ed=np.exp(-a * tau),
+        ed=xp.exp(-a * tau),
         eb=eb,
         ek=ek,
         p=e_slow * tau * phi1,
-        q=e_slow * (tau * tau) * np.where(ke_faster, phi2, phi1 - phi2),
+        q=e_slow * (tau * tau) * xp.where(ke_faster, phi2, phi1 - phi2),
     )
 
 
 def _rhs(
+    xp: Any,
     f_g: FloatArray,
     f_x: FloatArray,
     sg: FloatArray,
@@ -335,11 +350,11 @@ def _rhs(
     out_x: FloatArray,
 ) -> None:
     """dG/dt = f_g - (SG + X) G and dX/dt = f_x - p2 X, into `out_g` and `out_x`."""
-    np.add(sg, x, out=out_g)
+    xp.add(sg, x, out=out_g)
     out_g *= g
-    np.subtract(f_g, out_g, out=out_g)
-    np.multiply(p2, x, out=out_x)
-    np.subtract(f_x, out_x, out=out_x)
+    xp.subtract(f_g, out_g, out=out_g)
+    xp.multiply(p2, x, out=out_x)
+    xp.subtract(f_x, out_x, out=out_x)
 
 
 def glucose_dynamics(
@@ -357,31 +372,33 @@ def glucose_dynamics(
     linear solution keeps the compartments non-negative by itself); negative inputs count as
     zero. Pure: the result is a new C-contiguous array of `x`'s shape.
     """
-    x = np.asarray(x, dtype=np.float64)
-    u = np.asarray(u, dtype=np.float64)
+    xp = array_namespace(x, u)
+    x = xp.asarray(x, dtype=xp.float64)
+    u = xp.asarray(u, dtype=xp.float64)
     lead = x.ndim - 1
     n_patients = x.shape[0]
-    dt_given = np.asarray(dt_min, dtype=np.float64)
-    if not np.all(np.isfinite(dt_given) & (dt_given >= 0)):
+    dt_given = xp.asarray(dt_min, dtype=xp.float64)
+    if not xp.all(xp.isfinite(dt_given) & (dt_given >= 0)):
         raise ValueError("physiology: dt_min must be finite and non-negative")
-    dt = np.broadcast_to(dt_given, (n_patients,))
-    lo = GLUCOSE_STATE_MIN.reshape((N_GLUCOSE_STATES,) + (1,) * lead)
-    hi = GLUCOSE_STATE_MAX.reshape((N_GLUCOSE_STATES,) + (1,) * lead)
+    dt = xp.broadcast_to(dt_given, (n_patients,))
+    lo = xp.asarray(GLUCOSE_STATE_MIN).reshape((N_GLUCOSE_STATES,) + (1,) * lead)
+    hi = xp.asarray(GLUCOSE_STATE_MAX).reshape((N_GLUCOSE_STATES,) + (1,) * lead)
 
     # Work on the reversed layout (n_states, [n_sigma,] n_patients): one contiguous row per
     # state, and the per-patient parameters (n,) broadcast along the last, contiguous axis.
-    xt = np.transpose(x).copy()
-    xt[GlucoseState.D1] += np.maximum(u[..., GlucoseInput.CARBS], 0.0).T
-    xt[GlucoseState.S1] += np.maximum(u[..., GlucoseInput.INSULIN], 0.0).T
-    np.clip(xt, lo, hi, out=xt)
+    xt = xp.array(xp.transpose(x), order="C")  # a private copy
+    xt[GlucoseState.D1] += xp.transpose(xp.maximum(u[..., GlucoseInput.CARBS], 0.0))
+    xt[GlucoseState.S1] += xp.transpose(xp.maximum(u[..., GlucoseInput.INSULIN], 0.0))
+    xp.clip(xt, lo, hi, out=xt)
 
     def f64(a: FloatArray) -> FloatArray:
-        return np.asarray(a, dtype=np.float64)
+        converted: FloatArray = xp.asarray(a, dtype=xp.float64)
+        return converted
 
     def b(a: FloatArray) -> FloatArray:  # (n,) broadcasts as it is: patients are last
         return a
 
-    p = params
+    p = GlucoseParams(*(xp.asarray(f, dtype=xp.float64) for f in params))
     rate_d, rate_i = 1.0 / f64(p.carb_absorption_time), 1.0 / f64(p.insulin_absorption_time)
     ke, ib = f64(p.insulin_clearance), f64(p.basal_insulin)
     s_basal = basal_infusion_rate(p) * p.insulin_absorption_time
@@ -404,19 +421,19 @@ def glucose_dynamics(
     action = f64(p.insulin_action_rate * p.insulin_sensitivity)
     x_s2, x_s1 = action * gain, action * gain * rate_i
 
-    work = np.empty((9, *xt.shape[1:]))  # one block: G, X forcing at three times, and scratch
+    work = xp.empty((9, *xt.shape[1:]))  # one block: G, X forcing at three times, and scratch
 
     def forcing(c: _Linear, f_g: FloatArray, f_x: FloatArray) -> tuple[FloatArray, FloatArray]:
         scratch = work[8]
         app_ed = appearance * c.ed
-        np.multiply(b(app_ed), d2, out=f_g)
-        np.multiply(b(app_ed * rate_d * c.t), d1, out=scratch)
+        xp.multiply(b(app_ed), d2, out=f_g)
+        xp.multiply(b(app_ed * rate_d * c.t), d1, out=scratch)
         f_g += scratch
         f_g += production
-        np.multiply(b(action * c.ek), i0, out=f_x)
-        np.multiply(b(x_s2 * c.p), s2, out=scratch)
+        xp.multiply(b(action * c.ek), i0, out=f_x)
+        xp.multiply(b(x_s2 * c.p), s2, out=scratch)
         f_x += scratch
-        np.multiply(b(x_s1 * c.q), s1, out=scratch)
+        xp.multiply(b(x_s1 * c.q), s1, out=scratch)
         f_x += scratch
         return f_g, f_x
 
@@ -426,79 +443,80 @@ def glucose_dynamics(
     gi_lo, gi_hi = GLUCOSE_STATE_MIN[GlucoseState.GI], GLUCOSE_STATE_MAX[GlucoseState.GI]
     g, xa, gi = xt[GlucoseState.G], xt[GlucoseState.X], xt[GlucoseState.GI]
 
-    n_sub = np.ceil(dt / MAX_SUBSTEP_MIN).astype(np.int64)
-    h_full = np.divide(dt, n_sub, out=np.zeros_like(dt), where=n_sub > 0)
-    half_step = _linear_interval(0.5 * h_full, rate_d, rate_i, ke)
-    sensor = _sensor_weights(h_full, f64(p.sensor_delay))
-    c0 = _linear_start(dt)
+    n_sub = xp.ceil(dt / MAX_SUBSTEP_MIN)  # whole numbers, as floats
+    h_full = xp.where(n_sub > 0, dt / xp.maximum(n_sub, 1.0), 0.0)
+    n_min, n_max = (int(n_sub.min()), int(n_sub.max())) if n_patients else (0, 0)
+    half_step = _linear_interval(xp, 0.5 * h_full, rate_d, rate_i, ke)
+    sensor = _sensor_weights(xp, h_full, f64(p.sensor_delay))
+    c0 = _linear_start(xp, dt)
     f_g0, f_x0 = forcing(c0, work[0], work[1])
     slots = [(work[2], work[3]), (work[4], work[5])]
     dg = f_g0 - (sg + xa) * g
     # Work arrays of the batch shape, reused by every substep (no temporaries in the loop).
-    g_s, x_s, k_g, k_x, acc_g, acc_x, tmp = np.empty((7, *g.shape))
-    for k in range(int(n_sub.max(initial=0))):
+    g_s, x_s, k_g, k_x, acc_g, acc_x, tmp = xp.empty((7, *g.shape))
+    for k in range(n_max):
         # Patients that have finished their substeps take steps of zero length (exact no-ops).
-        active = None if k < n_sub.min() else k < n_sub
-        h_n = h_full if active is None else np.where(active, h_full, 0.0)
+        active = None if k < n_min else k < n_sub
+        h_n = h_full if active is None else xp.where(active, h_full, 0.0)
         w = (
             sensor
             if active is None
             else _SensorWeights(
-                *(np.where(active, s, i) for s, i in zip(sensor, _SENSOR_IDLE, strict=True))
+                *(xp.where(active, s, i) for s, i in zip(sensor, _SENSOR_IDLE, strict=True))
             )
         )
-        cm = _advance(c0, half_step, active)
-        c1 = _advance(cm, half_step, active)
+        cm = _advance(xp, c0, half_step, active)
+        c1 = _advance(xp, cm, half_step, active)
         f_gm, f_xm = forcing(cm, *slots[0])
         f_g1, f_x1 = forcing(c1, *slots[1])
         h, half, sixth = b(h_n), b(0.5 * h_n), b(h_n / 6.0)
         # RK4 for G and X; dg (dG/dt at the start) carries over from the previous substep.
-        np.multiply(p2, xa, out=acc_x)
-        np.subtract(f_x0, acc_x, out=acc_x)  # k1 of X
-        np.copyto(acc_g, dg)
+        xp.multiply(p2, xa, out=acc_x)
+        xp.subtract(f_x0, acc_x, out=acc_x)  # k1 of X
+        xp.copyto(acc_g, dg)
         # stages 2 and 3: half a step along the previous stage's slope (k1, then k2)
         for slope_g, slope_x in ((dg, acc_x), (k_g, k_x)):
-            np.multiply(half, slope_g, out=g_s)
+            xp.multiply(half, slope_g, out=g_s)
             g_s += g
-            np.multiply(half, slope_x, out=x_s)
+            xp.multiply(half, slope_x, out=x_s)
             x_s += xa
-            _rhs(f_gm, f_xm, sg, p2, g_s, x_s, k_g, k_x)
+            _rhs(xp, f_gm, f_xm, sg, p2, g_s, x_s, k_g, k_x)
             acc_g += 2.0 * k_g
             acc_x += 2.0 * k_x
         # stage 4
-        np.multiply(h, k_g, out=g_s)
+        xp.multiply(h, k_g, out=g_s)
         g_s += g
-        np.multiply(h, k_x, out=x_s)
+        xp.multiply(h, k_x, out=x_s)
         x_s += xa
-        _rhs(f_g1, f_x1, sg, p2, g_s, x_s, k_g, k_x)
+        _rhs(xp, f_g1, f_x1, sg, p2, g_s, x_s, k_g, k_x)
         acc_g += k_g
         acc_x += k_x
         # the new G (into g_s) and X
-        np.multiply(sixth, acc_g, out=g_s)
+        xp.multiply(sixth, acc_g, out=g_s)
         g_s += g
-        np.clip(g_s, g_lo, g_hi, out=g_s)
+        xp.clip(g_s, g_lo, g_hi, out=g_s)
         acc_x *= sixth
         xa += acc_x
         # its derivative (into k_g)
-        np.add(sg, xa, out=k_g)
+        xp.add(sg, xa, out=k_g)
         k_g *= g_s
-        np.subtract(f_g1, k_g, out=k_g)
+        xp.subtract(f_g1, k_g, out=k_g)
         # Gi: the sensor's exact response to the cubic Hermite interpolant of G.
         gi *= b(w.decay)
         for weight, value in ((w.g0, g), (w.g1, g_s), (w.dg0 * h_n, dg), (w.dg1 * h_n, k_g)):
-            np.multiply(b(weight), value, out=tmp)
+            xp.multiply(b(weight), value, out=tmp)
             gi += tmp
-        np.clip(gi, gi_lo, gi_hi, out=gi)
+        xp.clip(gi, gi_lo, gi_hi, out=gi)
         g, g_s = g_s, g  # every array here is private to this call: swap, don't copy
         dg, k_g = k_g, dg
         slots[1] = (f_g0, f_x0)  # the start's forcing is free again: rotate the buffers
         c0, f_g0, f_x0 = c1, f_g1, f_x1
 
     # c0 is now at each patient's n_sub * h_full = dt.
-    out = np.empty(x.shape)
-    out[..., GlucoseState.G] = g.T
-    out[..., GlucoseState.X] = xa.T
-    out[..., GlucoseState.GI] = gi.T
+    out: FloatArray = xp.empty(tuple(x.shape))
+    out[..., GlucoseState.G] = xp.transpose(g)
+    out[..., GlucoseState.X] = xp.transpose(xa)
+    out[..., GlucoseState.GI] = xp.transpose(gi)
     for row, terms in (
         (GlucoseState.D1, ((c0.ed, d1),)),
         (GlucoseState.D2, ((c0.ed, d2), (rate_d * c0.t * c0.ed, d1))),
@@ -506,7 +524,7 @@ def glucose_dynamics(
         (GlucoseState.S2, ((c0.eb, s2), (rate_i * c0.t * c0.eb, s1))),
         (GlucoseState.I, ((c0.ek, i0), (gain * c0.p, s2), (gain * rate_i * c0.q, s1))),
     ):
-        acc = np.multiply(b(terms[0][0]), terms[0][1], out=tmp)
+        acc = xp.multiply(b(terms[0][0]), terms[0][1], out=tmp)
         for coefficient, value in terms[1:]:
             acc += b(coefficient) * value
         if row in (GlucoseState.S1, GlucoseState.S2):
@@ -515,5 +533,5 @@ def glucose_dynamics(
             acc += b(ib)
         # Exact solutions from non-negative states stay non-negative; this only removes
         # rounding (G and Gi were clipped in the loop, X has no bounds).
-        out[..., row] = np.maximum(acc, GLUCOSE_STATE_MIN[row], out=acc).T
+        out[..., row] = xp.transpose(xp.maximum(acc, float(GLUCOSE_STATE_MIN[row]), out=acc))
     return out
