@@ -180,7 +180,7 @@ def score_glucose_twin(p: GlucoseParams, cgm: np.ndarray, carbs: np.ndarray,
     """Run the glucose twin (one patient, params `p`) over a history; return the filter's
     RMSE vs true BG, the raw CGM's, the 30-min forecast's and persistence's."""
     noise = GlucoseNoise()
-    extra = np.maximum(insulin_above_basal(delivered[np.newaxis], p, dt)[0], 0.0)
+    extra = insulin_above_basal(delivered[np.newaxis], p, dt)[0]   # negative: below basal
     state = glucose_filter_init(p, 1)
     means, covs = [], []
     given_c, given_i = 0.0, 0.0     # inputs reported with a reading are given next step

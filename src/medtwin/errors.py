@@ -10,7 +10,8 @@
     ├── StoreError           the database failed; the batch was not written
     ├── ConflictError        something with that id already exists
     ├── VerificationError    the store, log or signed head do not agree; `.record` names where
-    └── FhirError            a FHIR resource could not be read; `.line` says where
+    ├── FhirError            a FHIR resource could not be read; `.line` says where
+    └── InvalidInputError    a request's arguments are out of range (nothing was changed)
 
 Messages start with the stage that failed ("gate: bad-signature: …") and never contain
 patient values.
@@ -84,3 +85,7 @@ class FhirError(MedtwinError):
         self.line = line
         where = f"line {line}: " if line is not None else ""
         super().__init__(f"fhir: {where}{message}")
+
+
+class InvalidInputError(MedtwinError):
+    """A request's arguments are missing or out of range; nothing was changed."""

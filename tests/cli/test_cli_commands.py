@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+from datetime import datetime
 from pathlib import Path
 
 from tests.conftest import T0_MS, DeviceSim
@@ -109,6 +110,10 @@ def _write_input(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _epoch_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
 def test_replay_writes_valid_fhir_estimates_and_findings(tmp_path: Path) -> None:
     source, out = tmp_path / "in.ndjson", tmp_path / "out"
     _write_input(source)
@@ -119,7 +124,20 @@ def test_replay_writes_valid_fhir_estimates_and_findings(tmp_path: Path) -> None
     provenance = [json.loads(x) for x in (out / "Provenance.ndjson").read_text().splitlines()]
     for resource in observations + issues + provenance:
         validate_resource(resource)
-    assert len(observations) == 24 * 6  # one estimate per measurement; the dose has none
+    methods = [o["method"]["coding"][0]["code"] for o in observations]
+    assert methods.count("twin-estimate") == 24 * 6  # one per measurement; the dose has none
+    assert methods.count("forecast") == 24 * 2       # 30 and 60 min after every CGM value
+    glucose_in = {f"Observation/o-glucose-{m}": T0_MS + m * 60_000 for m in range(0, 120, 5)}
+    for fc in (o for o in observations if o["method"]["coding"][0]["code"] == "forecast"):
+        assert fc["code"]["coding"][0]["code"] == "99504-3"
+        assert fc["valueQuantity"]["code"] == "mg/dL"
+        [source] = fc["derivedFrom"]
+        issued = _epoch_ms(fc["issued"])
+        assert issued == glucose_in[source["reference"]]
+        parts = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"]
+                 for c in fc["component"]}
+        assert _epoch_ms(fc["effectiveDateTime"]) == issued + parts["horizon"] * 60_000
+        assert parts["lower-95"] < fc["valueQuantity"]["value"] < parts["upper-95"]
     estimate = next(o for o in observations
                     if o["derivedFrom"] == [{"reference": "Observation/o-heart-rate-5"}])
     assert estimate["status"] == "preliminary"

@@ -207,7 +207,7 @@ def test_bank_grows_past_capacity_keeping_earlier_rows() -> None:
     _feed(bank, "p8", Channel.HEART_RATE, 80.0, 2_000)
     state = bank.rows_state(np.arange(9, dtype=np.intp))
     g, hr = int(Channel.GLUCOSE), int(Channel.HEART_RATE)
-    assert state.estimate[:2, g].tolist() == [100.0, 101.0]
+    assert state.estimate[:2, g].tolist() == pytest.approx([100.0, 101.0])
     assert state.last_time_ms[:2, g].tolist() == [1_000, 1_000]
     assert np.isnan(state.estimate[2:, g]).all()
     assert state.estimate[8, hr] == 80.0
@@ -244,4 +244,5 @@ def test_ages() -> None:
 def test_bank_with_zero_capacity_grows() -> None:
     bank = TwinBank(capacity=0)
     _feed(bank, "p", Channel.GLUCOSE, 100.0, 1)
-    assert bank.rows_state(np.array([0], np.intp)).estimate[0, Channel.GLUCOSE] == 100.0
+    assert bank.rows_state(np.array([0], np.intp)).estimate[0, Channel.GLUCOSE] == (
+        pytest.approx(100.0))

@@ -10,8 +10,10 @@ import pytest
 from tests.conftest import score_glucose_twin, simglucose_history
 
 from medtwin.estimation import (
+    N_GLUCOSE_TWIN_STATES,
     GlucoseFilterState,
     GlucoseNoise,
+    GlucoseTwinState,
     glucose_filter_init,
     glucose_filter_step,
     glucose_forecast,
@@ -19,6 +21,7 @@ from medtwin.estimation import (
 from medtwin.physiology import (
     GLUCOSE_STATE_MAX,
     GLUCOSE_STATE_MIN,
+    N_GLUCOSE_STATES,
     GlucoseParams,
     GlucoseState,
     default_glucose_params,
@@ -125,7 +128,8 @@ def test_step_reports_innovations_and_keeps_bounds() -> None:
     np.testing.assert_array_equal(step.state.mean[1], predicted.state.mean[1])
     assert predicted.state.cov[0, G, G] > step.state.cov[0, G, G]   # a reading informs
     assert step.state.mean[2, G] >= GLUCOSE_STATE_MIN[G]
-    assert np.all(step.state.mean >= GLUCOSE_STATE_MIN)
+    assert step.state.mean.shape == (3, N_GLUCOSE_TWIN_STATES)
+    assert np.all(step.state.mean[:, :N_GLUCOSE_STATES] >= GLUCOSE_STATE_MIN)
     assert np.all(np.linalg.eigvalsh(step.state.cov) > 0)
 
 
@@ -239,3 +243,50 @@ def test_simglucose_adult_24h() -> None:
     # persistence on this patient (model mismatch: 102 kg, basal 1.27 U/h vs the model's
     # 70 kg, 0.70 U/h); only that it stays finite and bounded is asserted here.
     assert np.isfinite(f_rmse) and f_rmse < 100.0
+
+
+def test_disturbance_learns_an_unexplained_trend() -> None:
+    """Glucose pushed up (down) by 0.8 mg/dL/min for an hour by something no input explains:
+    the twin's disturbance state takes the push's sign (sharing it with the CGM drift, insulin
+    action and plasma glucose's own random walk), and its forecast errs less than a twin
+    without the disturbance state."""
+    p = default_glucose_params(2)
+    push = np.array([0.8, -0.8])
+    tau_s = p.sensor_delay
+    errors, learnt = [], []
+    for noise in (NOISE, NOISE._replace(disturbance_std=1e-6)):
+        x = steady_state(p)
+        state = glucose_filter_init(p, 2, noise)
+        for _ in range(20):
+            x = glucose_dynamics(x, np.zeros((2, 2)), p, DT)
+            x[:, G] += push * DT
+            x[:, GlucoseState.GI] += push * (DT + tau_s * np.expm1(-DT / tau_s))
+            state = glucose_filter_step(p, noise, state, np.full(2, DT), np.zeros(2),
+                                        np.zeros(2), x[:, GlucoseState.GI],
+                                        np.ones(2, dtype=bool)).state
+        for _ in range(10):
+            x = glucose_dynamics(x, np.zeros((2, 2)), p, DT)
+            x[:, G] += push * DT
+        errors.append(glucose_forecast(p, state, (30.0,), noise=noise)[0][:, 0] - x[:, G])
+        learnt.append(state.mean[:, GlucoseTwinState.D])
+    print(f"\ndisturbance learnt {np.round(learnt[0], 2)} (true {push}); 30-min forecast "
+          f"error {np.round(errors[0], 1)}, without the state {np.round(errors[1], 1)}")
+    assert np.all(np.sign(learnt[0]) == np.sign(push))
+    assert np.all(np.abs(learnt[0]) > 0.2 * np.abs(push))
+    assert np.all(np.abs(errors[0]) < np.abs(errors[1]) - 3.0)
+
+
+def test_a_model_only_state_is_augmented() -> None:
+    """A state of the model's 8 states (saved before the twin had its own) still filters and
+    forecasts, as the twin's state with D = V = 0 at their stationary spread."""
+    p = default_glucose_params(2)
+    full = glucose_filter_init(p, 2)
+    old = GlucoseFilterState(full.mean[:, :N_GLUCOSE_STATES],
+                             full.cov[:, :N_GLUCOSE_STATES, :N_GLUCOSE_STATES])
+    args = (np.full(2, DT), np.zeros(2), np.zeros(2), np.full(2, 130.0), np.ones(2, bool))
+    a = glucose_filter_step(p, NOISE, old, *args).state
+    b = glucose_filter_step(p, NOISE, full, *args).state
+    np.testing.assert_allclose(a.mean, b.mean)
+    np.testing.assert_allclose(a.cov, b.cov)
+    for x, y in zip(glucose_forecast(p, old), glucose_forecast(p, full), strict=True):
+        np.testing.assert_allclose(x, y)

@@ -14,6 +14,7 @@ from medtwin.estimation import (
     insulin_above_basal,
     personalization_loss,
 )
+from medtwin.estimation._personalize import LOG_BOUNDS
 from medtwin.physiology import (
     GlucoseParams,
     GlucoseState,
@@ -24,6 +25,8 @@ from medtwin.physiology import (
 )
 
 DT = 5.0
+#: simglucose adult#001's body weight (its vpatient_params.csv): known clinically.
+ADULT_001_KG = 102.32
 G = GlucoseState.G
 
 
@@ -59,19 +62,55 @@ def _history(p: GlucoseParams, seed: int) -> tuple[np.ndarray, ...]:
     return cgm, carbs, delivered
 
 
+#: The three gains (meals, boluses, basal), with the timing known: recovered within 20 %.
+GAINS = ("insulin_sensitivity", "basal_insulin", "carb_bioavailability")
+
+
 @pytest.fixture(scope="module")
 def recovery() -> tuple[GlucoseParams, tuple[np.ndarray, ...], np.ndarray, Personalization]:
     true = _true_params(4)
     cgm, carbs, delivered = _history(true, seed=11)
     prior = default_glucose_params(4)
     insulin = insulin_above_basal(delivered, prior, DT)
-    return true, (cgm, carbs), insulin, identify_glucose_params(DT, cgm, carbs, insulin, prior)
+    return true, (cgm, carbs), insulin, identify_glucose_params(DT, cgm, carbs, insulin, prior,
+                                                                names=GAINS)
+
+
+def test_default_set_recovers_within_its_uncertainty(
+        recovery: tuple[GlucoseParams, tuple[np.ndarray, ...], np.ndarray,
+                        Personalization]) -> None:
+    """The default set adds the meal absorption time: the gains trade off against it, so
+    they are only asked to lie within 3 posterior sd (and 35 %) of the truth."""
+    true, (cgm, carbs), insulin, _ = recovery
+    result = identify_glucose_params(DT, cgm, carbs, insulin, default_glucose_params(4))
+    assert result.names == PERSONALIZED_PARAMS and "carb_absorption_time" in result.names
+    for j, name in enumerate(result.names):
+        ratio = getattr(result.params, name) / getattr(true, name)
+        print(f"\n{name}: identified/true {np.round(ratio, 3)}, "
+              f"log-sd {np.round(result.uncertainty[:, j], 3)}")
+        assert np.all(np.abs(ratio - 1.0) < 0.35)
+        assert np.all(np.abs(np.log(ratio)) < 3.0 * result.uncertainty[:, j])
+
+
+def test_body_weight_replaces_the_priors() -> None:
+    true = _true_params(2)._replace(body_weight=np.array([100.0, 50.0]))
+    cgm, carbs, delivered = _history(true, seed=5)
+    prior = default_glucose_params(2)
+    insulin = insulin_above_basal(delivered, prior, DT)
+    result = identify_glucose_params(DT, cgm, carbs, insulin, prior, names=GAINS,
+                                     body_weight=np.array([100.0, 50.0]))
+    np.testing.assert_array_equal(result.params.body_weight, [100.0, 50.0])
+    for name in GAINS:
+        ratio = getattr(result.params, name) / getattr(true, name)
+        assert np.all(np.abs(ratio - 1.0) < 0.25), (name, ratio)
+    with pytest.raises(ValueError, match="body_weight must be finite and positive"):
+        identify_glucose_params(DT, cgm, carbs, insulin, prior, body_weight=-1.0)
 
 
 def test_recovers_known_parameters(recovery: tuple[GlucoseParams, tuple[np.ndarray, ...],
                                                    np.ndarray, Personalization]) -> None:
     true, (cgm, carbs), insulin, result = recovery
-    assert result.names == PERSONALIZED_PARAMS
+    assert result.names == GAINS
     for j, name in enumerate(result.names):
         ratio = getattr(result.params, name) / getattr(true, name)
         print(f"\n{name}: identified/true {np.round(ratio, 3)}, "
@@ -79,10 +118,12 @@ def test_recovers_known_parameters(recovery: tuple[GlucoseParams, tuple[np.ndarr
         assert np.all(np.abs(ratio - 1.0) < 0.2)
         assert np.all(np.abs(np.log(ratio)) < 3.0 * result.uncertainty[:, j])
     assert np.all((result.uncertainty > 0.0) & (result.uncertainty <= 0.5))
-    default_loss = personalization_loss(default_glucose_params(4), DT, cgm, carbs, insulin)
+    default_loss = personalization_loss(default_glucose_params(4), DT, cgm, carbs, insulin,
+                                        names=GAINS)
     assert np.all(result.loss < default_loss)
     np.testing.assert_allclose(
-        personalization_loss(result.params, DT, cgm, carbs, insulin), result.loss, rtol=1e-9)
+        personalization_loss(result.params, DT, cgm, carbs, insulin, names=GAINS), result.loss,
+        rtol=1e-9)
     # The untouched fields are the prior's.
     np.testing.assert_array_equal(result.params.basal_glucose, 120.0)
 
@@ -93,7 +134,7 @@ def test_batch_equals_each_patient_alone(
     _, (cgm, carbs), insulin, together = recovery
     for i in (0, 3):
         alone = identify_glucose_params(DT, cgm[[i]], carbs[[i]], insulin[[i]],
-                                        default_glucose_params(1))
+                                        default_glucose_params(1), names=GAINS)
         for a, b in zip(together.params, alone.params, strict=True):
             np.testing.assert_allclose(a[[i]], b, rtol=1e-9)
         np.testing.assert_allclose(together.loss[[i]], alone.loss, rtol=1e-9)
@@ -134,7 +175,8 @@ def test_simglucose_personalized_twin_beats_default() -> None:
     i1 = insulin_above_basal(np.concatenate([[0.0], delivered[day1][:-1]])[np.newaxis],
                              prior, dt)
     i1[0, 0] = i1[0, 1]   # the delivery before the first reading is unknown: repeat the next
-    result = identify_glucose_params(dt, cgm[np.newaxis, day1], c1, i1, prior)
+    result = identify_glucose_params(dt, cgm[np.newaxis, day1], c1, i1, prior,
+                                     body_weight=ADULT_001_KG)
     print("\nidentified:", {m: float(getattr(result.params, m)[0]) for m in result.names},
           "log-sd", np.round(result.uncertainty[0], 3))
     numbers = {}
@@ -146,3 +188,7 @@ def test_simglucose_personalized_twin_beats_default() -> None:
               f"(raw CGM {cgm_rmse:.1f}); 30-min forecast RMSE {f_rmse:.1f} "
               f"(persistence {p_rmse:.1f})")
     assert numbers["personalized"][0] < numbers["default"][0]
+    # With the body weight known, insulin sensitivity is no longer pushed to its lower
+    # search bound (it was, with the 70 kg default, for this 102 kg patient).
+    lowest = prior.insulin_sensitivity * np.exp(LOG_BOUNDS["insulin_sensitivity"][0])
+    assert np.all(result.params.insulin_sensitivity > 2.0 * lowest)

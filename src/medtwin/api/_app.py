@@ -6,10 +6,12 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -19,13 +21,21 @@ from medtwin.api._auth import Caller, caller_of, require
 from medtwin.api._batcher import IngestBatcher
 from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_BYTES
 from medtwin.domain import Device, DeviceStatus, RejectReason
-from medtwin.errors import ConfigError, ConflictError, MedtwinError, NotFoundError
+from medtwin.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    MedtwinError,
+    NotFoundError,
+)
 from medtwin.pipeline import (
+    MAX_WHATIF_STEPS,
     Accepted,
     Pipeline,
     SignedSubmission,
     alert_json,
     twin_state_json,
+    whatif_json,
 )
 
 #: Seconds between keep-alive comments on the live stream (keeps proxies from closing it).
@@ -58,6 +68,28 @@ class DeviceIn(BaseModel):
     patient_id: IdStr
     suite: str = "ed25519"
     public_key: str = Field(description="The device's raw public key, base64")
+
+
+class WhatIfEvent(BaseModel):
+    """A meal and/or an insulin dose `minutes` from now (insulin on top of the usual basal)."""
+
+    minutes: Annotated[float, Field(ge=0, le=2880)]
+    carbs_g: Annotated[float, Field(ge=0, le=500)] = 0.0
+    insulin_u: Annotated[float, Field(ge=0, le=100)] = 0.0
+
+
+class WhatIfIn(BaseModel):
+    """A future to simulate: events, a change of basal rate (U/h, on top of the usual),
+    and how far ahead on what grid."""
+
+    events: Annotated[list[WhatIfEvent], Field(max_length=200)] = []
+    basal_change_u_per_h: Annotated[float, Field(ge=-10, le=10)] = 0.0
+    hours: Annotated[float, Field(gt=0, le=48)] = 4.0
+    step_min: Annotated[float, Field(ge=1, le=60)] = 5.0
+
+
+class PersonalizeIn(BaseModel):
+    days: Annotated[float, Field(gt=0, le=30)] = 2.0
 
 
 class TokenIn(BaseModel):
@@ -101,7 +133,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.exception_handler(MedtwinError)
     async def medtwin_error(_request: Request, exc: MedtwinError) -> JSONResponse:
         code = (404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError)
-                else 422 if isinstance(exc, ConfigError) else 500)
+                else 422 if isinstance(exc, ConfigError | InvalidInputError) else 500)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.get("/healthz", tags=["meta"])
@@ -186,6 +218,39 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     def get_twin(patient_id: str, _caller: Caller = read_twin) -> dict[str, Any]:
         """One patient's twin: latest values and ages, estimates, NEWS2, active alerts."""
         return twin_state_json(pipeline.twin_state(patient_id))
+
+    @app.post("/v1/patients/{patient_id}/whatif", tags=["twin"])
+    def whatif(patient_id: str, body: WhatIfIn, _caller: Caller = read_twin) -> dict[str, Any]:
+        """Simulate a future of meals and insulin from the patient's glucose twin now (e.g. a
+        bolus scaled by 1.3, a skipped meal, a basal change) and return plasma glucose on a
+        grid of `step_min`, with its 95 % interval. Nothing is stored or changed."""
+        steps = max(1, math.ceil(body.hours * 60.0 / body.step_min))
+        if steps > MAX_WHATIF_STEPS:
+            raise InvalidInputError(f"api: at most {MAX_WHATIF_STEPS} steps; use a longer "
+                                    "step_min or fewer hours")
+        carbs, insulin = np.zeros(steps), np.zeros(steps)
+        for event in body.events:
+            k = min(steps - 1, int(event.minutes // body.step_min))
+            carbs[k] += event.carbs_g
+            insulin[k] += event.insulin_u
+        insulin += body.basal_change_u_per_h * body.step_min / 60.0
+        if (insulin < 0).any():
+            raise InvalidInputError("api: a basal reduction below the model's basal cannot be "
+                                    "simulated as doses; give a smaller reduction")
+        return whatif_json(pipeline.whatif(patient_id, body.step_min, carbs, insulin))
+
+    @app.post("/v1/patients/{patient_id}/personalize", tags=["admin"])
+    def personalize(patient_id: str, body: PersonalizeIn, _caller: Caller = manage
+                    ) -> dict[str, Any]:
+        """Identify the patient's glucose twin from their last `days` of stored data, log the
+        parameters and use them from now on (ConflictError without CGM data)."""
+        results = pipeline.personalize([patient_id], body.days)
+        if not results:
+            raise ConflictError(f"api: patient {patient_id!r} has no CGM data to personalize "
+                                "from")
+        r = results[0]
+        return {"patient_id": r.patient_id, "leaf_index": r.leaf_index, "params": r.params,
+                "uncertainty": r.uncertainty, "n_cgm": r.n_cgm}
 
     @app.get("/v1/alerts", tags=["twin"])
     def list_alerts(_caller: Caller = read_twin, patient_id: str | None = None,

@@ -1,7 +1,9 @@
-"""`medtwin bench`: packets and readings per second through gate + twin + ledger + store.
+"""`medtwin bench`: packets and readings per second through gate + twin + ledger + store,
+UKF filter steps per second (NumPy, and torch where installed, against filterpy), and the time
+to personalize a patient-day.
 
-Every configuration runs in the same process on the same pre-signed packets, so the table's
-ratios compare like with like.
+Every configuration runs in the same process on the same inputs, so the tables' ratios
+compare like with like.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,14 @@ import numpy as np
 from medtwin.config import Settings
 from medtwin.crypto import sign_packet, signature_suite
 from medtwin.domain import Channel, Device, Reading, packet_wire
-from medtwin.estimation import UKFParams, ukf_predict, ukf_update
+from medtwin.estimation import UKFParams, identify_glucose_params, ukf_predict, ukf_update
 from medtwin.ingest import SignedSubmission
+from medtwin.physiology import (
+    default_glucose_params,
+    glucose_dynamics,
+    glucose_observation,
+    steady_state,
+)
 from medtwin.pipeline import Accepted, Pipeline
 
 READINGS_PER_PACKET = 4
@@ -106,21 +115,88 @@ def bench_buffered_upload(n_readings: int) -> float:
 _UKF_TRANSITION = np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.1], [0.0, 0.0, 0.9]])
 
 
-def bench_ukf(n_patients: int, steps: int) -> float:
-    """Seconds per predict + update of medtwin's batched UKF over `n_patients` at once."""
+def torch_device() -> Any | None:
+    """The torch device the UKF benchmark uses (CUDA where there is one, else the CPU), or
+    None where torch is not installed (it is optional: `pip install medtwin[gpu]`)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bench_ukf(n_patients: int, steps: int, device: Any | None = None) -> float:
+    """Seconds per predict + update of medtwin's batched UKF over `n_patients` at once: NumPy,
+    or the same code on torch tensors on `device` (a torch device; synchronized around the
+    timing on CUDA; one thread on a CPU). One untimed step first (allocator and kernel
+    warm-up)."""
     params = UKFParams()
-    mean = np.zeros((n_patients, 3))
-    cov = np.broadcast_to(np.eye(3), (n_patients, 3, 3)).copy()
-    process = np.broadcast_to(0.01 * np.eye(3), (n_patients, 3, 3)).copy()
-    noise = np.full((n_patients, 1, 1), 0.1)
-    measured = np.zeros((n_patients, 1))
-    observed = np.ones((n_patients, 1), dtype=bool)
+    arrays: list[Any] = [
+        np.zeros((n_patients, 3)), np.broadcast_to(np.eye(3), (n_patients, 3, 3)).copy(),
+        np.broadcast_to(0.01 * np.eye(3), (n_patients, 3, 3)).copy(),
+        np.full((n_patients, 1, 1), 0.1), np.zeros((n_patients, 1)),
+        np.ones((n_patients, 1), dtype=bool), _UKF_TRANSITION.T]
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    threads = None
+    if device is not None:
+        import torch
+
+        arrays = [torch.as_tensor(a, device=device) for a in arrays]
+        if device.type == "cuda":
+            sync = torch.cuda.synchronize
+        else:  # one thread, like NumPy's: torch's spinning OpenMP threads collapse when the
+            threads = torch.get_num_threads()  # cores are shared (25x slower at load 5/2)
+            torch.set_num_threads(1)
+    try:
+        return _time_ukf(params, arrays, steps, sync)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+
+def _time_ukf(params: UKFParams, arrays: list[Any], steps: int,
+              sync: Callable[[], None]) -> float:
+    mean, cov, process, noise, measured, observed, transition_t = arrays
+
+    def step(mean: Any, cov: Any) -> tuple[Any, Any]:
+        mean, cov = ukf_predict(params, mean, cov, lambda x: x @ transition_t, process)
+        out = ukf_update(params, mean, cov, lambda x: x[..., :1], measured, noise, observed)
+        return out.mean, out.cov
+
+    step(mean, cov)
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        mean, cov = ukf_predict(params, mean, cov, lambda x: x @ _UKF_TRANSITION.T, process)
-        out = ukf_update(params, mean, cov, lambda x: x[..., :1], measured, noise, observed)
-        mean, cov = out.mean, out.cov
+        mean, cov = step(mean, cov)
+    sync()
     return (time.perf_counter() - t0) / steps
+
+
+#: The synthetic day `bench_personalize` identifies from: 5-min steps, three meals (g) with
+#: a bolus of 1 U per 10 g, CGM noise (mg/dL).
+_DAY_STEPS, _DAY_STEP_MIN, _MEALS_AT_H, _CGM_NOISE = 288, 5.0, (7, 12, 19), 5.0
+
+
+def bench_personalize(n_patients: int) -> float:
+    """Seconds to identify the parameters of `n_patients` from one day of CGM, meals and
+    boluses each (`identify_glucose_params`, one batch), simulated from default parameters."""
+    rng = np.random.default_rng(0)
+    carbs = np.zeros((n_patients, _DAY_STEPS))
+    insulin = np.zeros((n_patients, _DAY_STEPS))
+    for hour in _MEALS_AT_H:
+        k = int(hour * 60 / _DAY_STEP_MIN)
+        carbs[:, k] = rng.uniform(30.0, 80.0, n_patients)
+        insulin[:, k] = carbs[:, k] / 10.0
+    truth = default_glucose_params(n_patients)
+    x = steady_state(truth)
+    cgm = np.empty((n_patients, _DAY_STEPS))
+    for k in range(_DAY_STEPS):
+        x = glucose_dynamics(x, np.stack([carbs[:, k], insulin[:, k]], axis=-1), truth,
+                             _DAY_STEP_MIN)
+        cgm[:, k] = glucose_observation(x, truth) + rng.normal(0.0, _CGM_NOISE, n_patients)
+    t0 = time.perf_counter()
+    identify_glucose_params(_DAY_STEP_MIN, cgm, carbs, insulin)
+    return time.perf_counter() - t0
 
 
 def bench_filterpy(steps: int) -> float | None:

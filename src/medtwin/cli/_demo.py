@@ -179,7 +179,7 @@ def _ward_view(http: httpx.Client, token: str, clock: AcceleratedClock,
 
     def view() -> Group:
         table = Table(title=_headline(stats, clock), expand=True)
-        for name in ("patient", "glucose mg/dL", "HR /min", "SpO2 %", "RR /min", "BP mmHg",
+        for name in ("patient", "glucose mg/dL → 30 min", "HR /min", "SpO2 %", "RR /min", "BP mmHg",
                      "temp °C", "NEWS2", "alerts"):
             table.add_column(name, justify="right" if name != "alerts" else "left")
         try:
@@ -195,8 +195,11 @@ def _ward_view(http: httpx.Client, token: str, clock: AcceleratedClock,
                 return "–" if item is None or item["value"] is None else fmt.format(item["value"])
 
             news = s["news2"]
+            ahead = next((f["mean"] for f in s["forecasts"] if f["code"] == "99504-3"
+                          and f["horizon_min"] == 30 and f["mean"] is not None), None)
+            glucose = v("99504-3") + ("" if ahead is None else f" → {ahead:.0f}")
             table.add_row(
-                s["patient_id"], v("99504-3"), v("8867-4"), v("59408-5"), v("9279-1"),
+                s["patient_id"], glucose, v("8867-4"), v("59408-5"), v("9279-1"),
                 f"{v('8480-6')}/{v('8462-4')}", v("8310-5", "{:.1f}"),
                 f"[{_RISK_STYLE[news['risk']]}]{news['total']}[/]",
                 ", ".join(_most_severe(s["active_alerts"])))

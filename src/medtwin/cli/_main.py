@@ -154,6 +154,80 @@ def simulate(
 
 
 @app.command()
+def whatif(
+    history: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                            help="FHIR R4 NDJSON history: CGM glucose, "
+                                                 "carbohydrates, insulin.")],
+    scenario: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                             help="FHIR R4 NDJSON future meals (carbohydrate "
+                                                  "Observations) and insulin doses.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for Observation.ndjson.")],
+    patient: Annotated[list[str] | None, typer.Option(
+        "--patient", help="Simulate this patient (repeatable; default: every patient with "
+                          "CGM in the history).")] = None,
+    hours: Annotated[float, typer.Option(min=0.1, max=72, help="Hours simulated after the "
+                                         "scenario's last input.")] = 4.0,
+    usual_basal: Annotated[bool, typer.Option(help="Add the patient's usual basal (median "
+                                              "hourly delivery, last 24 h of history) to the "
+                                              "scenario's doses; --no-usual-basal when the "
+                                              "scenario lists every dose.")] = True,
+) -> None:
+    """Identify each patient's glucose twin from HISTORY, simulate the meals and insulin of
+    SCENARIO after it, and write the predicted glucose (95 % band) every 5 min as FHIR."""
+    from medtwin.cli._whatif import RANGE_MG_DL
+    from medtwin.cli._whatif import whatif as run_whatif
+
+    console.print("identifying twins from the history, then simulating the scenario…")
+    try:
+        summary = run_whatif(history, scenario, out, patient or (), hours, usual_basal,
+                             progress=lambda xs: track(xs, description="identifying",
+                                                       console=console))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"what-if: {summary.steps} steps of 5 min after the history")
+    names = list(summary.patients[0].params)
+    labels = {"insulin_sensitivity": "SI", "basal_insulin": "Ib µU/mL",
+              "carb_bioavailability": "carbs f"}
+    for col in ("patient", *(labels.get(m, m) for m in names), "min mg/dL", "max mg/dL",
+                f"TIR {RANGE_MG_DL[0]:g}-{RANGE_MG_DL[1]:g}"):
+        table.add_column(col, justify="left" if col == "patient" else "right")
+    for p in summary.patients:
+        table.add_row(p.patient_id, *(f"{p.params[m]:.3g} ±{100 * p.uncertainty[m]:.0f}%"
+                                      for m in names),
+                      f"{p.min_mg_dl:.0f}", f"{p.max_mg_dl:.0f}", f"{100 * p.time_in_range:.0f}%")
+    console.print(table)
+    if summary.skipped_rows:
+        console.print(f"{summary.skipped_rows} history readings outside possible values "
+                      "were left out")
+    console.print(f"  {out / 'Observation.ndjson'}: {summary.written} resources")
+
+
+@app.command()
+def personalize(
+    patient: Annotated[list[str] | None, typer.Option(
+        "--patient", help="A patient to personalize (repeat; default: every patient).")] = None,
+    days: Annotated[float, typer.Option(help="Days of the newest data to identify from.")] = 2.0,
+    data_dir: DataDir = None,
+) -> None:
+    """Identify each patient's glucose twin (insulin sensitivity, basal insulin, carbohydrate
+    bioavailability) from their stored CGM, meals and insulin; log and use the result."""
+    with _site(data_dir) as pipeline:
+        results = pipeline.personalize(patient, days, progress=lambda items: track(
+            items, description="identifying", console=console))
+    if not results:
+        console.print("no patient has CGM data to personalize from")
+        return
+    table = Table("patient", "parameter", "value", "± (1 sd)")
+    for r in results:
+        for k, (name, value) in enumerate(r.params.items()):
+            table.add_row(r.patient_id if k == 0 else "", name, f"{value:.4g}",
+                          f"{100 * r.uncertainty[name]:.0f} %")
+    console.print(table)
+    console.print(f"logged as records {', '.join(f'#{r.leaf_index}' for r in results)}; "
+                  f"from {sum(r.n_cgm for r in results)} CGM values")
+
+
+@app.command()
 def verify(data_dir: DataDir = None) -> None:
     """Recompute the log from the store and check every record and the signed tree head."""
     settings = _settings(data_dir)
@@ -290,13 +364,16 @@ def token_revoke(
 
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] = False) -> None:
-    """Packets/s and readings/s through gate + twin + ledger + store, by batch size."""
+    """Ingest packets/s by batch size, UKF filter steps/s (NumPy, torch, filterpy) and the
+    time to personalize a patient-day."""
     from medtwin.cli._bench import (
         READINGS_PER_PACKET,
         bench_buffered_upload,
         bench_filterpy,
         bench_ingest,
+        bench_personalize,
         bench_ukf,
+        torch_device,
     )
 
     n_packets = 400 if quick else 4000
@@ -318,21 +395,49 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         seconds = bench_buffered_upload(n)
         upload.add_row(f"{n:,}", f"{seconds * 1000:,.0f}", f"{n / seconds:,.0f}")
     console.print(upload)
+
+    # UKF: NumPy up to 100k patients (1M in a full run); the same code on torch (CUDA where
+    # there is one) up to 1M on a CPU, 10M on a GPU; filterpy's one patient as the baseline.
     baseline = bench_filterpy(200 if quick else 2000)
+    device = torch_device()
+    sizes = [1, 1_000, 10_000] if quick else [1, 1_000, 10_000, 100_000, 1_000_000]
+    torch_sizes = list(sizes)
+    if device is not None and device.type == "cuda" and not quick:
+        torch_sizes.append(10_000_000)
     ukf = Table(title="UKF filter steps (predict + update), 3 states, batched over patients; "
-                      "baseline: filterpy's UnscentedKalmanFilter, one patient")
-    for col in ("patients", "ms per step", "ns per patient-step", "patient-steps/s",
-                "vs filterpy"):
+                      "patient-steps/s and speed-up over filterpy's UnscentedKalmanFilter "
+                      "(one patient)")
+    torch_name = ("torch (not installed)" if device is None
+                  else "torch cpu, 1 thread" if device.type == "cpu" else f"torch {device.type}")
+    for col in ("patients", "NumPy ms/step", "NumPy patient-steps/s", "NumPy vs filterpy",
+                f"{torch_name} ms/step", f"{torch_name} patient-steps/s",
+                f"{torch_name} vs filterpy"):
         ukf.add_column(col, justify="right")
     if baseline is not None:
-        ukf.add_row("filterpy (1)", f"{baseline * 1000:.3f}", f"{baseline * 1e9:,.0f}",
-                    f"{1 / baseline:,.0f}", "1×")
-    for n in (1, 1_000, 10_000) if quick else (1, 1_000, 10_000, 100_000):
-        seconds = bench_ukf(n, max(3, min(500, 2_000_000 // (n * 50))))
+        ukf.add_row("filterpy (1)", f"{baseline * 1000:.3f}", f"{1 / baseline:,.0f}", "1×",
+                    "", "", "")
+
+    def cells(n: int, device: object | None) -> list[str]:
+        seconds = bench_ukf(n, max(3, min(500, 2_000_000 // (n * 50))), device)
         per = seconds / n
-        ukf.add_row(f"{n:,}", f"{seconds * 1000:.3f}", f"{per * 1e9:,.0f}", f"{1 / per:,.0f}",
-                    f"{baseline / per:,.0f}×" if baseline is not None else "n/a")
+        ratio = baseline / per if baseline is not None else 0.0
+        return [f"{seconds * 1000:,.3f}", f"{1 / per:,.0f}",
+                "n/a" if baseline is None else f"{ratio:,.{0 if ratio >= 10 else 1}f}×"]
+
+    for n in torch_sizes:
+        numpy_cells = cells(n, None) if n in sizes else ["—"] * 3
+        torch_cells = cells(n, device) if device is not None else ["n/a"] * 3
+        ukf.add_row(f"{n:,}", *numpy_cells, *torch_cells)
     console.print(ukf)
+
+    personalize = Table(title="personalization: identify_glucose_params on one synthetic day "
+                              "(5-min CGM, 3 meals with boluses) per patient, one batch")
+    for col in ("patients in the batch", "seconds", "seconds per patient-day"):
+        personalize.add_column(col, justify="right")
+    for n in (1, 10) if quick else (1, 100):
+        seconds = bench_personalize(n)
+        personalize.add_row(f"{n:,}", f"{seconds:,.2f}", f"{seconds / n:,.3f}")
+    console.print(personalize)
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 """`medtwin replay`: run FHIR R4 NDJSON through the pipeline as a trusted import, write FHIR out.
 
+Observation.ndjson holds the twin's estimate after every measurement and, after every CGM
+value, its plasma-glucose forecasts at 30 and 60 minutes (`forecast_observation`).
+
 Inputs are grouped into packets of one patient and one time window, and each window of all
 patients goes through the pipeline as one batch. A packet the gate refuses because of one
 reading is retried without that reading, so one bad line never hides its neighbours.
@@ -18,10 +21,12 @@ import numpy as np
 from medtwin.clinical import RULES
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading, RejectReason
+from medtwin.estimation import FORECAST_HORIZONS_MIN
 from medtwin.fhir import (
     ImportBatch,
     alert_detected_issue,
     estimate_observation,
+    forecast_observation,
     provenance,
     read_ndjson_file,
     rejection_detected_issue,
@@ -134,8 +139,10 @@ def _evidence_sources(p: _Pending, rule_name: str) -> list[str]:
 
 
 def _estimates(p: _Pending, outcome: Accepted, start: int) -> Iterator[dict[str, Any]]:
-    """The twin's estimate after each accepted measurement (inputs have none)."""
+    """The twin's estimate after each accepted measurement (inputs have none), and after
+    each CGM value the twin used, its glucose forecast at every horizon."""
     sub = p.submission
+    g = outcome.glucose
     for i, code in enumerate(sub.codes):
         channel = Channel.from_code(code)
         if channel.is_input:
@@ -143,6 +150,14 @@ def _estimates(p: _Pending, outcome: Accepted, start: int) -> Iterator[dict[str,
         yield estimate_observation(sub.patient_id, channel, float(outcome.estimates[i]),
                                    int(sub.time_ms[i]), [p.sources[i]],
                                    f"est-{start + i}-{outcome.leaf_index}")
+        if not np.isfinite(g.estimate[i]):
+            continue
+        issued = int(g.filter_time_ms[i])
+        for j, horizon in enumerate(FORECAST_HORIZONS_MIN):
+            yield forecast_observation(
+                sub.patient_id, float(g.forecast[i, j]), float(g.forecast_low[i, j]),
+                float(g.forecast_high[i, j]), issued, issued + round(horizon * 60_000),
+                horizon, [p.sources[i]], f"fc-{start + i}-{outcome.leaf_index}-{horizon:g}")
 
 
 def _refused(p: _Pending, outcome: Rejected, issues: list[dict[str, Any]],

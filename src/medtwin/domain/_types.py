@@ -181,8 +181,22 @@ class ChannelState:
 
 
 @dataclass(frozen=True, slots=True)
+class Forecast:
+    """The twin's prediction of a channel at `target_ms`, made at `issued_ms` (the time of
+    the latest reading it used): the mean and its 95 % interval `low`..`high`."""
+
+    channel: Channel
+    issued_ms: int
+    target_ms: int
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
 class TwinState:
-    """A patient's twin at one time: channel states, NEWS2 and the rules that are active."""
+    """A patient's twin at one time: channel states, NEWS2, the rules that are active and
+    the twin's forecasts."""
 
     patient_id: str
     time_ms: int
@@ -191,3 +205,4 @@ class TwinState:
     news2_complete: bool
     news2_risk: str
     active_rules: tuple[str, ...]
+    forecasts: tuple[Forecast, ...] = ()

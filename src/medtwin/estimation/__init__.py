@@ -1,17 +1,28 @@
 """State estimation of the twin, batched over patients: smoothed channels, UKF, glucose twin."""
 
 from medtwin.estimation._bank import TwinBank, TwinUpdate
+from medtwin.estimation._glucose_events import (
+    FORECAST_HORIZONS_MIN,
+    GlucoseEvents,
+    GlucoseReadings,
+    GlucoseRows,
+    glucose_events,
+    glucose_rows,
+)
 from medtwin.estimation._glucose_twin import (
     FORECAST_STEP_MIN,
+    N_GLUCOSE_TWIN_STATES,
     Z_95,
     GlucoseFilterState,
     GlucoseFilterStep,
     GlucoseNoise,
+    GlucoseTwinState,
     glucose_filter_init,
     glucose_filter_step,
     glucose_forecast,
     glucose_whatif,
 )
+from medtwin.estimation._history import GlucoseHistory, grid_glucose_history, identify_history
 from medtwin.estimation._personalize import (
     PERSONALIZED_PARAMS,
     Personalization,
@@ -46,17 +57,36 @@ from medtwin.estimation._ukf import (
     ukf_predict,
     ukf_update,
 )
+from medtwin.estimation._vitals_twin import (
+    N_VITALS_CHANNELS,
+    VITALS_FORECAST_STEP_MIN,
+    VitalsFilterState,
+    VitalsFilterStep,
+    VitalsNoise,
+    vitals_filter_init,
+    vitals_filter_step,
+    vitals_forecast,
+)
 
 __all__ = [
+    "FORECAST_HORIZONS_MIN",
     "FORECAST_STEP_MIN",
     "MIN_EIGENVALUE",
     "NO_TIME",
+    "N_GLUCOSE_TWIN_STATES",
+    "N_VITALS_CHANNELS",
     "PERSONALIZED_PARAMS",
+    "VITALS_FORECAST_STEP_MIN",
     "Z_95",
     "EventResult",
+    "GlucoseEvents",
     "GlucoseFilterState",
     "GlucoseFilterStep",
+    "GlucoseHistory",
     "GlucoseNoise",
+    "GlucoseReadings",
+    "GlucoseRows",
+    "GlucoseTwinState",
     "Personalization",
     "SmootherParams",
     "StepResult",
@@ -65,13 +95,20 @@ __all__ = [
     "TwinUpdate",
     "UKFParams",
     "UKFUpdate",
+    "VitalsFilterState",
+    "VitalsFilterStep",
+    "VitalsNoise",
     "default_smoother_params",
     "empty_twin",
+    "glucose_events",
     "glucose_filter_init",
     "glucose_filter_step",
     "glucose_forecast",
+    "glucose_rows",
     "glucose_whatif",
+    "grid_glucose_history",
     "identify_glucose_params",
+    "identify_history",
     "insulin_above_basal",
     "linear_recurrence",
     "personalization_loss",
@@ -85,4 +122,7 @@ __all__ = [
     "smoother_step",
     "ukf_predict",
     "ukf_update",
+    "vitals_filter_init",
+    "vitals_filter_step",
+    "vitals_forecast",
 ]

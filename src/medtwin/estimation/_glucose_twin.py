@@ -8,12 +8,23 @@ masked where there is no reading; `glucose_forecast` carries the filter's Gaussi
 the model by the unscented transform and returns the *plasma* glucose (what a blood glucose
 measurement, or a simulator's true BG, would show) with its 95 % interval.
 
-Shapes: n patients, d = 8 states in `GlucoseState` order; every per-patient argument has a
+The filter's state augments the model's 8 states (`GlucoseState` order) with two
+Ornstein–Uhlenbeck states (`GlucoseTwinState`): an unmodelled glucose disturbance D (mg/dL/min,
+dG/dt += D: meals' composition, exercise, sensitivity drifting over the day, parameter
+mismatch), which lets the twin learn the current unexplained trend and lets its forecasts
+carry it on while it decays; and the CGM's slowly varying error V (mg/dL: a Dexcom's error is
+autocorrelated over tens of minutes, so treating it as white noise makes the filter chase
+it), so the CGM reads Gi + V + white noise.
+
+Shapes: n patients, d = `N_GLUCOSE_TWIN_STATES` = 10 states (a model-only state of 8, saved before
+the twin's own states existed, is accepted and augmented); every per-patient argument has a
 leading axis of length n; params fields are (n,).
 """
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -46,30 +57,58 @@ FORECAST_STEP_MIN = 5.0
 Z_95 = 1.959963984540054
 
 
-class GlucoseNoise(NamedTuple):
-    """Noise of the glucose twin. `process_std` ((d,), or (n, d) per patient) is the standard
-    deviation each state gains per sqrt(minute) (variance grows linearly with the step);
-    `cgm_std` in mg/dL.
+class GlucoseTwinState(enum.IntEnum):
+    """Index of the twin's own states, after the model's `GlucoseState` ones."""
 
-    Defaults: the model error lives mostly in plasma glucose (unmodelled meals composition,
-    exercise, stress, parameter mismatch): 1.5 mg/dL/sqrt(min) gives about 8 mg/dL over
-    30 min and 12 mg/dL over 60 min of drift. Insulin action X: 1e-4 /min/sqrt(min), so in an
-    hour it can move by ~1e-3 /min, about 10 % of a meal bolus' peak action (sensitivity
+    D = N_GLUCOSE_STATES
+    """Unmodelled glucose disturbance (mg/dL/min), added to dG/dt; decays to 0."""
+    V = N_GLUCOSE_STATES + 1
+    """The CGM's autocorrelated error (mg/dL); decays to 0."""
+
+
+N_GLUCOSE_TWIN_STATES = N_GLUCOSE_STATES + len(GlucoseTwinState)
+_STATE_MIN = np.concatenate([GLUCOSE_STATE_MIN, [-np.inf, -np.inf]])
+_STATE_MAX = np.concatenate([GLUCOSE_STATE_MAX, [np.inf, np.inf]])
+
+
+class GlucoseNoise(NamedTuple):
+    """Noise of the glucose twin.
+
+    `process_std` ((8,) or (n, 8) per patient, `GlucoseState` order) is the standard deviation
+    each model state gains per sqrt(minute) (variance grows linearly with the step).
+    `disturbance_std` (mg/dL/min) and `disturbance_time_min` are the stationary standard
+    deviation and correlation time of the unmodelled disturbance D. `cgm_std` (mg/dL) is the
+    CGM's total error, of which the fraction `cgm_drift_share` of the variance is the
+    autocorrelated error V (correlation time `cgm_drift_time_min`), the rest white.
+
+    Defaults: plasma glucose 1.0 mg/dL/sqrt(min) of white model error on top of D; D with
+    sd 0.5 mg/dL/min (a 30-min trend of about 15 mg/dL that the model does not explain)
+    and a 30-min correlation time (the unexplained part of a meal's or an exercise bout's
+    effect lasts about that long). Insulin action X: 1e-4 /min/sqrt(min) (sensitivity
     varies over the day). Plasma insulin 0.2 µU/mL, subcutaneous depots 0.005 U (pump
     delivery error), gut 0.05 g (kept small: the gut is often empty, and a Gaussian spread
     around 0 g, clipped at 0, would feed phantom carbohydrate), interstitial glucose
-    0.2 mg/dL (the sensor's plasma-to-interstitial kinetics are well described), all per
-    sqrt(min).
-    CGM: 10 mg/dL, the order of a Dexcom G6's error (MARD ~9 % at 100–150 mg/dL).
+    0.2 mg/dL (the sensor's kinetics are well described), all per sqrt(min). CGM: 10 mg/dL
+    in all, the order of a Dexcom G6's error (MARD ~9 % at 100–150 mg/dL), 80 % of its
+    variance autocorrelated over 30 min (sensor error is an AR process with a time constant
+    of tens of minutes, Facchinetti et al. 2014, IEEE TBME 61:620; simglucose's Dexcom
+    model is an AR(1) with coefficient 0.7 per 15 min, 42 min, cubic-interpolated).
+    D's and V's values were chosen on a tuning cohort of 10 simglucose patients (seeds
+    apart from those of docs/validation.md) among round values, one at a time.
     """
 
-    process_std: FloatArray | tuple[float, ...] = (1.5, 1e-4, 0.2, 0.005, 0.005, 0.05, 0.05, 0.2)
+    process_std: FloatArray | tuple[float, ...] = (1.0, 1e-4, 0.2, 0.005, 0.005, 0.05, 0.05, 0.2)
     cgm_std: float = 10.0
+    disturbance_std: float = 0.5
+    disturbance_time_min: float = 30.0
+    cgm_drift_share: float = 0.8
+    cgm_drift_time_min: float = 30.0
 
 
 class GlucoseFilterState(NamedTuple):
-    """Each patient's Gaussian belief: `mean` (n, d) and `cov` (n, d, d), `GlucoseState`
-    order."""
+    """Each patient's Gaussian belief: `mean` (n, d) and `cov` (n, d, d), d =
+    `N_GLUCOSE_TWIN_STATES`: the model's states in `GlucoseState` order, then
+    `GlucoseTwinState`'s."""
 
     mean: FloatArray
     cov: FloatArray
@@ -87,28 +126,50 @@ class GlucoseFilterStep(NamedTuple):
 
 
 def _clip_mean(mean: FloatArray) -> FloatArray:
-    return np.asarray(np.clip(mean, GLUCOSE_STATE_MIN, GLUCOSE_STATE_MAX), dtype=np.float64)
+    return np.asarray(np.clip(mean, _STATE_MIN, _STATE_MAX), dtype=np.float64)
 
 
-def glucose_filter_init(params: GlucoseParams, n: int) -> GlucoseFilterState:
+def _augmented(state: GlucoseFilterState, noise: GlucoseNoise) -> GlucoseFilterState:
+    """`state` with the twin's own states; a model-only state (d = 8, as saved before they
+    existed) gets them at 0 with their stationary spread, uncorrelated."""
+    mean, cov = np.asarray(state.mean), np.asarray(state.cov)
+    if mean.shape[-1] != N_GLUCOSE_STATES:
+        return state
+    n = mean.shape[0]
+    full_mean = np.zeros((n, N_GLUCOSE_TWIN_STATES))
+    full_mean[:, :N_GLUCOSE_STATES] = mean
+    full_cov = np.zeros((n, N_GLUCOSE_TWIN_STATES, N_GLUCOSE_TWIN_STATES))
+    full_cov[:, :N_GLUCOSE_STATES, :N_GLUCOSE_STATES] = cov
+    full_cov[:, GlucoseTwinState.D, GlucoseTwinState.D] = noise.disturbance_std**2
+    full_cov[:, GlucoseTwinState.V, GlucoseTwinState.V] = noise.cgm_drift_share * noise.cgm_std**2
+    return GlucoseFilterState(full_mean, full_cov)
+
+
+def glucose_filter_init(params: GlucoseParams, n: int,
+                        noise: GlucoseNoise | None = None) -> GlucoseFilterState:
     """n patients at the model's basal steady state, with a wide prior.
 
     Prior standard deviations: glucose 50 mg/dL (plasma and interstitial, correlation 0.95:
     they differ only by the sensor lag), insulin action 50 % of SI Ib, plasma insulin 50 % of
     Ib, subcutaneous depots 50 % of their basal content, 1 g per gut compartment (empty
-    after a fast; see `GlucoseNoise`). The first CGM readings pin glucose down within a few
-    steps.
+    after a fast; see `GlucoseNoise`); the disturbance and the CGM's autocorrelated error at
+    their stationary spread under `noise` (default `GlucoseNoise()`). The first CGM readings
+    pin glucose down within a few steps.
     """
+    noise = GlucoseNoise() if noise is None else noise
     p = broadcast_glucose_params(params, n)
-    mean = steady_state(p)
-    std = np.empty((n, N_GLUCOSE_STATES))
+    mean = np.zeros((n, N_GLUCOSE_TWIN_STATES))
+    mean[:, :N_GLUCOSE_STATES] = steady_state(p)
+    std = np.empty((n, N_GLUCOSE_TWIN_STATES))
     std[:, GlucoseState.G] = std[:, GlucoseState.GI] = 50.0
     std[:, GlucoseState.X] = 0.5 * p.insulin_sensitivity * p.basal_insulin
     std[:, GlucoseState.I] = 0.5 * p.basal_insulin
     std[:, GlucoseState.S1] = 0.5 * mean[:, GlucoseState.S1]
     std[:, GlucoseState.S2] = 0.5 * mean[:, GlucoseState.S2]
     std[:, GlucoseState.D1] = std[:, GlucoseState.D2] = 1.0
-    corr = np.eye(N_GLUCOSE_STATES)
+    std[:, GlucoseTwinState.D] = noise.disturbance_std
+    std[:, GlucoseTwinState.V] = math.sqrt(noise.cgm_drift_share) * noise.cgm_std
+    corr = np.eye(N_GLUCOSE_TWIN_STATES)
     corr[GlucoseState.G, GlucoseState.GI] = corr[GlucoseState.GI, GlucoseState.G] = 0.95
     cov = std[:, :, np.newaxis] * corr * std[:, np.newaxis, :]
     return GlucoseFilterState(mean, cov)
@@ -123,14 +184,49 @@ def _inputs(n: int, carbs_g: FloatArray | None, insulin_u: FloatArray | None) ->
     return u
 
 
+def _ou(std: float, time_min: float, dt_min: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Decay factor and added variance (n,) of an Ornstein–Uhlenbeck state over `dt_min`."""
+    decay = np.exp(-dt_min / time_min)
+    return decay, std * std * -np.expm1(-2.0 * dt_min / time_min)
+
+
 def _predict(params: GlucoseParams, noise: GlucoseNoise, state: GlucoseFilterState,
              dt_min: FloatArray, u: FloatArray, ukf: UKFParams) -> GlucoseFilterState:
-    """The unscented prediction over `dt_min` (n,), inputs `u` (n, 2) at its start."""
-    q = np.asarray(noise.process_std, dtype=np.float64) ** 2
-    process_cov = dt_min[:, np.newaxis, np.newaxis] * (q[..., np.newaxis] * np.eye(q.shape[-1]))
+    """The unscented prediction over `dt_min` (n,), inputs `u` (n, 2) at its start.
+
+    The disturbance D, held over the step, adds D dt to plasma glucose and what a linear
+    ramp of that size does to the interstitial glucose, D (dt - tau_s (1 - e^{-dt/tau_s})).
+    """
+    n = dt_min.shape[0]
+    q = np.broadcast_to(np.asarray(noise.process_std, dtype=np.float64) ** 2,
+                        (n, N_GLUCOSE_STATES))
+    decay_d, var_d = _ou(noise.disturbance_std, noise.disturbance_time_min, dt_min)
+    decay_v, var_v = _ou(math.sqrt(noise.cgm_drift_share) * noise.cgm_std,
+                         noise.cgm_drift_time_min, dt_min)
+    diag = np.concatenate([dt_min[:, np.newaxis] * q, var_d[:, np.newaxis],
+                           var_v[:, np.newaxis]], axis=1)
+    process_cov = diag[:, :, np.newaxis] * np.eye(N_GLUCOSE_TWIN_STATES)
+    tau_s = params.sensor_delay
+    ramp_gi = (dt_min + tau_s * np.expm1(-dt_min / tau_s))[:, np.newaxis]  # (n, 1)
+    ramp_g = dt_min[:, np.newaxis]
+
+    # Insulin goes into S1 here, negative too (less than the model's basal was delivered,
+    # e.g. a lowered basal rate), which `glucose_dynamics` would count as zero.
+    insulin = u[:, GlucoseInput.INSULIN][:, np.newaxis]
+    u_carbs = u.copy()
+    u_carbs[:, GlucoseInput.INSULIN] = 0.0
 
     def transition(points: FloatArray) -> FloatArray:
-        return glucose_dynamics(points, u, params, dt_min)
+        out = np.empty_like(points)
+        x = np.array(points[..., :N_GLUCOSE_STATES])
+        x[..., GlucoseState.S1] = np.maximum(x[..., GlucoseState.S1] + insulin, 0.0)
+        out[..., :N_GLUCOSE_STATES] = glucose_dynamics(x, u_carbs, params, dt_min)
+        d = points[..., GlucoseTwinState.D]
+        for row, ramp in ((GlucoseState.G, ramp_g), (GlucoseState.GI, ramp_gi)):
+            out[..., row] = np.clip(out[..., row] + ramp * d, _STATE_MIN[row], _STATE_MAX[row])
+        out[..., GlucoseTwinState.D] = decay_d[:, np.newaxis] * d
+        out[..., GlucoseTwinState.V] = decay_v[:, np.newaxis] * points[..., GlucoseTwinState.V]
+        return out
 
     mean, cov = ukf_predict(ukf, state.mean, state.cov, transition, process_cov)
     return GlucoseFilterState(_clip_mean(mean), cov)
@@ -171,22 +267,27 @@ def glucose_filter_step(
     """Advance every patient by `dt_min` (n,) minutes and condition on its CGM.
 
     `carbs_g` (n,) and `insulin_u` (n,) are taken at the start of the step (insulin on top
-    of the model's basal infusion, see `medtwin.physiology.basal_infusion_rate`); `cgm` (n,)
-    in mg/dL is read at its end where `observed` (n,) is true and finite. Patients without a
+    of the model's basal infusion, see `medtwin.physiology.basal_infusion_rate`; negative
+    where less was delivered, taken out of the first subcutaneous depot, kept >= 0); `cgm`
+    (n,) in mg/dL is read at its end where `observed` (n,) is true and finite. Patients without a
     reading only predict (their uncertainty grows). Means are clipped to the model's
     physiological bounds. Pure: the same arguments give the same result.
     """
     n = state.mean.shape[0]
     p = broadcast_glucose_params(params, n)
+    state = _augmented(state, noise)
     dt = np.broadcast_to(np.asarray(dt_min, dtype=np.float64), (n,))
     predicted = _predict(p, noise, state, dt, _inputs(n, carbs_g, insulin_u), ukf)
 
     y = np.asarray(cgm, dtype=np.float64).reshape(n, 1)
     seen = (np.asarray(observed, dtype=bool).reshape(n) & np.isfinite(y[:, 0]))[:, np.newaxis]
-    noise_cov = np.full((n, 1, 1), float(noise.cgm_std) ** 2)
+    white = (1.0 - noise.cgm_drift_share) * float(noise.cgm_std) ** 2
+    noise_cov = np.full((n, 1, 1), white)
 
     def observe(points: FloatArray) -> FloatArray:
-        return glucose_observation(points, p)[..., np.newaxis]
+        cgm = (glucose_observation(points[..., :N_GLUCOSE_STATES], p)
+               + points[..., GlucoseTwinState.V])
+        return cgm[..., np.newaxis]
 
     upd = ukf_update(ukf, predicted.mean, predicted.cov, observe, y, noise_cov, seen)
     hit = seen[:, 0]
@@ -212,12 +313,14 @@ def glucose_forecast(
     The forecast is of *plasma* glucose G (blood glucose, no sensor lag or sensor noise), so
     it is to be compared with a blood glucose measurement or a simulator's true BG. The
     Gaussian is propagated through the model by the unscented transform in steps of at most
-    `FORECAST_STEP_MIN`, adding the process noise of each step; `carbs_g` and `insulin_u`
-    (n,), when given, are eaten/delivered now; no other input is assumed. Bounds are
-    clipped to the model's glucose range.
+    `FORECAST_STEP_MIN`, adding the process noise of each step; the disturbance D carries
+    the current unexplained trend on while it decays (`GlucoseNoise.disturbance_time_min`).
+    `carbs_g` and `insulin_u` (n,), when given, are eaten/delivered now; no other input is
+    assumed. Bounds are clipped to the model's glucose range.
     """
     n = state.mean.shape[0]
     p = broadcast_glucose_params(params, n)
+    state = _augmented(state, noise)
     targets = np.asarray(horizons_min, dtype=np.float64)
     if targets.ndim != 1 or np.any(~np.isfinite(targets)) or np.any(targets < 0):
         raise ValueError("estimation: horizons_min must be finite non-negative minutes")
@@ -249,13 +352,15 @@ def glucose_whatif(
     bounds at the end of each step, each (n, T).
 
     `carbs_g` and `insulin_u` (n, T) are what is eaten and delivered at the start of each of
-    T steps of `dt_min` minutes (insulin on top of the model's basal infusion), e.g. a bolus
-    scaled by 1.3, a skipped meal or a changed basal expressed as doses. The twin's Gaussian
-    is carried through the model by the unscented transform with the process noise of each
-    step, as in `glucose_forecast`.
+    T steps of `dt_min` minutes (insulin on top of the model's basal infusion, negative where
+    less is delivered), e.g. a bolus scaled by 1.3, a skipped meal or a changed basal
+    expressed as doses (`insulin_above_basal` of the delivered insulin, unclipped). The
+    twin's Gaussian is carried through the model by the unscented transform with the
+    process noise of each step, as in `glucose_forecast`.
     """
     n = state.mean.shape[0]
     p = broadcast_glucose_params(params, n)
+    state = _augmented(state, noise)
     carbs = np.asarray(carbs_g, dtype=np.float64)
     insulin = np.asarray(insulin_u, dtype=np.float64)
     if carbs.shape != insulin.shape or carbs.ndim != 2 or carbs.shape[0] != n:

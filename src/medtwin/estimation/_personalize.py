@@ -14,12 +14,16 @@ What is identified (`PERSONALIZED_PARAMS`, in log space):
   basal Ib would cancel out of the dynamics; it is identifiable because the inputs are
   re-expressed per candidate, see below.)
 - carbohydrate bioavailability f: sets how far a gram of carbohydrate moves glucose (and
-  absorbs a wrong glucose volume or body weight, through f / (VG BW)); capped at 1.
+  absorbs a wrong glucose volume or body weight, through f / (VG BW)); capped at 1;
+- carbohydrate absorption time tau_D: when a meal's glucose appears. Mixed meals are
+  absorbed more slowly than the 40-min default (simglucose's UVA/Padova patients fit 50–75
+  min), and a wrong tau_D is otherwise absorbed by a wrong f and SI.
 
-These three set the gains of the three things in a T1D history (meals, boluses, basal);
-timing parameters (tau_D, tau_I, p2) matter less for a day's simulation error and are
-poorly separable from the gains with CGM alone. Other fields (`SUPPORTED_PARAMS`) may be
-chosen with `names`.
+The first three set the gains of the three things in a T1D history (meals, boluses, basal);
+of the timing parameters only tau_D improves the twin measurably on simglucose (tau_I and
+p2 are poorly separable from the gains with CGM alone; see docs/validation.md). Other
+fields (`SUPPORTED_PARAMS`) may be chosen with `names`. A known body weight
+(`body_weight`) scales the model's volumes and basal, so SI and f keep per-kilogram priors.
 
 Objective, per patient and candidate θ (the negative log posterior, up to a constant)::
 
@@ -34,13 +38,14 @@ Objective, per patient and candidate θ (the negative log posterior, up to a con
   residual as a fraction of an independent one, since simulation errors are correlated over
   about half an hour (without it a day of 5-min readings would swamp any prior).
 - log-normal prior around `prior` (default `default_glucose_params`) with log-standard
-  deviations `PRIOR_LOG_STD`: 0.5 for SI and Ib (a factor 1.65 per sd), 0.3 for f.
+  deviations `PRIOR_LOG_STD`: 0.5 for SI and Ib (a factor 1.65 per sd), 0.3 for f and tau_D.
 - Missing CGM (NaN) adds nothing.
 
 Search (derivative-free, every patient and candidate in one batch of n x C through
 `glucose_dynamics`, looping only over time steps and rounds): a coarse log-grid of
 `COARSE_POINTS` per parameter over `LOG_BOUNDS`, then `REFINE_ROUNDS` rounds of a 5-point
-per-parameter grid around each patient's best so far, its spacing shrunk by
+per-parameter grid (3-point, `REFINE_ROUNDS_LARGE` rounds, for more than
+`SMALL_SEARCH_MAX` parameters) around each patient's best so far, its spacing shrunk by
 `REFINE_SHRINK` per round and jittered by a shared seeded offset (the same for every patient,
 so a patient's result never depends on the batch). The best candidate evaluated is returned.
 
@@ -57,9 +62,10 @@ top of the candidate's basal, `insulin_u + (u_b(prior) - u_b(θ)) dt`, and added
 subcutaneous compartment at each step even where negative (less than the candidate's basal;
 the compartment is kept >= 0), which `glucose_dynamics` itself would treat as zero. (Had
 negative inputs been dropped, every Ib above the true one would fit as well as the truth.)
-The glucose twin (`glucose_filter_step`) does clip them: with the identified params, convert
-as `max(insulin_above_basal(delivered, params, dt), 0)`. Re-identify as data accumulate by calling
-again on the longer history (optionally with the last result as `prior`).
+The glucose twin (`glucose_filter_step`, `glucose_whatif`) takes them the same way, negative
+too: with the identified params, convert as `insulin_above_basal(delivered, params, dt)`
+(`glucose_dynamics` itself counts negative inputs as zero). Re-identify as data accumulate by
+calling again on the longer history (optionally with the last result as `prior`).
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ PERSONALIZED_PARAMS: tuple[str, ...] = (
     "insulin_sensitivity",
     "basal_insulin",
     "carb_bioavailability",
+    "carb_absorption_time",
 )
 #: Log-standard deviation of the log-normal prior of each identifiable parameter.
 PRIOR_LOG_STD: dict[str, float] = {
@@ -100,15 +107,19 @@ PRIOR_LOG_STD: dict[str, float] = {
     "carb_absorption_time": 0.3,
     "body_weight": 0.3,
     "basal_glucose": 0.2,
+    "insulin_absorption_time": 0.3,
+    "insulin_action_rate": 0.5,
 }
 #: Search range of each identifiable parameter as log-ratios to the prior (lower, upper).
 LOG_BOUNDS: dict[str, tuple[float, float]] = {
-    "insulin_sensitivity": (math.log(0.25), math.log(4.0)),
+    "insulin_sensitivity": (math.log(0.125), math.log(4.0)),
     "basal_insulin": (math.log(1 / 3), math.log(3.0)),
     "carb_bioavailability": (math.log(0.25), math.log(1.25)),
     "carb_absorption_time": (math.log(0.4), math.log(2.5)),
     "body_weight": (math.log(0.5), math.log(2.0)),
     "basal_glucose": (math.log(0.6), math.log(1.6)),
+    "insulin_absorption_time": (math.log(0.5), math.log(2.0)),
+    "insulin_action_rate": (math.log(0.25), math.log(4.0)),
 }
 #: The parameters `names` may choose from.
 SUPPORTED_PARAMS: tuple[str, ...] = tuple(PRIOR_LOG_STD)
@@ -120,6 +131,11 @@ SIM_ERROR_STD = 20.0
 SIM_ERROR_CORRELATION_MIN = 30.0
 #: Points per parameter of the coarse grid.
 COARSE_POINTS = 7
+#: With more than `SMALL_SEARCH_MAX` parameters the local grids have 3 points per parameter
+#: instead of 5 (the cost grows as points^k: 81 instead of 625 for 4), with
+#: `REFINE_ROUNDS_LARGE` rounds to make up for it.
+SMALL_SEARCH_MAX = 3
+REFINE_ROUNDS_LARGE = 6
 #: Rounds of local refinement, and the factor the spacing shrinks by each round.
 REFINE_ROUNDS = 4
 REFINE_SHRINK = 0.4
@@ -151,8 +167,8 @@ def insulin_above_basal(
     infusion `params` assume over each step (`basal_infusion_rate` x dt), unclipped.
 
     This is the `insulin_u` `identify_glucose_params` expects (with `params` = its prior).
-    For `glucose_filter_step` or `glucose_dynamics`, convert with the params in use and
-    clip at 0.
+    For `glucose_filter_step` and `glucose_whatif`, convert with the params in use (for
+    `glucose_dynamics`, clip at 0: it counts negative inputs as zero).
     """
     d = np.asarray(delivered_u, dtype=np.float64)
     dt = np.asarray(dt_min, dtype=np.float64)
@@ -264,10 +280,20 @@ def _prepare(
     insulin_u: FloatArray,
     prior: GlucoseParams | None,
     names: Sequence[str],
+    body_weight: FloatArray | float | None = None,
 ) -> tuple[_History, GlucoseParams, tuple[str, ...]]:
     h = _history(dt_min, cgm, carbs_g, insulin_u)
     n = h.cgm.shape[0]
     p = broadcast_glucose_params(default_glucose_params(n) if prior is None else prior, n)
+    if body_weight is not None:
+        bw = np.broadcast_to(np.asarray(body_weight, dtype=np.float64), (n,)).copy()
+        if not np.all(np.isfinite(bw) & (bw > 0)):
+            raise ValueError("estimation: body_weight must be finite and positive (kg)")
+        weighed = p._replace(body_weight=bw)
+        # insulin_u is on top of the given prior's basal: re-express it on top of this one's.
+        shift = (basal_infusion_rate(p) - basal_infusion_rate(weighed)) * h.dt
+        h = h._replace(insulin=h.insulin + shift[:, np.newaxis])
+        p = weighed
     return h, p, _check_names(names)
 
 
@@ -279,11 +305,12 @@ def personalization_loss(
     insulin_u: FloatArray,
     prior: GlucoseParams | None = None,
     names: Sequence[str] = PERSONALIZED_PARAMS,
+    body_weight: FloatArray | float | None = None,
 ) -> FloatArray:
     """The MAP objective L (n,) of `params` on a history (arguments as in
     `identify_glucose_params`); only the `names` fields of `params` are used, the rest come
     from `prior`."""
-    h, p, nm = _prepare(dt_min, cgm, carbs_g, insulin_u, prior, names)
+    h, p, nm = _prepare(dt_min, cgm, carbs_g, insulin_u, prior, names, body_weight)
     theta = np.stack([np.asarray(getattr(params, m), dtype=np.float64) for m in nm], axis=-1)
     prior_theta = np.stack([getattr(p, m) for m in nm], axis=-1)
     z = np.log(np.broadcast_to(theta, prior_theta.shape) / prior_theta)[:, np.newaxis, :]
@@ -298,6 +325,7 @@ def identify_glucose_params(
     prior: GlucoseParams | None = None,
     names: Sequence[str] = PERSONALIZED_PARAMS,
     random_state: int | np.random.Generator | None = 0,
+    body_weight: FloatArray | float | None = None,
 ) -> Personalization:
     """Identify each patient's parameters from a history on a regular grid (MAP, see the
     module docstring).
@@ -311,8 +339,12 @@ def identify_glucose_params(
     `default_glucose_params(n)`); fields (n,) or (1,). `names`: the fields to identify
     (default `PERSONALIZED_PARAMS`). `random_state` seeds the jitter of the refinement grid
     (shared by all patients, so a patient's result does not depend on the batch).
+    `body_weight` (kg, scalar or (n,)), when known, replaces the prior's (`insulin_u` stays
+    relative to `prior` as given; it is re-expressed internally): the model's
+    distribution volumes and basal infusion scale with it, so SI and f stay near their
+    per-kilogram priors (a 102 kg patient needs no 70 kg patient's low SI).
     """
-    h, p, nm = _prepare(dt_min, cgm, carbs_g, insulin_u, prior, names)
+    h, p, nm = _prepare(dt_min, cgm, carbs_g, insulin_u, prior, names, body_weight)
     n, k = h.cgm.shape[0], len(nm)
     rng = np.random.default_rng(random_state)
     lo = np.array([LOG_BOUNDS[m][0] for m in nm])
@@ -323,13 +355,15 @@ def identify_glucose_params(
     centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
 
     # Coarse grid (the same for everyone), then local grids around each patient's best.
-    z = np.broadcast_to(centre + half * _grid(COARSE_POINTS, k), (n, COARSE_POINTS**k, k))
+    small = k <= SMALL_SEARCH_MAX
+    coarse = COARSE_POINTS
+    z = np.broadcast_to(centre + half * _grid(coarse, k), (n, coarse**k, k))
     loss = _simulation_loss(p, nm, z, h)
     pick = np.argmin(loss, axis=1)
     best_z, best_loss = z[np.arange(n), pick], loss[np.arange(n), pick]
-    spacing = 2.0 * half / (COARSE_POINTS - 1)
-    local = _grid(5, k)
-    for _ in range(REFINE_ROUNDS):
+    spacing = 2.0 * half / (coarse - 1)
+    local = _grid(5 if small else 3, k)
+    for _ in range(REFINE_ROUNDS if small else REFINE_ROUNDS_LARGE):
         jitter = rng.uniform(-0.25, 0.25, local.shape) * spacing
         offsets = local * spacing + jitter
         offsets[np.all(local == 0.0, axis=1)] = 0.0  # keep the incumbent itself

@@ -1,9 +1,9 @@
-"""The first-version twin: per patient and channel, the latest value, its time, and a smoothed
-estimate (exponential smoothing with irregular time steps), all batched over patients.
+"""The twin's channels: per patient and channel, the latest value, its time, and a lightly
+smoothed value (exponential smoothing with irregular time steps), all batched over patients;
+and the events a batch is folded in by (which the glucose and vitals twins follow too).
 
 State is a `TwinArrays` of arrays shaped (n_patients, n_channels); `smoother_step` is a pure
-function from the state rows of the patients in a batch to their new rows, so a filter with the
-same signature (the physiological UKF) can replace it.
+function from the state rows of the patients in a batch to their new rows.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class EventResult(NamedTuple):
     event_start: npt.NDArray[np.intp]
     event_estimate: FloatArray
     event_time_ms: npt.NDArray[np.int64]
+    reading_event: npt.NDArray[np.intp]
 
 
 def smoother_events(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],
@@ -104,7 +105,7 @@ def smoother_events(params: SmootherParams, state: TwinArrays, row: npt.NDArray[
     if n == 0:
         none = np.zeros(0, np.intp)
         return EventResult(state, np.zeros(0), none, none, np.zeros((0, N_CHANNELS)),
-                           np.zeros((0, N_CHANNELS), np.int64))
+                           np.zeros((0, N_CHANNELS), np.int64), none)
     ch = channel.astype(np.intp)
     arrived = np.zeros(n, np.int64) if arrival is None else arrival.astype(np.int64)
     # Events: readings of a patient with equal (arrival, time); a repeated channel starts a
@@ -175,7 +176,8 @@ def smoother_events(params: SmootherParams, state: TwinArrays, row: npt.NDArray[
                          state.estimate[event_row[:, np.newaxis], columns])
     event_time = np.where(has, event_time[source, columns],
                           state.last_time_ms[event_row[:, np.newaxis], columns])
-    return EventResult(new_state, estimate, event_row, event_start, event_est, event_time)
+    return EventResult(new_state, estimate, event_row, event_start, event_est, event_time,
+                       event_of)
 
 
 def smoother_step(params: SmootherParams, state: TwinArrays, row: npt.NDArray[np.intp],

@@ -10,10 +10,12 @@ from medtwin.fhir._build import (
     DETECTED_ISSUE_SEVERITY,
     alert_detected_issue,
     estimate_observation,
+    forecast_observation,
     insulin_administration,
     provenance,
     reading_observation,
     rejection_detected_issue,
+    simulation_observation,
 )
 from medtwin.fhir._codes import (
     ACTIVITY_SYSTEM,
@@ -23,6 +25,7 @@ from medtwin.fhir._codes import (
     MAX_LINE_BYTES,
     MAX_TOKEN_CHARS,
     METHOD_SYSTEM,
+    PREDICTION_SYSTEM,
     UCUM,
 )
 from medtwin.fhir._read import (
@@ -43,18 +46,21 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MAX_TOKEN_CHARS",
     "METHOD_SYSTEM",
+    "PREDICTION_SYSTEM",
     "UCUM",
     "ImportBatch",
     "ImportIssue",
     "ImportRow",
     "alert_detected_issue",
     "estimate_observation",
+    "forecast_observation",
     "insulin_administration",
     "provenance",
     "read_ndjson",
     "read_ndjson_file",
     "reading_observation",
     "rejection_detected_issue",
+    "simulation_observation",
     "validate_resource",
     "write_ndjson",
 ]

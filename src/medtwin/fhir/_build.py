@@ -7,6 +7,11 @@ Empty lists are left out, as FHIR JSON forbids them.
 Alert evidence has no typed home in R4, so it is carried losslessly in `DetectedIssue.evidence`:
 one entry per key, sorted, each with `code = [{coding: [{system: EVIDENCE_SYSTEM, code: key}],
 text: canonical JSON of the value}]`.  References among the evidence go in `implicated`.
+
+Predicted glucose (`forecast_observation`, `simulation_observation`) is an Observation of the
+CGM glucose code with `method` `forecast` or `simulation`; its 95 % prediction interval and
+horizon are `component`s coded in `PREDICTION_SYSTEM` (`lower-95`, `upper-95` in mg/dL,
+`horizon` in min), not a `referenceRange`, which readers show as a normal range.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from medtwin.fhir._codes import (
     METHOD_SYSTEM,
     OBSERVATION_CATEGORY,
     PARTICIPANT_TYPE,
+    PREDICTION_SYSTEM,
     REFERENCE,
     UCUM,
 )
@@ -73,6 +79,47 @@ def estimate_observation(
         "coding": [{"system": METHOD_SYSTEM, "code": _code(method_code, "Observation.method")}]
     }
     return resource
+
+
+def forecast_observation(
+    patient_id: str,
+    mean_mg_dl: float,
+    low_mg_dl: float,
+    high_mg_dl: float,
+    issued_ms: int,
+    target_ms: int,
+    horizon_min: float,
+    derived_from: Sequence[str],
+    resource_id: str,
+) -> dict[str, Any]:
+    """A preliminary Observation of glucose forecast for `target_ms` with its 95 % interval.
+
+    `issued` is the time of the latest input the forecast used, `effectiveDateTime` the
+    target time, `valueQuantity` the mean (mg/dL); components `lower-95`, `upper-95` (mg/dL)
+    and `horizon` (min) in `PREDICTION_SYSTEM`; `method` is `forecast` in `METHOD_SYSTEM`.
+    Status `preliminary`: it is not a measurement, so a consumer listing final results never
+    shows it as one (as `estimate_observation`).
+    """
+    return _prediction("forecast", patient_id, mean_mg_dl, low_mg_dl, high_mg_dl, issued_ms,
+                       target_ms, horizon_min, derived_from, resource_id)
+
+
+def simulation_observation(
+    patient_id: str,
+    mean_mg_dl: float,
+    low_mg_dl: float,
+    high_mg_dl: float,
+    issued_ms: int,
+    target_ms: int,
+    horizon_min: float,
+    derived_from: Sequence[str],
+    resource_id: str,
+) -> dict[str, Any]:
+    """A preliminary Observation of one point of a what-if glucose trajectory (glucose under a
+    hypothetical future of meals and insulin): as `forecast_observation`, `method` coded
+    `simulation`; `horizon` counts from the end of the history the twin was run on."""
+    return _prediction("simulation", patient_id, mean_mg_dl, low_mg_dl, high_mg_dl, issued_ms,
+                       target_ms, horizon_min, derived_from, resource_id)
 
 
 def reading_observation(patient_id: str, reading: Reading, resource_id: str) -> dict[str, Any]:
@@ -221,6 +268,52 @@ def _observation(
         "subject": _patient(patient_id, "Observation.subject"),
         "effectiveDateTime": _time(time_ms, "Observation.effectiveDateTime"),
         "valueQuantity": _quantity(value, channel, "Observation.valueQuantity"),
+    }
+
+
+def _prediction(
+    method_code: str,
+    patient_id: str,
+    mean_mg_dl: float,
+    low_mg_dl: float,
+    high_mg_dl: float,
+    issued_ms: int,
+    target_ms: int,
+    horizon_min: float,
+    derived_from: Sequence[str],
+    resource_id: str,
+) -> dict[str, Any]:
+    """The Observation of a predicted glucose (see `forecast_observation`)."""
+    resource = _observation(patient_id, Channel.GLUCOSE, mean_mg_dl, target_ms, resource_id,
+                            "preliminary")
+    low = _quantity(low_mg_dl, Channel.GLUCOSE, "Observation.component[lower-95].valueQuantity")
+    high = _quantity(high_mg_dl, Channel.GLUCOSE,
+                     "Observation.component[upper-95].valueQuantity")
+    if not low["value"] <= resource["valueQuantity"]["value"] <= high["value"]:
+        raise FhirError("Observation.component: the 95 % interval does not hold the value")
+    if isinstance(horizon_min, bool) or not math.isfinite(horizon_min) or horizon_min < 0:
+        raise FhirError("Observation.component[horizon].valueQuantity.value: not a finite "
+                        "number of minutes >= 0")
+    resource["issued"] = _time(issued_ms, "Observation.issued")
+    if derived_from:
+        resource["derivedFrom"] = _references(derived_from, "Observation.derivedFrom")
+    resource["method"] = {
+        "coding": [{"system": METHOD_SYSTEM, "code": method_code}], "text": method_code,
+    }
+    resource["component"] = [
+        _component("lower-95", "95% prediction interval, lower bound", low),
+        _component("upper-95", "95% prediction interval, upper bound", high),
+        _component("horizon", "Prediction horizon", {
+            "value": float(horizon_min), "unit": "min", "system": UCUM, "code": "min"}),
+    ]
+    return resource
+
+
+def _component(code: str, display: str, quantity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "code": {"coding": [{"system": PREDICTION_SYSTEM, "code": code, "display": display}],
+                 "text": display},
+        "valueQuantity": quantity,
     }
 
 

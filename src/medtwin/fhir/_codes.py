@@ -12,6 +12,8 @@ FINDING_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/finding"
 GATE_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/gate"
 EVIDENCE_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/evidence"
 ACTIVITY_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/provenance-activity"
+#: Components of a predicted value: its 95 % interval bounds and horizon.
+PREDICTION_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/prediction"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 

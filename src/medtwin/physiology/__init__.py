@@ -1,4 +1,5 @@
-"""Physiological models as pure, vectorized functions `f(x, u, θ, dt)`: glucose–insulin (T1D)."""
+"""Physiological models as pure, vectorized functions `f(x, u, θ, dt)`: glucose–insulin (T1D), and
+cardiorespiratory vital signs."""
 
 from medtwin.physiology._glucose import (
     GLUCOSE_INPUT_CHANNELS,
@@ -18,8 +19,28 @@ from medtwin.physiology._glucose import (
     glucose_observation,
     steady_state,
 )
+from medtwin.physiology._vitals import (
+    CIRCADIAN_PERIOD_MIN,
+    N_VITALS_INPUTS,
+    N_VITALS_STATES,
+    VITALS_MAX_SUBSTEP_MIN,
+    VITALS_OBSERVED_CHANNELS,
+    VITALS_STATE_MAX,
+    VITALS_STATE_MIN,
+    VitalsInput,
+    VitalsModelParams,
+    VitalsModelState,
+    broadcast_vitals_params,
+    default_vitals_params,
+    oxygen_saturation,
+    pao2_for_saturation,
+    vitals_baseline,
+    vitals_dynamics,
+    vitals_observation,
+)
 
 __all__ = [
+    "CIRCADIAN_PERIOD_MIN",
     "GLUCOSE_INPUT_CHANNELS",
     "GLUCOSE_OBSERVED_CHANNEL",
     "GLUCOSE_STATE_MAX",
@@ -27,13 +48,29 @@ __all__ = [
     "MAX_SUBSTEP_MIN",
     "N_GLUCOSE_INPUTS",
     "N_GLUCOSE_STATES",
+    "N_VITALS_INPUTS",
+    "N_VITALS_STATES",
+    "VITALS_MAX_SUBSTEP_MIN",
+    "VITALS_OBSERVED_CHANNELS",
+    "VITALS_STATE_MAX",
+    "VITALS_STATE_MIN",
     "GlucoseInput",
     "GlucoseParams",
     "GlucoseState",
+    "VitalsInput",
+    "VitalsModelParams",
+    "VitalsModelState",
     "basal_infusion_rate",
     "broadcast_glucose_params",
+    "broadcast_vitals_params",
     "default_glucose_params",
+    "default_vitals_params",
     "glucose_dynamics",
     "glucose_observation",
+    "oxygen_saturation",
+    "pao2_for_saturation",
     "steady_state",
+    "vitals_baseline",
+    "vitals_dynamics",
+    "vitals_observation",
 ]

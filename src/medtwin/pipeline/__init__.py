@@ -5,27 +5,37 @@ from medtwin.pipeline._codec import decode_readings, encode_readings
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
 from medtwin.pipeline._pipeline import (
+    MAX_WHATIF_STEPS,
     Accepted,
     Outcome,
+    Personalized,
     Pipeline,
     Rejected,
+    WhatIf,
     alert_json,
+    forecast_json,
     twin_state_json,
+    whatif_json,
 )
 from medtwin.pipeline._verify import VerifyReport, verify_store
 
 __all__ = [
+    "MAX_WHATIF_STEPS",
     "Accepted",
     "EventHub",
     "Outcome",
+    "Personalized",
     "Pipeline",
     "Rejected",
     "SignedSubmission",
     "VerifyReport",
+    "WhatIf",
     "WriterLock",
     "alert_json",
     "decode_readings",
     "encode_readings",
+    "forecast_json",
     "twin_state_json",
     "verify_store",
+    "whatif_json",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,17 @@ def encode_alert(alert: Alert) -> bytes:
 def decode_alert(data: bytes, patient_id: str, rule: str, severity: str, time_ms: int) -> Alert:
     body: dict[str, Any] = json.loads(data)
     return Alert(patient_id, rule, Severity(severity), time_ms, body["summary"], body["evidence"])
+
+
+def twin_params_aad(leaf_index: int, patient_id: str) -> bytes:
+    return f"medtwin/twin-params/{leaf_index}/{patient_id}".encode()
+
+
+def encode_params(names: Sequence[str], values: Sequence[float]) -> bytes:
+    """Named model parameters as canonical JSON (floats round-trip exactly)."""
+    return canonical_json({name: float(v) for name, v in zip(names, values, strict=True)})
+
+
+def decode_params(data: bytes) -> dict[str, float]:
+    body: dict[str, float] = json.loads(data)
+    return {name: float(v) for name, v in body.items()}

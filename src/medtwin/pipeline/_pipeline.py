@@ -7,6 +7,7 @@ memory changes until the batch is durable in the store, so a failed write change
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from medtwin.domain import (
     ChannelState,
     Device,
     DeviceStatus,
+    Forecast,
     Packet,
     Patient,
     Provenance,
@@ -44,20 +46,36 @@ from medtwin.errors import (
     ConflictError,
     DecryptionError,
     GateRejection,
+    InvalidInputError,
     NotFoundError,
     VerificationError,
 )
-from medtwin.estimation import NO_TIME, TwinBank, TwinUpdate
+from medtwin.estimation import (
+    FORECAST_HORIZONS_MIN,
+    NO_TIME,
+    GlucoseFilterState,
+    GlucoseHistory,
+    GlucoseReadings,
+    TwinBank,
+    TwinUpdate,
+    glucose_whatif,
+    grid_glucose_history,
+    identify_history,
+)
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
+from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams
 from medtwin.pipeline._codec import (
     alert_aad,
     decode_alert,
+    decode_params,
     decode_payload,
     encode_alert,
+    encode_params,
     encode_readings,
     encode_signed_packet,
     packet_aad,
+    twin_params_aad,
 )
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
@@ -70,6 +88,7 @@ from medtwin.store import (
     RegistrationRecord,
     RejectionRecord,
     Store,
+    TwinParamsRecord,
 )
 
 
@@ -77,8 +96,13 @@ from medtwin.store import (
 class Accepted:
     """A packet that is durable in the store and in the log.
 
-    `estimates` holds the twin's estimate right after each reading (in the packet's order);
-    `alerts` the alerts this batch raised for the packet's patient (on their last packet).
+    Per reading, in the packet's order: `estimates` the twin's estimate right after it;
+    `innovation` and `innovation_var` the model twin's innovation (reading minus what the
+    glucose or vitals twin predicted) and its variance, NaN where no model used the reading
+    (inputs, the first value of a twin, late values); `glucose` what the glucose twin made of
+    it (forecasts at `FORECAST_HORIZONS_MIN` with their 95 % intervals; NaN for readings that
+    are not CGM values it used). `alerts`: the alerts this batch raised for the packet's
+    patient (on their last packet).
     """
 
     leaf_index: int
@@ -86,6 +110,9 @@ class Accepted:
     seq: int
     n_readings: int
     estimates: npt.NDArray[np.float64]
+    innovation: npt.NDArray[np.float64]
+    innovation_var: npt.NDArray[np.float64]
+    glucose: GlucoseReadings
     alerts: tuple[Alert, ...] = ()
 
 
@@ -98,6 +125,39 @@ class Rejected:
 
 
 Outcome = Accepted | Rejected
+#: The longest what-if a caller may ask for, in steps (two days of 5-minute steps).
+MAX_WHATIF_STEPS = 576
+#: Days of data `Pipeline.personalize` identifies from by default, and its grid step (min).
+PERSONALIZE_DAYS = 2.0
+PERSONALIZE_STEP_MIN = 5.0
+#: The model name of glucose twin parameter records.
+GLUCOSE_MODEL = "glucose"
+
+
+@dataclass(frozen=True, slots=True)
+class Personalized:
+    """A patient's identified glucose-model parameters, as logged at `leaf_index`: values and
+    posterior log-standard deviations (≈ relative spreads) of the identified fields, and how
+    many CGM values they came from."""
+
+    patient_id: str
+    leaf_index: int
+    params: dict[str, float]
+    uncertainty: dict[str, float]
+    n_cgm: int
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIf:
+    """Plasma glucose (mg/dL) of a patient under a given future, from their glucose twin at
+    `start_ms`: the mean and 95 % interval at the end of each step, at `time_ms`."""
+
+    patient_id: str
+    start_ms: int
+    time_ms: npt.NDArray[np.int64]
+    mean: npt.NDArray[np.float64]
+    low: npt.NDArray[np.float64]
+    high: npt.NDArray[np.float64]
 
 
 class Pipeline:
@@ -278,7 +338,10 @@ class Pipeline:
             if pkt.device_id in self._devices:
                 seqs[pkt.device_id] = pkt.seq
             outcomes.append(Accepted(index, pkt.device_id, pkt.seq, n,
-                                     update.estimate[offset:offset + n]))
+                                     update.estimate[offset:offset + n],
+                                     update.innovation[offset:offset + n],
+                                     update.innovation_var[offset:offset + n],
+                                     update.glucose.readings.slice(offset, offset + n)))
             offset += n
         patient_of = {k: v.packet.patient_id for k, v in enumerate(verdicts)
                       if isinstance(v, Admitted)}
@@ -323,8 +386,8 @@ class Pipeline:
     def _events(self, update: TwinUpdate, alerts: Sequence[Alert],
                 now: int) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = [
-            {"type": "twin", "state": twin_state_json(self._state_of(int(row), now))}
-            for row in update.rows
+            {"type": "twin", "state": twin_state_json(state)}
+            for state in self._states_of(update.rows, now)
         ]
         events.extend({"type": "alert", "alert": alert_json(a)} for a in alerts)
         return events
@@ -375,14 +438,131 @@ class Pipeline:
     def twin_state(self, patient_id: str) -> TwinState:
         """The twin of one patient now; NotFoundError if unknown."""
         with self._lock:
-            if patient_id not in self._wrapped:
-                raise NotFoundError(f"pipeline: unknown patient {patient_id!r}")
-            return self._state_of(self.twin.row(patient_id), self.clock())
+            row = self._row_of(patient_id)
+            return self._states_of(np.array([row], np.intp), self.clock())[0]
 
     def twin_states(self) -> list[TwinState]:
         with self._lock:
+            rows = np.array([self.twin.row(p) for p in sorted(self._wrapped)], np.intp)
+            return self._states_of(rows, self.clock())
+
+    def whatif(self, patient_id: str, step_min: float, carbs_g: npt.NDArray[np.float64],
+               insulin_u: npt.NDArray[np.float64]) -> WhatIf:
+        """Plasma glucose from the patient's glucose twin now under a given future: `carbs_g`
+        and `insulin_u` (T,) eaten and delivered at the start of each of T steps of
+        `step_min` (insulin on top of the usual basal; see `glucose_whatif`). NotFoundError
+        if the patient is unknown, ConflictError if the twin has no glucose data yet."""
+        carbs = np.asarray(carbs_g, dtype=np.float64).reshape(-1)
+        insulin = np.asarray(insulin_u, dtype=np.float64).reshape(-1)
+        if carbs.shape != insulin.shape or carbs.size == 0 or carbs.size > MAX_WHATIF_STEPS:
+            raise InvalidInputError(f"pipeline: a what-if needs 1 to {MAX_WHATIF_STEPS} steps of "
+                             "carbs and insulin of equal length")
+        if not (np.isfinite(carbs).all() and np.isfinite(insulin).all()
+                and (carbs >= 0).all() and (insulin >= 0).all()):
+            raise InvalidInputError("pipeline: what-if carbs and insulin must be finite and >= 0")
+        if not (np.isfinite(step_min) and 0 < step_min <= 60):
+            raise InvalidInputError("pipeline: the what-if step must be 0 to 60 minutes")
+        with self._lock:
+            rows = np.array([self._row_of(patient_id)], np.intp)
+            g = self.twin.glucose_rows(rows)
+            params = self.twin.glucose_params(rows)
+        if g.time_ms[0] == NO_TIME:
+            raise ConflictError(f"pipeline: patient {patient_id!r} has no glucose data yet; "
+                                "a what-if starts from the glucose twin")
+        carbs[0] += g.carbs_g[0]
+        insulin[0] += g.insulin_u[0]
+        mean, low, high = glucose_whatif(params, GlucoseFilterState(g.mean, g.cov), step_min,
+                                         carbs[np.newaxis], insulin[np.newaxis],
+                                         self.twin.glucose_noise)
+        start = int(g.time_ms[0])
+        times = start + np.round(np.arange(1, carbs.size + 1) * step_min * 60_000).astype(
+            np.int64)
+        return WhatIf(patient_id, start, times, mean[0], low[0], high[0])
+
+    def personalize(self, patient_ids: Sequence[str] | None = None,
+                    days: float = PERSONALIZE_DAYS, progress: Any = None) -> list[Personalized]:
+        """Identify the glucose twin's parameters of some patients (default: all) from their
+        last `days` of stored CGM, carbohydrate and insulin data, log them (encrypted) and
+        use them from now on. Patients without CGM data are skipped. Re-identify as data
+        accumulate by calling it again; restart and `verify` replay the logged parameters.
+
+        The data are read under the pipeline's lock, identified without it (ingestion goes
+        on), then logged and applied under it. `progress` wraps the list of patients (e.g. a
+        progress bar)."""
+        if not (math.isfinite(days) and 0 < days <= 30):
+            raise InvalidInputError("pipeline: personalize from 0 to 30 days of data")
+        with self._lock:
+            chosen = sorted(self._wrapped) if patient_ids is None else list(patient_ids)
+            for patient_id in chosen:
+                self._row_of(patient_id)
+            histories = {p: self._glucose_history(p, days) for p in chosen}
+        found = [(p, h) for p, h in histories.items() if h is not None]
+        identified = [(p, h, identify_history(h))
+                      for p, h in (progress(found) if progress is not None else found)]
+        with self._lock:
             now = self.clock()
-            return [self._state_of(self.twin.row(p), now) for p in sorted(self._wrapped)]
+            tree = self._tree.copy()
+            records: list[TwinParamsRecord] = []
+            leaves: list[tuple[int, str, bytes]] = []
+            results: list[Personalized] = []
+            for patient_id, history, result in identified:
+                values = [float(np.asarray(f)[0]) for f in result.params]
+                index = tree.size
+                envelope = self.keyring.seal(
+                    patient_id, self._wrapped[patient_id],
+                    encode_params(GlucoseParams._fields, values),
+                    twin_params_aad(index, patient_id))
+                record = TwinParamsRecord(index, patient_id, GLUCOSE_MODEL, now, envelope)
+                h = leaf_hash(leaf_data(record.kind, str(index), record.commit_bytes()))
+                tree.append_hash(h)
+                records.append(record)
+                leaves.append((index, record.kind, h))
+                results.append(Personalized(
+                    patient_id, index, dict(zip(result.names, (
+                        float(np.asarray(getattr(result.params, m))[0]) for m in result.names),
+                        strict=True)),
+                    dict(zip(result.names, (float(u) for u in result.uncertainty[0]),
+                             strict=True)),
+                    int(np.isfinite(history.cgm).sum())))
+            if not records:
+                return []
+            self.store.commit(Commit((), (), (), tuple(leaves), self._sign_head(tree, now), {},
+                                     twin_params=tuple(records)))
+            self._tree = tree
+            for record in records:
+                self._apply_params(record)
+            return results
+
+    def _glucose_history(self, patient_id: str, days: float) -> GlucoseHistory | None:
+        """The patient's last `days` of glucose, carbohydrate and insulin readings, gridded."""
+        parts = [self._open_readings(r) for r in self.store.packets(patient_id)]
+        if not parts:
+            return None
+        channel = np.concatenate([b.channel for b in parts])
+        value = np.concatenate([b.value for b in parts])
+        time_ms = np.concatenate([b.time_ms for b in parts])
+        cgm = channel == Channel.GLUCOSE
+        if not cgm.any():
+            return None
+        end = int(time_ms[cgm].max())
+        keep = time_ms >= end - int(days * 86_400_000)
+        return grid_glucose_history(np.full(int(keep.sum()), patient_id), time_ms[keep],
+                                    channel[keep], value[keep], PERSONALIZE_STEP_MIN,
+                                    end_ms=end)
+
+    def _apply_params(self, record: TwinParamsRecord) -> None:
+        """Make logged twin parameters current."""
+        values = decode_params(self.keyring.open(
+            record.patient_id, self._wrapped[record.patient_id], record.envelope,
+            twin_params_aad(record.leaf_index, record.patient_id)))
+        row = np.array([self.twin.row(record.patient_id)], np.intp)
+        self.twin.set_glucose_params(row, GlucoseParams(
+            *(np.array([values[name]]) for name in GlucoseParams._fields)))
+
+    def _row_of(self, patient_id: str) -> int:
+        if patient_id not in self._wrapped:
+            raise NotFoundError(f"pipeline: unknown patient {patient_id!r}")
+        return self.twin.row(patient_id)
 
     def alerts(self, patient_id: str | None = None, limit: int = 100) -> list[Alert]:
         """Recent alerts, newest first, decrypted for an authorised reader."""
@@ -398,10 +578,40 @@ class Pipeline:
         with self._lock:
             return self._tree.size
 
-    def _state_of(self, row: int, now: int) -> TwinState:
+    def _states_of(self, rows: npt.NDArray[np.intp], now: int) -> list[TwinState]:
+        """The twins of some patients as a reader should see them at `now` (see
+        `_state_of`), their glucose and vitals forecasts computed in one batch each."""
+        if rows.size == 0:
+            return []
+        g_mean, g_low, g_high = self.twin.glucose_forecast(rows, FORECAST_HORIZONS_MIN)
+        g_issued = self.twin.glucose_rows(rows).time_ms
+        v_mean, v_low, v_high = self.twin.vitals_forecast(rows, FORECAST_HORIZONS_MIN)
+        v_issued = self.twin.vitals_rows(rows).time_ms
+        limit = STALE_AFTER_S * 1000
+
+        def forecasts(k: int, issued: int, channels: Sequence[Channel],
+                      mean: npt.NDArray[np.float64], low: npt.NDArray[np.float64],
+                      high: npt.NDArray[np.float64]) -> list[Forecast]:
+            if issued == NO_TIME or now - issued > limit:
+                return []
+            return [Forecast(c, issued, issued + round(h * 60_000), float(mean[k, j, i]),
+                             float(low[k, j, i]), float(high[k, j, i]))
+                    for i, c in enumerate(channels)
+                    for j, h in enumerate(FORECAST_HORIZONS_MIN)]
+
+        states = []
+        for k, row in enumerate(rows):
+            shown = forecasts(k, int(g_issued[k]), (Channel.GLUCOSE,), g_mean[:, :, None],
+                              g_low[:, :, None], g_high[:, :, None])
+            shown += forecasts(k, int(v_issued[k]), VITALS_OBSERVED_CHANNELS, v_mean, v_low,
+                               v_high)
+            states.append(self._state_of(int(row), now, tuple(shown)))
+        return states
+
+    def _state_of(self, row: int, now: int, forecasts: tuple[Forecast, ...]) -> TwinState:
         """The twin as a reader should see it at `now`: values older than the rules'
-        staleness limit (by the site clock) no longer count for NEWS2, and a rule whose
-        evidence is all stale is not shown as active."""
+        staleness limit (by the site clock) no longer count for NEWS2, a rule whose
+        evidence is all stale is not shown as active, and stale glucose gives no forecast."""
         rows = np.array([row], dtype=np.intp)
         state = self.twin.rows_state(rows)
         ages = self.twin.ages_s(rows, now)[0]
@@ -418,20 +628,30 @@ class Pipeline:
         shown = tuple(RULES[i].name for i in np.flatnonzero(active)
                       if current[list(RULES[i].channels)].any())
         return TwinState(self.twin.patient_ids()[row], now, channels, int(score.total[0]),
-                         bool(score.complete[0]), RISK_NAMES[risk], shown)
+                         bool(score.complete[0]), RISK_NAMES[risk], shown, forecasts)
 
     def _rebuild_twin(self) -> None:
-        """Replay the stored packets, batch by batch as they were processed, so a restart
-        resumes with exactly the twin and rule state the site had."""
+        """Replay the stored packets, batch by batch as they were processed, and the twin
+        parameters where they were logged, so a restart resumes with exactly the twin and
+        rule state the site had."""
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
-        for _, records in itertools.groupby(self.store.packets(), key=lambda r: r.batch_index):
+        params = iter(self.store.twin_params())
+        waiting = next(params, None)
+        for batch_index, records in itertools.groupby(self.store.packets(),
+                                                      key=lambda r: r.batch_index):
+            while waiting is not None and waiting.leaf_index < batch_index:
+                self._apply_params(waiting)
+                waiting = next(params, None)
             packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
                               self._open_readings(r), Provenance(r.provenance))
                        for r in records]
             update, active, _ = self._advance(packets)
             self.twin.apply(update)
             self._active[update.rows] = active
+        while waiting is not None:
+            self._apply_params(waiting)
+            waiting = next(params, None)
 
     def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
         try:
@@ -470,7 +690,24 @@ def twin_state_json(state: TwinState) -> dict[str, Any]:
         "news2": {"total": state.news2, "complete": state.news2_complete,
                   "risk": state.news2_risk},
         "active_alerts": list(state.active_rules),
+        "forecasts": [forecast_json(f) for f in state.forecasts],
     }
+
+
+def forecast_json(forecast: Forecast) -> dict[str, Any]:
+    """A forecast as JSON: the channel's code and unit, when it was issued and for when."""
+    return {"code": forecast.channel.code, "unit": forecast.channel.ucum,
+            "issued_ms": forecast.issued_ms, "target_ms": forecast.target_ms,
+            "horizon_min": round((forecast.target_ms - forecast.issued_ms) / 60_000, 3),
+            "mean": _num(forecast.mean), "low": _num(forecast.low), "high": _num(forecast.high)}
+
+
+def whatif_json(result: WhatIf) -> dict[str, Any]:
+    """A what-if trajectory as JSON (plasma glucose, mg/dL, with its 95 % interval)."""
+    return {"patient_id": result.patient_id, "start_ms": result.start_ms, "unit": "mg/dL",
+            "points": [{"time_ms": int(t), "mean": _num(m), "low": _num(lo), "high": _num(hi)}
+                       for t, m, lo, hi in zip(result.time_ms, result.mean, result.low,
+                                               result.high, strict=True)]}
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
     signed_size = head.size if head is not None else 0
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
-    counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0}
+    counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     last_seq: dict[str, int] = {}

@@ -8,6 +8,7 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    TwinParamsRecord,
 )
 from medtwin.store._store import Store
 
@@ -20,4 +21,5 @@ __all__ = [
     "RegistrationRecord",
     "RejectionRecord",
     "Store",
+    "TwinParamsRecord",
 ]

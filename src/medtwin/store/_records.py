@@ -111,7 +111,29 @@ class RegistrationRecord:
         return f"registration #{self.leaf_index} (device {self.device_id}, {self.status})"
 
 
-Record = PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord
+@dataclass(frozen=True, slots=True)
+class TwinParamsRecord:
+    """A patient's twin parameters set at `time_ms` (e.g. after personalization): which model
+    in the clear, the parameters only as ciphertext. Logged, so that replaying the log
+    rebuilds exactly the twin the site ran."""
+
+    leaf_index: int
+    patient_id: str
+    model: str
+    time_ms: int
+    envelope: bytes
+
+    kind = "twin-params"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.patient_id, self.model, self.time_ms])
+        return b"\n".join((meta, self.envelope))
+
+    def describe(self) -> str:
+        return f"twin parameters #{self.leaf_index} ({self.model})"
+
+
+Record = PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +160,4 @@ class Commit:
     head: HeadRecord | None
     device_seqs: dict[str, int]
     registrations: tuple[RegistrationRecord, ...] = ()
+    twin_params: tuple[TwinParamsRecord, ...] = ()

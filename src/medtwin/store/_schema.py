@@ -79,6 +79,15 @@ registrations = Table(
     Index("ix_registrations_device", "device_id", "leaf_index"),
 )
 
+twin_params = Table(
+    "twin_params", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("model", String(32), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+)
+
 rejections = Table(
     "rejections", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

@@ -23,6 +23,7 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    TwinParamsRecord,
 )
 
 
@@ -99,6 +100,8 @@ class Store:
                         conn.execute(insert(t.devices).values(
                             device_id=reg.device_id, last_seq=-1,
                             registered_at_ms=reg.time_ms, **current))
+                if batch.twin_params:
+                    conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
                 if batch.leaf_hashes:
                     conn.execute(insert(t.leaves), [
                         {"leaf_index": i, "kind": k, "leaf_hash": h}
@@ -128,6 +131,14 @@ class Store:
             for r in conn.execute(query):
                 yield PacketRecord(**r._asdict())
 
+    def twin_params(self, patient_id: str | None = None) -> list[TwinParamsRecord]:
+        """Twin parameter records in log order, of one patient or all."""
+        query = select(t.twin_params).order_by(t.twin_params.c.leaf_index)
+        if patient_id is not None:
+            query = query.where(t.twin_params.c.patient_id == patient_id)
+        with self.engine.connect() as conn:
+            return [TwinParamsRecord(**r._asdict()) for r in conn.execute(query)]
+
     def alerts(self, patient_id: str | None = None, limit: int = 100) -> list[AlertRecord]:
         """Most recent alerts first."""
         query = select(t.alerts).order_by(t.alerts.c.leaf_index.desc()).limit(limit)
@@ -154,6 +165,8 @@ class Store:
                     select(t.rejections).order_by(t.rejections.c.leaf_index))),
                 (RegistrationRecord(**r._asdict()) for r in conn.execute(
                     select(t.registrations).order_by(t.registrations.c.leaf_index))),
+                (TwinParamsRecord(**r._asdict()) for r in conn.execute(
+                    select(t.twin_params).order_by(t.twin_params.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -179,7 +192,9 @@ class Store:
                       for name, table in (("patients", t.patients), ("devices", t.devices),
                                           ("registrations", t.registrations),
                                           ("packets", t.packets), ("alerts", t.alerts),
-                                          ("rejections", t.rejections), ("leaves", t.leaves))}
+                                          ("rejections", t.rejections),
+                                          ("twin_params", t.twin_params),
+                                          ("leaves", t.leaves))}
             readings = conn.execute(select(func.coalesce(func.sum(t.packets.c.n_readings), 0)))
             result["readings"] = int(readings.scalar_one())
         return result
