@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick lint typecheck clean
+.PHONY: demo test bench bench-quick validate validate-quick lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,21 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
+# Validation against simglucose and ReplayBG (not part of `make test`): writes docs/validation.md.
+VALIDATE_STAMP := $(VENV)/.validate-installed
+
+$(VALIDATE_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[validate]'
+	touch $(VALIDATE_STAMP)
+
+validate: $(VALIDATE_STAMP)
+	$(BIN)/python validation/run.py
+
+validate-quick: $(VALIDATE_STAMP)
+	$(BIN)/python validation/run.py --quick
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks validation
 	$(BIN)/mypy
 
 clean:
