@@ -34,7 +34,9 @@ $(VALIDATE_STAMP): $(STAMP)
 validate: $(VALIDATE_STAMP)
 	$(BIN)/python validation/run.py
 
-validate-quick: $(VALIDATE_STAMP)
+# The small case CI runs: 2 patients, 2 days, no ReplayBG; report in build/validation-quick/.
+validate-quick: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[validate-quick]'
 	$(BIN)/python validation/run.py --quick
 
 lint: $(STAMP)

@@ -15,7 +15,8 @@ truth: the simulator's plasma glucose (Gp/Vg). Steps:
     n under each therapy (the carbs and insulin the altered run delivered), against the
     simulator's altered run;
 (3) ReplayBG on the same what-if task for the first `--replaybg-patients` patients;
-(4) write docs/validation.md and docs/validation/*.png.
+(4) write docs/validation.md and docs/validation/*.png (with --quick:
+    build/validation-quick/, so the full report is never overwritten by a quick one).
 """
 
 from __future__ import annotations
@@ -306,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse the simulated cohort of an earlier run with the same "
                          "seed and size from --cache")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "validation.md"))
+    ap.add_argument("--out", default=None,
+                    help="the report (default: docs/validation.md; with --quick "
+                         "build/validation-quick/validation.md, so a quick run never "
+                         "overwrites the full report)")
     args = ap.parse_args(argv)
 
     started = time.perf_counter()
@@ -366,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         print("(3) " + rbg_note)
 
     print("(4) writing the report ...", flush=True)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else (
+        ROOT / "build" / "validation-quick" / "validation.md" if args.quick
+        else ROOT / "docs" / "validation.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = out.parent / "validation"
     files = plots(res, w, records, rbg, fig_dir)
     text = report(args, records, days, res, w, rbg, rbg_note, groups, t_sim, files,
@@ -498,7 +505,8 @@ def report(args: argparse.Namespace, records: list[co.PatientRecord], days: int,
         "## Reproduce",
         "",
         "```",
-        "make validate-quick   # about a minute: 2 patients, 2 days, no ReplayBG",
+        "make validate-quick   # about a minute: 2 patients, 2 days, no ReplayBG (in CI; report "
+        "in build/validation-quick/)",
         "make validate         # full: 20 patients, 3 days, ReplayBG on 2 (cached)",
         "```",
         "",
