@@ -73,7 +73,9 @@ def estimation_and_forecasts(records: list[co.PatientRecord], noise: GlucoseNois
     start = time.perf_counter()
     fm, lo, hi = tw.forecasts(ident.params, noise, run, ks, HORIZONS_MIN)
     t_fc = time.perf_counter() - start
+    forecast_gi = tw.forecasts(ident.params, noise, run, ks, HORIZONS_MIN, interstitial=True)
     return {"ident": ident, "identify_s": t_id, "run": run, "ks": ks, "forecast": (fm, lo, hi),
+            "forecast_gi": forecast_gi,
             "forecast_s": t_fc, "cgm": cgm[:, d:], "plasma": plasma[:, d:],
             "gsub": gsub[:, d:], "carbs": carbs[:, d:], "patient_days_identified": len(records)}
 
@@ -96,11 +98,14 @@ def estimation_rows(res: dict[str, Any], groups: dict[str, np.ndarray]) -> list[
 
 
 def forecast_rows(res: dict[str, Any], groups: dict[str, np.ndarray]) -> list[list[str]]:
-    ks, (fm, lo, hi) = res["ks"], res["forecast"]
+    ks = res["ks"]
     rows = []
     for j, h_min in enumerate(HORIZONS_MIN):
         h = int(h_min / co.DT_MIN)
         for truth_name in ("plasma", "gsub"):
+            # plasma truth: the twin's plasma forecast; Gsub (a noise-free CGM): its
+            # interstitial forecast, the same quantity
+            fm, lo, hi = res["forecast" if truth_name == "plasma" else "forecast_gi"]
             target = res[truth_name][:, ks + h].T                  # (m, n)
             persistence = res["cgm"][:, ks].T
             linear = tw.linear_extrapolation(res["cgm"], ks, h)
@@ -427,7 +432,11 @@ def report(args: argparse.Namespace, records: list[co.PatientRecord], days: int,
         "",
         f"{res['ks'].size * n} forecasts per horizon in one call ({res['forecast_s']:.1f} s). "
         "Persistence: the last CGM value. Linear: least-squares line through the last "
-        f"{tw.LINEAR_WINDOW} readings (27 min), extrapolated.",
+        f"{tw.LINEAR_WINDOW} readings (27 min), extrapolated. Against plasma glucose medtwin "
+        "forecasts plasma glucose (`glucose_forecast`); against simglucose's `BG` (Gsub, a "
+        "noise-free CGM) it forecasts the same quantity, its interstitial glucose "
+        "(`glucose_forecast(..., interstitial=True)`), which is what the API, the live stream "
+        "and FHIR output carry for the glucose channel (LOINC 99504-3).",
         "",
         _table(["horizon", "truth", "cohort", "medtwin RMSE", "persistence", "linear",
                 "vs persistence", "vs linear", "truth in 95 % band %"],

@@ -72,15 +72,18 @@ def run_filter(params: GlucoseParams, noise: GlucoseNoise, cgm: np.ndarray, carb
 
 
 def forecasts(params: GlucoseParams, noise: GlucoseNoise, run: FilterRun, ks: np.ndarray,
-              horizons_min: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              horizons_min: tuple[float, ...], interstitial: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Twin forecasts from the states after readings `ks` (all patients in one call): mean,
-    lo, hi (len(ks), n, h). No input after the reading is assumed."""
+    lo, hi (len(ks), n, h) of plasma glucose (of interstitial glucose with `interstitial`).
+    No input after the reading is assumed."""
     n = run.mean.shape[1]
     m = ks.size
     mean = run.mean[ks].reshape(m * n, -1)
     cov = run.cov[ks].reshape(m * n, *run.cov.shape[2:])
     p = GlucoseParams(*(np.tile(f, m) for f in params))
-    fc = glucose_forecast(p, GlucoseFilterState(mean, cov), horizons_min, noise=noise)
+    fc = glucose_forecast(p, GlucoseFilterState(mean, cov), horizons_min, noise=noise,
+                          interstitial=interstitial)
     return tuple(x.reshape(m, n, -1) for x in fc)  # type: ignore[return-value]
 
 

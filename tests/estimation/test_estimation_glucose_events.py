@@ -97,15 +97,17 @@ def test_it_is_the_filter_stepped_by_hand() -> None:
     state.cov[0, GlucoseState.GI, GlucoseState.GI] = 100.0
     state.cov[0, GlucoseState.G, GlucoseState.GI] = state.cov[0, GlucoseState.GI,
                                                               GlucoseState.G] = 180.0
-    estimates = [value[cgm[0]]]
+    estimates, plasma = [value[cgm[0]]], [value[cgm[0]]]
     first_dose = float(basal_infusion_rate(p)[0]) * 5.0   # no basal owed yet at the start
     for k, i in enumerate(cgm[1:], start=1):
         carbs, bolus = (60.0, 6.0) if k == 11 else (0.0, first_dose if k == 1 else 0.0)
         step = glucose_filter_step(p, noise, state, np.array([5.0]), np.array([carbs]),
                                    np.array([bolus]), value[[i]], np.array([True]))
         state = step.state
-        estimates.append(state.mean[0, GlucoseState.G])
+        estimates.append(state.mean[0, GlucoseState.GI])
+        plasma.append(state.mean[0, GlucoseState.G])
     np.testing.assert_allclose(result.readings.estimate[cgm], estimates, rtol=1e-9)
+    np.testing.assert_allclose(result.readings.plasma[cgm], plasma, rtol=1e-9)
     assert np.isnan(result.readings.estimate[channel != G]).all()
     assert np.isnan(result.readings.innovation[channel != G]).all()
 
@@ -205,7 +207,7 @@ def test_the_plasma_estimate_is_closer_to_plasma_glucose_than_the_lagging_cgm() 
                              np.array([5.0]))
     cgm = channel == G
     truth = np.array(plasma)[5:]
-    twin_rmse = np.sqrt(np.mean((result.readings.estimate[cgm][5:] - truth) ** 2))
+    twin_rmse = np.sqrt(np.mean((result.readings.plasma[cgm][5:] - truth) ** 2))
     raw_rmse = np.sqrt(np.mean((value[cgm][5:] - truth) ** 2))
     assert twin_rmse < raw_rmse
     assert np.isfinite(result.readings.forecast[cgm]).all()

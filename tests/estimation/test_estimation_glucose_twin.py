@@ -228,6 +228,19 @@ def test_forecast_horizons_in_any_order() -> None:
         glucose_forecast(p, state, (-5.0,))
 
 
+def test_the_interstitial_forecast_lags_the_plasma_one() -> None:
+    p = default_glucose_params(1)
+    prior = glucose_filter_init(p, 1)
+    state = prior._replace(cov=0.01 * prior.cov)
+    state.mean[0, GlucoseState.GI] = 100.0             # the sensor still behind plasma
+    plasma = glucose_forecast(p, state, (0.0, 30.0), np.array([60.0]))[0][0]
+    inter = glucose_forecast(p, state, (0.0, 30.0), np.array([60.0]), interstitial=True)[0][0]
+    assert inter[0] == pytest.approx(100.0) and plasma[0] == pytest.approx(
+        state.mean[0, GlucoseState.G])
+    assert inter[1] < plasma[1]                        # a meal shows later under the skin
+    assert inter[1] > inter[0]
+
+
 def test_simglucose_adult_24h() -> None:
     """UVA/Padova adult#001 for 24 h, default parameters: report, assert loosely."""
     pytest.importorskip("simglucose")

@@ -222,8 +222,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.post("/v1/patients/{patient_id}/whatif", tags=["twin"])
     def whatif(patient_id: str, body: WhatIfIn, _caller: Caller = read_twin) -> dict[str, Any]:
         """Simulate a future of meals and insulin from the patient's glucose twin now (e.g. a
-        bolus scaled by 1.3, a skipped meal, a basal change) and return plasma glucose on a
-        grid of `step_min`, with its 95 % interval. Nothing is stored or changed."""
+        bolus scaled by 1.3, a skipped meal, a basal change) and return glucose (interstitial,
+        the CGM's quantity) on a grid of `step_min`, with its 95 % interval. Nothing is
+        stored or changed."""
         steps = max(1, math.ceil(body.hours * 60.0 / body.step_min))
         if steps > MAX_WHATIF_STEPS:
             raise InvalidInputError(f"api: at most {MAX_WHATIF_STEPS} steps; use a longer "

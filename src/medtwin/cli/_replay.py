@@ -1,7 +1,8 @@
 """`medtwin replay`: run FHIR R4 NDJSON through the pipeline as a trusted import, write FHIR out.
 
 Observation.ndjson holds the twin's estimate after every measurement and, after every CGM
-value, its plasma-glucose forecasts at 30 and 60 minutes (`forecast_observation`).
+value, its glucose forecasts (interstitial, the channel's quantity) at 30 and 60 minutes
+(`forecast_observation`).
 
 Inputs are grouped into packets of one patient and one time window, and each window of all
 patients goes through the pipeline as one batch. A packet the gate refuses because of one

@@ -172,7 +172,8 @@ def whatif(history_path: Path, scenario_path: Path, out_dir: Path,
         future_insulin = insulin_above_basal(future_insulin, params, STEP_MIN)
 
     # (5): simulate
-    mean, low, high = glucose_whatif(params, state, STEP_MIN, future_carbs, future_insulin)
+    mean, low, high = glucose_whatif(params, state, STEP_MIN, future_carbs, future_insulin,
+                                     interstitial=True)
 
     # (6): write
     resources = list(_observations(grid, h, keep, history_rows.channel, sources, mean, low, high))

@@ -1,6 +1,12 @@
 """The glucose twin on a stream of readings: a batch of CGM, carbohydrate and insulin readings
 folded into each patient's UKF, batched over patients, with forecasts per CGM reading.
 
+What it reports for the glucose channel (LOINC 99504-3, glucose in interstitial fluid) is
+the channel's own quantity: the interstitial glucose a noise-free CGM would read, estimated
+and forecast; CGM-based hypoglycaemia levels are defined on it (Battelino et al. 2019,
+Diabetes Care 42:1593). The twin's plasma (blood) glucose, which leads it by the sensor lag,
+is reported beside it.
+
 Each patient's readings are taken in order (the caller's processing order: arrival, then
 time), and the k-th readings of all patients in the batch go through one batched filter
 step (`glucose_filter_step`), so the loop runs over the most readings any one patient has in
@@ -117,16 +123,20 @@ def take_params(params: GlucoseParams, rows: npt.NDArray[np.intp]) -> GlucosePar
 
 class GlucoseReadings(NamedTuple):
     """What the glucose twin made of each reading (the batch's order; NaN where the reading
-    is not a CGM value the filter used): `estimate` and `estimate_sd` of plasma glucose right
-    after it (mg/dL), the CGM `innovation` and its variance `innovation_var`; `forecast`,
-    `forecast_low`, `forecast_high` (n_readings, len(horizons)) of plasma glucose
-    `horizons_min` after the filter's time, given the inputs known then, with the 95 %
-    interval; `filter_time_ms` (n_readings,) the filter's time after the reading, the time
-    forecasts are issued at (`NO_TIME` where NaN).
+    is not a CGM value the filter used), in mg/dL: `estimate` and `estimate_sd` of the
+    glucose channel's quantity, interstitial glucose (what a noise-free CGM would read),
+    right after it, and `plasma`, `plasma_sd` of plasma (blood) glucose; the CGM
+    `innovation` and its variance `innovation_var`; `forecast`, `forecast_low`,
+    `forecast_high` (n_readings, len(horizons)) of interstitial glucose `horizons_min` after
+    the filter's time, given the inputs known then, with the 95 % interval; `filter_time_ms`
+    (n_readings,) the filter's time after the reading, the time forecasts are issued at
+    (`NO_TIME` where NaN).
     """
 
     estimate: FloatArray
     estimate_sd: FloatArray
+    plasma: FloatArray
+    plasma_sd: FloatArray
     innovation: FloatArray
     innovation_var: FloatArray
     forecast: FloatArray
@@ -137,9 +147,10 @@ class GlucoseReadings(NamedTuple):
     def slice(self, start: int, stop: int) -> GlucoseReadings:
         """The entries of readings start..stop-1."""
         k = slice(start, stop)
-        return GlucoseReadings(self.estimate[k], self.estimate_sd[k], self.innovation[k],
-                               self.innovation_var[k], self.forecast[k], self.forecast_low[k],
-                               self.forecast_high[k], self.filter_time_ms[k])
+        return GlucoseReadings(self.estimate[k], self.estimate_sd[k], self.plasma[k],
+                               self.plasma_sd[k], self.innovation[k], self.innovation_var[k],
+                               self.forecast[k], self.forecast_low[k], self.forecast_high[k],
+                               self.filter_time_ms[k])
 
 
 class GlucoseEvents(NamedTuple):
@@ -169,14 +180,16 @@ def glucose_events(
     """
     n_readings = value.shape[0]
     h = len(horizons_min)
-    est, sd, innov, innov_var = (np.full(n_readings, np.nan) for _ in range(4))
+    est, sd, plasma, plasma_sd, innov, innov_var = (np.full(n_readings, np.nan)
+                                                    for _ in range(6))
     fc, lo, hi = (np.full((n_readings, h), np.nan) for _ in range(3))
     issued = np.full(n_readings, NO_TIME, np.int64)
     state = rows.take(slice(None))
     relevant = np.isin(channel[order], np.array(_GLUCOSE_CHANNELS, dtype=np.int8))
     seq = np.asarray(order[relevant], dtype=np.intp)
     if seq.size == 0:
-        return GlucoseEvents(state, GlucoseReadings(est, sd, innov, innov_var, fc, lo, hi, issued))
+        return GlucoseEvents(state, GlucoseReadings(est, sd, plasma, plasma_sd, innov,
+                                                    innov_var, fc, lo, hi, issued))
     # The rank of each reading among its patient's readings (seq groups patients together
     # only if `order` does; ranks count per patient either way).
     patient = row[seq]
@@ -236,8 +249,10 @@ def glucose_events(
         cgm = idx[is_cgm]
         if cgm.size:
             rc = r[is_cgm]
-            est[cgm] = state.mean[rc, GlucoseState.G]
-            sd[cgm] = np.sqrt(state.cov[rc, GlucoseState.G, GlucoseState.G])
+            est[cgm] = state.mean[rc, GlucoseState.GI]
+            sd[cgm] = np.sqrt(state.cov[rc, GlucoseState.GI, GlucoseState.GI])
+            plasma[cgm] = state.mean[rc, GlucoseState.G]
+            plasma_sd[cgm] = np.sqrt(state.cov[rc, GlucoseState.G, GlucoseState.G])
             innov[cgm] = innovation[is_cgm]
             innov_var[cgm] = innovation_var[is_cgm]
             issued[cgm] = now[is_cgm]
@@ -248,18 +263,20 @@ def glucose_events(
                                                                                      strict=True))
         fc[cgm], lo[cgm], hi[cgm] = glucose_forecast(
             take_params(params, rc), GlucoseFilterState(mean, cov), horizons_min, carbs,
-            insulin, noise)
-    return GlucoseEvents(state, GlucoseReadings(est, sd, innov, innov_var, fc, lo, hi, issued))
+            insulin, noise, interstitial=True)
+    return GlucoseEvents(state, GlucoseReadings(est, sd, plasma, plasma_sd, innov,
+                                                innov_var, fc, lo, hi, issued))
 
 
 def glucose_forecast_now(params: GlucoseParams, noise: GlucoseNoise, rows: GlucoseRows,
                          horizons_min: Sequence[float] = FORECAST_HORIZONS_MIN
                          ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Forecasts (mean, low, high, each (n, h)) from each patient's filter time with the
-    inputs pending now; NaN for patients that have no glucose data yet."""
+    """Forecasts of interstitial glucose (mean, low, high, each (n, h)) from each patient's
+    filter time with the inputs pending now; NaN for patients that have no glucose data yet."""
     n = rows.mean.shape[0]
     mean, low, high = glucose_forecast(params, GlucoseFilterState(rows.mean, rows.cov),
-                                       horizons_min, rows.carbs_g, rows.insulin_u, noise)
+                                       horizons_min, rows.carbs_g, rows.insulin_u, noise,
+                                       interstitial=True)
     unknown = (rows.time_ms == NO_TIME)[:, np.newaxis]
     shape = (n, len(horizons_min))
     return (np.where(unknown, np.nan, mean).reshape(shape),

@@ -307,11 +307,14 @@ def glucose_forecast(
     insulin_u: FloatArray | None = None,
     noise: GlucoseNoise = GlucoseNoise(),  # noqa: B008 - an immutable named tuple
     ukf: UKFParams = UKFParams(),  # noqa: B008 - an immutable named tuple
+    interstitial: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Plasma glucose `horizons_min` ahead: mean, lower and upper 95 % bounds, each (n, h).
 
     The forecast is of *plasma* glucose G (blood glucose, no sensor lag or sensor noise), so
-    it is to be compared with a blood glucose measurement or a simulator's true BG. The
+    it is to be compared with a blood glucose measurement or a simulator's true BG; with
+    `interstitial`, of the interstitial glucose Gi instead (what a noise-free CGM would read,
+    lagging plasma by the sensor delay). The
     Gaussian is propagated through the model by the unscented transform in steps of at most
     `FORECAST_STEP_MIN`, adding the process noise of each step; the disturbance D carries
     the current unexplained trend on while it decays (`GlucoseNoise.disturbance_time_min`).
@@ -325,6 +328,7 @@ def glucose_forecast(
     if targets.ndim != 1 or np.any(~np.isfinite(targets)) or np.any(targets < 0):
         raise ValueError("estimation: horizons_min must be finite non-negative minutes")
     u = _inputs(n, carbs_g, insulin_u)
+    which = GlucoseState.GI if interstitial else GlucoseState.G
     order = np.argsort(targets, kind="stable")
     mean = np.empty((n, targets.size))
     var = np.empty((n, targets.size))
@@ -334,8 +338,8 @@ def glucose_forecast(
             current = _propagate(p, noise, current, u, float(targets[j]) - now, ukf)
             u = np.zeros_like(u)
             now = float(targets[j])
-        mean[:, j] = current.mean[:, GlucoseState.G]
-        var[:, j] = current.cov[:, GlucoseState.G, GlucoseState.G]
+        mean[:, j] = current.mean[:, which]
+        var[:, j] = current.cov[:, which, which]
     return _glucose_band(mean, var)
 
 
@@ -347,8 +351,10 @@ def glucose_whatif(
     insulin_u: FloatArray,
     noise: GlucoseNoise = GlucoseNoise(),  # noqa: B008 - an immutable named tuple
     ukf: UKFParams = UKFParams(),  # noqa: B008 - an immutable named tuple
+    interstitial: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Plasma glucose under a given future of meals and insulin: mean, lower and upper 95 %
+    """Plasma glucose (with `interstitial`, the interstitial glucose a noise-free CGM would
+    read) under a given future of meals and insulin: mean, lower and upper 95 %
     bounds at the end of each step, each (n, T).
 
     `carbs_g` and `insulin_u` (n, T) are what is eaten and delivered at the start of each of
@@ -367,6 +373,7 @@ def glucose_whatif(
         raise ValueError(f"estimation: carbs_g and insulin_u must both have shape ({n}, T)")
     if not np.isfinite(dt_min) or dt_min <= 0:
         raise ValueError("estimation: dt_min must be a positive number of minutes")
+    which = GlucoseState.GI if interstitial else GlucoseState.G
     steps = carbs.shape[1]
     mean = np.empty((n, steps))
     var = np.empty((n, steps))
@@ -374,6 +381,6 @@ def glucose_whatif(
     for k in range(steps):
         current = _propagate(p, noise, current, _inputs(n, carbs[:, k], insulin[:, k]),
                              dt_min, ukf)
-        mean[:, k] = current.mean[:, GlucoseState.G]
-        var[:, k] = current.cov[:, GlucoseState.G, GlucoseState.G]
+        mean[:, k] = current.mean[:, which]
+        var[:, k] = current.cov[:, which, which]
     return _glucose_band(mean, var)

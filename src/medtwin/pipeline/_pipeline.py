@@ -149,8 +149,9 @@ class Personalized:
 
 @dataclass(frozen=True, slots=True)
 class WhatIf:
-    """Plasma glucose (mg/dL) of a patient under a given future, from their glucose twin at
-    `start_ms`: the mean and 95 % interval at the end of each step, at `time_ms`."""
+    """Glucose (mg/dL, interstitial: what a noise-free CGM would read) of a patient under a
+    given future, from their glucose twin at `start_ms`: the mean and 95 % interval at the
+    end of each step, at `time_ms`."""
 
     patient_id: str
     start_ms: int
@@ -448,7 +449,8 @@ class Pipeline:
 
     def whatif(self, patient_id: str, step_min: float, carbs_g: npt.NDArray[np.float64],
                insulin_u: npt.NDArray[np.float64]) -> WhatIf:
-        """Plasma glucose from the patient's glucose twin now under a given future: `carbs_g`
+        """Glucose (the channel's: interstitial, what a noise-free CGM would read) from the
+        patient's glucose twin now under a given future: `carbs_g`
         and `insulin_u` (T,) eaten and delivered at the start of each of T steps of
         `step_min` (insulin on top of the usual basal; see `glucose_whatif`). NotFoundError
         if the patient is unknown, ConflictError if the twin has no glucose data yet."""
@@ -473,7 +475,7 @@ class Pipeline:
         insulin[0] += g.insulin_u[0]
         mean, low, high = glucose_whatif(params, GlucoseFilterState(g.mean, g.cov), step_min,
                                          carbs[np.newaxis], insulin[np.newaxis],
-                                         self.twin.glucose_noise)
+                                         self.twin.glucose_noise, interstitial=True)
         start = int(g.time_ms[0])
         times = start + np.round(np.arange(1, carbs.size + 1) * step_min * 60_000).astype(
             np.int64)
@@ -703,8 +705,10 @@ def forecast_json(forecast: Forecast) -> dict[str, Any]:
 
 
 def whatif_json(result: WhatIf) -> dict[str, Any]:
-    """A what-if trajectory as JSON (plasma glucose, mg/dL, with its 95 % interval)."""
-    return {"patient_id": result.patient_id, "start_ms": result.start_ms, "unit": "mg/dL",
+    """A what-if trajectory as JSON (the glucose channel's quantity, mg/dL, with its 95 %
+    interval)."""
+    return {"patient_id": result.patient_id, "start_ms": result.start_ms,
+            "code": Channel.GLUCOSE.code, "unit": "mg/dL",
             "points": [{"time_ms": int(t), "mean": _num(m), "low": _num(lo), "high": _num(hi)}
                        for t, m, lo, hi in zip(result.time_ms, result.mean, result.low,
                                                result.high, strict=True)]}
