@@ -222,3 +222,35 @@ def test_state_shapes_follow_the_filter() -> None:
     prior = glucose_filter_init(default_glucose_params(3), 3)
     assert isinstance(prior, GlucoseFilterState)
     np.testing.assert_array_equal(rows.mean, prior.mean)
+
+
+def test_a_non_finite_dose_is_ignored() -> None:
+    rows = _fold(glucose_rows(default_glucose_params(1), 1), np.array([G]), np.array([120.0]),
+                 np.array([0], np.int64)).rows
+    after = _fold(rows, np.array([CARBS, INSULIN, G], np.int8),
+                  np.array([np.inf, np.inf, 121.0]),
+                  np.array([MIN, MIN, 5 * MIN], np.int64))
+    assert np.isfinite(after.rows.mean).all() and np.isfinite(after.readings.estimate[2])
+
+
+def test_a_late_cgm_value_reads_the_same_however_batched() -> None:
+    """Through the bank: a late CGM value's estimate is the twin's glucose then, in one batch
+    or two."""
+    from medtwin.estimation import TwinBank
+
+    readings = [(100.0, 0), (140.0, 5), (180.0, 10), (250.0, 7)]   # the last one is late
+
+    def fold(groups: list[list[int]]) -> float:
+        bank = TwinBank()
+        bank.row("p")
+        got = np.nan
+        for group in groups:
+            update = bank.propose(np.zeros(len(group), np.intp), np.full(len(group), G),
+                                  np.array([readings[i][0] for i in group]),
+                                  np.array([readings[i][1] * MIN for i in group], np.int64),
+                                  np.arange(len(group), dtype=np.int64))
+            bank.apply(update)
+            got = float(update.estimate[-1])
+        return got
+
+    assert fold([[0, 1, 2, 3]]) == pytest.approx(fold([[0, 1, 2], [3]]), abs=1e-9)

@@ -4,6 +4,7 @@ twin state and the live stream, what-if, restart, and batching invariance."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -201,3 +202,37 @@ class _open:
 
     def __exit__(self, *exc: object) -> None:
         self.pipeline.close()
+
+
+def test_whatif_leaves_the_callers_arrays_alone(pipeline: Pipeline, device: DeviceSim,
+                                                clock: FakeClock) -> None:
+    t = clock()
+    pipeline.process([device.submit([Reading(Channel.GLUCOSE, 120.0, t)])])
+    pipeline.process([device.submit([Reading(Channel.CARBS, 60.0, t + 1),
+                                     Reading(Channel.INSULIN, 6.0, t + 1)])])  # pending
+    carbs, insulin = np.zeros(12), np.zeros(12)
+    first = pipeline.whatif("pt-1", 5.0, carbs, insulin)
+    second = pipeline.whatif("pt-1", 5.0, carbs, insulin)
+    assert (carbs == 0).all() and (insulin == 0).all()
+    np.testing.assert_array_equal(first.mean, second.mean)
+
+
+def test_the_api_simulates_a_lower_basal_and_refuses_what_it_cannot(
+        client: TestClient, pipeline: Pipeline, device: DeviceSim, clock: FakeClock) -> None:
+    _cgm_day(device, clock, pipeline, steps=8, meal_at=None)
+    auth = _clinician(pipeline)
+    url = "/v1/patients/pt-1/whatif"
+    usual = client.post(url, json={"hours": 6}, headers=auth).json()["points"]
+    lower = client.post(url, json={"hours": 6, "basal_change_u_per_h": -0.3}, headers=auth)
+    assert lower.status_code == 200, lower.text
+    assert lower.json()["points"][-1]["mean"] > usual[-1]["mean"] + 5.0   # less insulin
+    none_left = client.post(url, json={"basal_change_u_per_h": -10}, headers=auth)
+    assert none_left.status_code == 422 and "no insulin" in none_left.json()["detail"]
+    late = client.post(url, json={"hours": 1, "events": [{"minutes": 2000, "carbs_g": 50}]},
+                       headers=auth)
+    assert late.status_code == 422 and "after" in late.json()["detail"]
+    for body in ('{"hours": NaN}', '{"events": [{"minutes": 0, "carbs_g": Infinity}]}'):
+        reply = client.post(url, content=body, headers={**auth,
+                                                        "Content-Type": "application/json"})
+        assert reply.status_code == 422, body
+        assert "input" not in json.dumps(reply.json())

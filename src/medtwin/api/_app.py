@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from medtwin.access import Permission, Role, allows, new_token
 from medtwin.api._auth import Caller, caller_of, require
@@ -73,6 +74,8 @@ class DeviceIn(BaseModel):
 class WhatIfEvent(BaseModel):
     """A meal and/or an insulin dose `minutes` from now (insulin on top of the usual basal)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     minutes: Annotated[float, Field(ge=0, le=2880)]
     carbs_g: Annotated[float, Field(ge=0, le=500)] = 0.0
     insulin_u: Annotated[float, Field(ge=0, le=100)] = 0.0
@@ -82,6 +85,8 @@ class WhatIfIn(BaseModel):
     """A future to simulate: events, a change of basal rate (U/h, on top of the usual),
     and how far ahead on what grid."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     events: Annotated[list[WhatIfEvent], Field(max_length=200)] = []
     basal_change_u_per_h: Annotated[float, Field(ge=-10, le=10)] = 0.0
     hours: Annotated[float, Field(gt=0, le=48)] = 4.0
@@ -89,6 +94,8 @@ class WhatIfIn(BaseModel):
 
 
 class PersonalizeIn(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     days: Annotated[float, Field(gt=0, le=30)] = 2.0
 
 
@@ -129,6 +136,14 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     read_twin = Depends(require(Permission.READ_TWIN))
     read_audit = Depends(require(Permission.READ_AUDIT))
     manage = Depends(require(Permission.MANAGE))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 without echoing the input back (it may be patient data, or a NaN that JSON
+        cannot carry)."""
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                                         "type": e.get("type", "")} for e in exc.errors()]},
+                            status_code=422)
 
     @app.exception_handler(MedtwinError)
     async def medtwin_error(_request: Request, exc: MedtwinError) -> JSONResponse:
@@ -231,13 +246,13 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                                     "step_min or fewer hours")
         carbs, insulin = np.zeros(steps), np.zeros(steps)
         for event in body.events:
-            k = min(steps - 1, int(event.minutes // body.step_min))
+            k = int(event.minutes // body.step_min)
+            if k >= steps:
+                raise InvalidInputError(f"api: an event at minute {event.minutes:g} is after "
+                                        f"the {body.hours:g} h simulated; ask for more hours")
             carbs[k] += event.carbs_g
             insulin[k] += event.insulin_u
         insulin += body.basal_change_u_per_h * body.step_min / 60.0
-        if (insulin < 0).any():
-            raise InvalidInputError("api: a basal reduction below the model's basal cannot be "
-                                    "simulated as doses; give a smaller reduction")
         return whatif_json(pipeline.whatif(patient_id, body.step_min, carbs, insulin))
 
     @app.post("/v1/patients/{patient_id}/personalize", tags=["admin"])

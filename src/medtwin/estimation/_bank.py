@@ -150,7 +150,7 @@ class TwinBank:
         g, v = glucose.readings, vitals.readings
         innovation = np.where(np.isnan(g.innovation), v.innovation, g.innovation)
         innovation_var = np.where(np.isnan(g.innovation), v.innovation_var, g.innovation_var)
-        return TwinUpdate(rows, *_with_glucose(result, glucose), vitals, innovation,
+        return TwinUpdate(rows, *_with_glucose(result, glucose, channel), vitals, innovation,
                           innovation_var)
 
     def apply(self, update: TwinUpdate) -> None:
@@ -209,26 +209,32 @@ class TwinBank:
                                    self.vitals_noise, self._vitals.take(rows), horizons_min)
 
 
-def _with_glucose(result: EventResult, glucose: GlucoseEvents
+def _with_glucose(result: EventResult, glucose: GlucoseEvents, channel: npt.NDArray[np.int8]
                   ) -> tuple[TwinArrays, FloatArray, EventResult, GlucoseEvents]:
-    """The smoother's result with its glucose replaced by the glucose twin's estimate: per
-    reading, in the state rows, and in every event (carried forward from the patient's last
-    CGM reading that the twin used, else the estimate before the batch)."""
+    """The smoother's result with its glucose replaced by the glucose twin's estimate: in
+    every event (carried forward from the patient's last CGM reading that the twin used,
+    else the estimate before the batch), per reading (a CGM value the twin did not use, a
+    late one, gets its event's), and in the state rows."""
     twin_glucose = glucose.readings.estimate
     used = np.flatnonzero(np.isfinite(twin_glucose))
-    estimate = np.where(np.isnan(twin_glucose), result.estimate, twin_glucose)
+    n_events = result.event_row.shape[0]
+    event_estimate = result.event_estimate.copy()
+    if used.size:
+        updated = np.full(n_events, -1, np.intp)
+        updated[result.reading_event[used]] = result.reading_event[used]
+        value = np.full(n_events, np.nan)
+        value[result.reading_event[used]] = twin_glucose[used]
+        carried = np.maximum.accumulate(updated)
+        has = carried >= result.event_start
+        event_estimate[:, _G] = np.where(has, value[np.maximum(carried, 0)],
+                                         event_estimate[:, _G])
+    is_glucose = channel == Channel.GLUCOSE
+    estimate = np.where(np.isfinite(twin_glucose), twin_glucose, result.estimate)
+    if n_events:
+        estimate = np.where(is_glucose & np.isnan(twin_glucose),
+                            event_estimate[result.reading_event, _G], estimate)
     if used.size == 0:
         return result.state, estimate, result, glucose
-    n_events = result.event_row.shape[0]
-    updated = np.full(n_events, -1, np.intp)
-    updated[result.reading_event[used]] = result.reading_event[used]
-    value = np.full(n_events, np.nan)
-    value[result.reading_event[used]] = twin_glucose[used]
-    carried = np.maximum.accumulate(updated)
-    has = carried >= result.event_start
-    event_estimate = result.event_estimate.copy()
-    event_estimate[:, _G] = np.where(has, value[np.maximum(carried, 0)],
-                                     event_estimate[:, _G])
     # The state rows: each patient's glucose after their last event.
     last = np.ones(n_events, dtype=bool)
     last[:-1] = result.event_row[1:] != result.event_row[:-1]

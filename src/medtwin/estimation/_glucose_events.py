@@ -242,10 +242,11 @@ def glucose_events(
             state.time_ms[rs] = t[stepping]
         now = state.time_ms[r]
         credit = np.minimum(state.credit_u[r] + basal[r] * dt, basal[r] * BASAL_CREDIT_MAX_MIN)
-        delivered = np.where(ch == Channel.INSULIN, np.maximum(v, 0.0), 0.0)
+        amount = np.where(np.isfinite(v), np.maximum(v, 0.0), 0.0)   # never a non-finite dose
+        delivered = np.where(ch == Channel.INSULIN, amount, 0.0)
         state.insulin_u[r] += np.maximum(delivered - credit, 0.0)
         state.credit_u[r] = np.maximum(credit - delivered, 0.0)
-        state.carbs_g[r] += np.where(ch == Channel.CARBS, np.maximum(v, 0.0), 0.0)
+        state.carbs_g[r] += np.where(ch == Channel.CARBS, amount, 0.0)
         cgm = idx[is_cgm]
         if cgm.size:
             rc = r[is_cgm]

@@ -64,7 +64,7 @@ from medtwin.estimation import (
 )
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
-from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams
+from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams, basal_infusion_rate
 from medtwin.pipeline._codec import (
     alert_aad,
     decode_alert,
@@ -450,18 +450,19 @@ class Pipeline:
     def whatif(self, patient_id: str, step_min: float, carbs_g: npt.NDArray[np.float64],
                insulin_u: npt.NDArray[np.float64]) -> WhatIf:
         """Glucose (the channel's: interstitial, what a noise-free CGM would read) from the
-        patient's glucose twin now under a given future: `carbs_g`
-        and `insulin_u` (T,) eaten and delivered at the start of each of T steps of
-        `step_min` (insulin on top of the usual basal; see `glucose_whatif`). NotFoundError
-        if the patient is unknown, ConflictError if the twin has no glucose data yet."""
-        carbs = np.asarray(carbs_g, dtype=np.float64).reshape(-1)
-        insulin = np.asarray(insulin_u, dtype=np.float64).reshape(-1)
+        patient's glucose twin now under a given future: `carbs_g` and `insulin_u` (T,)
+        eaten and delivered at the start of each of T steps of `step_min`, insulin on top of
+        the usual basal (negative for less, down to none at all; see `glucose_whatif`). The
+        arguments are not modified. NotFoundError if the patient is unknown, ConflictError if
+        the twin has no glucose data yet, InvalidInputError for arguments out of range."""
+        carbs = np.array(carbs_g, dtype=np.float64).reshape(-1)      # copies: callers keep theirs
+        insulin = np.array(insulin_u, dtype=np.float64).reshape(-1)
         if carbs.shape != insulin.shape or carbs.size == 0 or carbs.size > MAX_WHATIF_STEPS:
             raise InvalidInputError(f"pipeline: a what-if needs 1 to {MAX_WHATIF_STEPS} steps of "
-                             "carbs and insulin of equal length")
-        if not (np.isfinite(carbs).all() and np.isfinite(insulin).all()
-                and (carbs >= 0).all() and (insulin >= 0).all()):
-            raise InvalidInputError("pipeline: what-if carbs and insulin must be finite and >= 0")
+                                    "carbs and insulin of equal length")
+        if not (np.isfinite(carbs).all() and np.isfinite(insulin).all() and (carbs >= 0).all()):
+            raise InvalidInputError("pipeline: what-if carbs must be >= 0 and carbs and insulin "
+                                    "finite")
         if not (np.isfinite(step_min) and 0 < step_min <= 60):
             raise InvalidInputError("pipeline: the what-if step must be 0 to 60 minutes")
         with self._lock:
@@ -471,6 +472,9 @@ class Pipeline:
         if g.time_ms[0] == NO_TIME:
             raise ConflictError(f"pipeline: patient {patient_id!r} has no glucose data yet; "
                                 "a what-if starts from the glucose twin")
+        if (insulin < -basal_infusion_rate(params)[0] * step_min * (1.0 + 1e-9)).any():
+            raise InvalidInputError("pipeline: what-if insulin is on top of the usual basal: it "
+                                    "cannot be lower than no insulin at all (minus the basal)")
         carbs[0] += g.carbs_g[0]
         insulin[0] += g.insulin_u[0]
         mean, low, high = glucose_whatif(params, GlucoseFilterState(g.mean, g.cov), step_min,
