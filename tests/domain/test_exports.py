@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-PACKAGES = ["access", "api", "cli", "clinical", "crypto", "domain", "estimation", "fhir", "ingest",
-            "ledger", "physiology", "pipeline", "sim", "store"]
+PACKAGES = ["access", "api", "cli", "clinical", "crypto", "domain", "estimation", "fhir",
+            "guard", "ingest", "ledger", "physiology", "pipeline", "sim", "store"]
 
 
 def _isort_key(name: str) -> tuple[int, str]:

@@ -1,6 +1,26 @@
 """Virtual patients and devices for the demo, tests and benchmarks: a ward that sends signed
-packets, UVA/Padova glucose patients, vectorized vital signs, and forged or replayed packets."""
+packets, UVA/Padova glucose patients, vectorized vital signs, forged or replayed packets, and
+an attack and fault library for attacked streams."""
 
+from medtwin.sim._attacks import (
+    ATTACK_KINDS,
+    Attack,
+    AttackedStream,
+    AttackResult,
+    apply_attack,
+    bias_attack,
+    compromised_key_envelopes,
+    dropout_attack,
+    flood_envelopes,
+    freeze_attack,
+    noise_attack,
+    ramp_attack,
+    replay_attack,
+    rogue_device,
+    rogue_envelopes,
+    spike_attack,
+    time_shift_attack,
+)
 from medtwin.sim._devices import (
     DeviceRegistration,
     VirtualDevice,
@@ -20,6 +40,10 @@ from medtwin.sim._vitals import (
 from medtwin.sim._ward import Ward, WardPatient
 
 __all__ = [
+    "ATTACK_KINDS",
+    "Attack",
+    "AttackResult",
+    "AttackedStream",
     "DeviceRegistration",
     "GlucosePatient",
     "GlucoseStep",
@@ -29,11 +53,24 @@ __all__ = [
     "VitalsState",
     "Ward",
     "WardPatient",
+    "apply_attack",
+    "bias_attack",
     "cohort_names",
+    "compromised_key_envelopes",
     "deterioration_severity",
+    "dropout_attack",
+    "flood_envelopes",
     "forged_envelope",
+    "freeze_attack",
+    "noise_attack",
+    "ramp_attack",
+    "replay_attack",
     "replayed_envelope",
+    "rogue_device",
+    "rogue_envelopes",
+    "spike_attack",
     "tampered_envelope",
+    "time_shift_attack",
     "vitals_init",
     "vitals_step",
 ]

@@ -1,0 +1,439 @@
+"""Pattern detectors for attacks and faults that residual (innovation) tests miss.
+
+A residual test asks "is this reading far from what the twin predicted?"; an attacker who
+freezes a sensor, replays an hour of its own past, or shifts timestamps stays close to the
+prediction. These detectors look at the shape of each stream instead.
+
+Every detector takes a batch of readings of many streams as arrays (`stream`, `time_ms`,
+`value`, `channel`: shape (n_readings,)), ordered by stream, then by arrival (which for an
+honest device is time order), and returns per reading a boolean `alarm` with the evidence
+that explains it: the `statistic` tested, its `threshold` and `since_ms`, the time from
+which the suspect pattern runs. All are pure functions of array passes, never a Python loop
+over readings, and causal: a reading's result depends only on it and earlier readings of its
+stream in the batch, so the result for a stream does not depend on the other streams.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from medtwin.domain import N_CHANNELS, Channel
+from medtwin.estimation import segment_starts, segmented_cummax
+
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+MINUTE_MS = 60_000
+#: Consistency constant of the MAD for a normal distribution (1 / Phi^-1(3/4)).
+MAD_TO_SD = 1.482602218505602
+
+
+def _per_channel(values: dict[Channel, float], default: float) -> Floats:
+    table = np.full(N_CHANNELS, default, dtype=np.float64)
+    for ch, v in values.items():
+        table[int(ch)] = v
+    return table
+
+
+#: Reporting resolution per channel: two values closer than this are "the same" reading.
+#: CGMs and monitors report glucose (mg/dL), HR, SpO2, RR and BP as integers; body
+#: thermometers to 0.1 °C.
+RESOLUTION = _per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
+
+#: How long a value may stay within `RESOLUTION` of itself before it counts as stuck (ms).
+#: CGM noise and physiology move glucose every 5-min reading; 30 min of repeats is a frozen
+#: sensor (the brief; exact repeats are rare at sensor noise of a few mg/dL). HR the same
+#: (a paced rhythm can sit at the pacing rate for hours: raise it for paced patients).
+#: SpO2 pins at 99-100 % on oxygen, RR at the ventilator rate, temperature and cuff BP change
+#: little for hours at their resolution: not checked (inf).
+FROZEN_MIN_MS = _per_channel(
+    {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS}, np.inf)
+
+#: Fastest change per minute a living patient shows, sustained over `RATE_SPAN_MS`.
+#: Glucose: physiological rates rarely exceed 3-4 mg/dL/min (Kovatchev et al. 2005, Diabetes
+#: Care 28:1231; CGM trend arrows top out at > 3 mg/dL/min, Klonoff & Kerr 2017, J Diabetes
+#: Sci Technol 11:1063), so 10 mg/dL/min is 2.5x beyond the fastest real change.
+#: HR: the onset of a re-entrant tachycardia (SVT, AF with rapid ventricular response)
+#: changes HR by ~100 beats/min within a beat, so only > 150 beats/min within a minute is
+#: impossible. SpO2: apnoeic desaturation is at most ~1 %/s even in the obese or in children
+#: (Farmery & Roe 1996, Br J Anaesth 76:284; pulse oximeters average over 8-16 s), so > 60 %
+#: within a minute is not physiology. Body temperature: fever and active cooling change core
+#: temperature by at most ~0.1 °C/min (targeted temperature management cools at ~1-2 °C/h;
+#: Polderman & Herold 2009, Crit Care Med 37:1101), so 1 °C/min is 10x that. RR and BP
+#: change abruptly (apnoea, arrhythmia, cuff re-inflation): 60 /min and 150 mmHg per minute.
+#: Inputs (carbohydrates, insulin) are doses, not signals: not checked (inf).
+MAX_RATE_PER_MIN = _per_channel({
+    Channel.GLUCOSE: 10.0,
+    Channel.HEART_RATE: 150.0,
+    Channel.SPO2: 60.0,
+    Channel.RESP_RATE: 60.0,
+    Channel.SYSTOLIC_BP: 150.0,
+    Channel.DIASTOLIC_BP: 150.0,
+    Channel.TEMPERATURE: 1.0,
+}, np.inf)
+
+#: The shortest interval a rate is measured over (ms): a jump between readings closer than
+#: this is judged as if spread over the span, so sensor noise at a high sampling rate is not a
+#: "rate". One minute: the fastest CGM (1-min) and the clinical "per minute" limits above.
+RATE_SPAN_MS = 60_000
+
+#: Replay: a window of `REPLAY_WINDOW` values (1 h of 5-min CGM) and the least total variation
+#: (sum of |difference| in units of the tolerance per difference) a window needs to be
+#: identifying; flatter windows match by chance and are the frozen detector's business.
+REPLAY_WINDOW = 12
+REPLAY_MIN_VARIATION = 2.0
+
+#: Noise bursts: window of first differences (12 values: 1 h of 5-min CGM) and the variance
+#: ratio over the stream's robust level that alarms (SD 3x usual). For white noise the ratio
+#: of an 11-difference window follows ~chi2(10)/10, which exceeds 9 with probability ~1e-14.
+NOISE_WINDOW = 12
+NOISE_RATIO = 9.0
+
+#: Timestamps: a reading's time may lie at most `MAX_FUTURE_MS` after its arrival (clock
+#: drift), and at most `MAX_DELAY_MS` before it (CGMs backfill up to 3 h missed while out of
+#: range of the receiver, Dexcom G6 user guide); inter-arrival gaps over `SPACING_WINDOW`
+#: readings whose SD is below `MIN_JITTER_MS` are machine-made (network delivery jitters by
+#: milliseconds at least); a reading less than `DENSE_FRACTION` of the stream's median gap
+#: after the one before is more than the device can sample (an inserted reading).
+MAX_FUTURE_MS = 60_000
+MAX_DELAY_MS = 3 * 60 * MINUTE_MS
+SPACING_WINDOW = 12
+MIN_JITTER_MS = 1.0
+DENSE_FRACTION = 0.25
+
+
+class FrozenAlarm(NamedTuple):
+    """Stuck values, per reading (n_readings,)."""
+
+    alarm: Bools
+    statistic: Floats
+    """how long (ms) the value has stayed within the resolution, up to this reading"""
+    threshold: Floats
+    """the channel's `FROZEN_MIN_MS` (or the caller's)"""
+    since_ms: Ints
+    """time of the first reading of the run"""
+    run_readings: Ints
+    """readings in the run so far"""
+
+
+class ReplayAlarm(NamedTuple):
+    """Copies of an earlier window of the same stream, per reading (n_readings,).
+
+    A window matches when its successive differences equal the earlier window's to the
+    tolerance: a verbatim copy (`offset` 0) and a copy shifted by a constant are both caught.
+    """
+
+    alarm: Bools
+    statistic: Floats
+    """largest |difference of differences| between the window and its source (NaN: none)"""
+    threshold: Floats
+    """the tolerance of the comparison (half the quantization step)"""
+    since_ms: Ints
+    """time of the window's first reading"""
+    source_start_ms: Ints
+    """time of the first reading of the earlier window it copies (-1: none)"""
+    source_end_ms: Ints
+    """time of the last reading of the earlier window it copies (-1: none)"""
+    offset: Floats
+    """value minus the source's value (0 for a verbatim copy; NaN: none)"""
+
+
+class NoiseAlarm(NamedTuple):
+    """Noise bursts, per reading (n_readings,)."""
+
+    alarm: Bools
+    statistic: Floats
+    """variance of the window's first differences over the stream's usual (NaN: too few)"""
+    threshold: Floats
+    """the variance ratio that alarms"""
+    since_ms: Ints
+    """time of the window's first reading"""
+    usual_sd: Floats
+    """the stream's usual SD of first differences (robust, from second differences)"""
+
+
+class RateAlarm(NamedTuple):
+    """Physiologically impossible rates of change, per reading (n_readings,)."""
+
+    alarm: Bools
+    statistic: Floats
+    """change per minute since the reference reading (NaN: first of its stream)"""
+    threshold: Floats
+    """the channel's `MAX_RATE_PER_MIN`"""
+    since_ms: Ints
+    """time of the reference reading: the last one at least `RATE_SPAN_MS` earlier, else the
+    one before (-1: none)"""
+
+
+class TimestampAlarm(NamedTuple):
+    """Timestamp games, per reading (n_readings,); `alarm` is any of the five flags."""
+
+    alarm: Bools
+    out_of_order: Bools
+    """earlier than a reading of the stream that came before it"""
+    duplicate: Bools
+    """same time as an earlier reading of the stream, with a different value"""
+    skewed: Bools
+    """time more than `MAX_FUTURE_MS` after its arrival, or `MAX_DELAY_MS` before it"""
+    too_regular: Bools
+    """inter-arrival gaps over the window vary by less than `MIN_JITTER_MS`"""
+    too_dense: Bools
+    """gap to the previous reading below `DENSE_FRACTION` of the stream's median gap"""
+    lag_ms: Ints
+    """latest earlier time of the stream minus this time (> 0: out of order)"""
+    skew_ms: Ints
+    """arrival minus time (0 without arrival times)"""
+    gap_ms: Ints
+    """time since the previous reading of the stream (-1: first)"""
+    median_gap_ms: Floats
+    """the stream's median gap"""
+    arrival_jitter_ms: Floats
+    """SD of the window's inter-arrival gaps (NaN: too few, or no arrival times)"""
+
+
+def frozen_values(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
+                  min_duration_ms: npt.ArrayLike | None = None) -> FrozenAlarm:
+    """Readings whose value has stayed within the channel's `RESOLUTION` of the previous one
+    for at least `min_duration_ms` (default the channel's `FROZEN_MIN_MS`)."""
+    seg = segment_starts(stream)
+    n = stream.shape[0]
+    index = np.arange(n)
+    prev = np.maximum(index - 1, 0)
+    tolerance = 0.5 * RESOLUTION[channel]
+    # A run breaks at the stream's start and wherever the value moves by more than half a
+    # resolution step from the reading before (integers: any change at all).
+    moved = ~(np.abs(value - value[prev]) <= tolerance)
+    breaks = (index == seg) | moved
+    run_start = np.maximum.accumulate(np.where(breaks, index, 0))
+    duration = (time_ms - time_ms[run_start]).astype(np.float64)
+    threshold = (FROZEN_MIN_MS[channel] if min_duration_ms is None
+                 else np.broadcast_to(np.asarray(min_duration_ms, dtype=np.float64), (n,)))
+    alarm = duration >= threshold
+    return FrozenAlarm(alarm, duration, np.asarray(threshold, dtype=np.float64),
+                       time_ms[run_start].astype(np.int64), (index - run_start + 1))
+
+
+def replayed_windows(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
+                     window: int = REPLAY_WINDOW,
+                     tolerance: npt.ArrayLike | None = None) -> ReplayAlarm:
+    """Readings that end a window of `window` values whose successive differences repeat an
+    earlier, non-overlapping window of the same stream.
+
+    Differences are quantized to steps of `tolerance` (default the channel's `RESOLUTION`)
+    and each window hashed (a random-weighted sum, wrapping at 2**64); windows with equal
+    stream and hash are grouped by one sort, each is compared exactly with the group's
+    earliest window, so a hash collision never alarms. Windows with too little variation
+    (`REPLAY_MIN_VARIATION`) are skipped: they match by chance.
+    """
+    if window < 3:
+        raise ValueError(f"replay: window must be at least 3 values, got {window}")
+    n = stream.shape[0]
+    index = np.arange(n)
+    seg = segment_starts(stream)
+    step = (RESOLUTION[channel] if tolerance is None
+            else np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n,)))
+    diff = np.zeros(n)
+    has_prev = index > seg
+    diff[has_prev] = value[has_prev] - value[index[has_prev] - 1]
+    quanta = np.zeros(n, dtype=np.int64)
+    quanta[has_prev] = np.rint(diff[has_prev] / step[has_prev]).astype(np.int64)
+
+    alarm = np.zeros(n, dtype=bool)
+    statistic = np.full(n, np.nan)
+    source_start = np.full(n, -1, dtype=np.int64)
+    source_end = np.full(n, -1, dtype=np.int64)
+    offset = np.full(n, np.nan)
+    since = time_ms[np.clip(index - window + 1, seg, None)].astype(np.int64)
+    width = window - 1
+    if n < window:
+        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end,
+                           offset)
+
+    # (1): windows of `width` differences; row r ends at reading r + width.
+    rows = sliding_window_view(quanta, width)
+    ends = np.arange(width, n)
+    valid = (ends - window + 1 >= seg[ends]) & (
+        np.abs(rows[1:]).sum(axis=1) >= REPLAY_MIN_VARIATION * width)
+    rows = rows[1:]  # drop the row whose first difference precedes reading 1
+    # (2): hash each window with fixed random odd weights (wrapping uint64 arithmetic).
+    weights = np.random.default_rng(0x6D656474).integers(
+        1, 2**63, size=width, dtype=np.uint64) | np.uint64(1)
+    hashes = (rows.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    candidate = np.flatnonzero(valid)
+    if candidate.size == 0:
+        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end,
+                           offset)
+    # (3): group equal (stream, hash); the earliest window of each group is its source.
+    order = candidate[np.lexsort((candidate, hashes[candidate], stream[ends[candidate]]))]
+    new_group = np.ones(order.size, dtype=bool)
+    new_group[1:] = ((hashes[order[1:]] != hashes[order[:-1]])
+                     | (stream[ends[order[1:]]] != stream[ends[order[:-1]]]))
+    first = order[np.maximum.accumulate(np.where(new_group, np.arange(order.size), 0))]
+    # (4): a copy must not overlap its source and must equal it exactly, not just by hash.
+    later = (ends[order] - ends[first] >= window)
+    later &= np.all(rows[order] == rows[first], axis=1)
+    row, src = order[later], first[later]
+    at, src_end = ends[row], ends[src]
+    alarm[at] = True
+    gap = np.abs(sliding_window_view(diff, width)[1:][row]
+                 - sliding_window_view(diff, width)[1:][src])
+    statistic[at] = gap.max(axis=1)
+    source_start[at] = time_ms[src_end - window + 1]
+    source_end[at] = time_ms[src_end]
+    offset[at] = value[at] - value[src_end]
+    return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end, offset)
+
+
+def _stream_rank(stream: Ints) -> Ints:
+    """Dense 0, 1, ... per run of equal stream ids (the batch is ordered by stream)."""
+    new = np.ones(stream.shape[0], dtype=np.int64)
+    new[1:] = stream[1:] != stream[:-1]
+    return np.cumsum(new) - 1
+
+
+def _group_median(group: Ints, x: Floats, n_groups: int) -> Floats:
+    """Median of `x` per group id in [0, n_groups) (NaN for a group without values)."""
+    order = np.lexsort((x, group))
+    xs = x[order]
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    lo = np.clip(starts + (counts - 1) // 2, 0, max(xs.size - 1, 0))
+    hi = np.clip(starts + counts // 2, 0, max(xs.size - 1, 0))
+    if xs.size == 0:
+        return np.full(n_groups, np.nan)
+    return np.where(counts > 0, 0.5 * (xs[lo] + xs[hi]), np.nan)
+
+
+def noise_bursts(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
+                 window: int = NOISE_WINDOW, ratio: float = NOISE_RATIO) -> NoiseAlarm:
+    """Readings that end a window of `window` values whose first differences vary far more
+    (variance `ratio` times) than the stream's usual.
+
+    The usual variance of first differences is robust and blind to slow trends: from the MAD
+    of the stream's second differences (for white noise of SD s, first differences have
+    variance 2 s**2 and second differences 6 s**2), floored at the quantization noise of the
+    channel's resolution. The window's variance is about its own mean difference, so a steady
+    rise or fall is not noise.
+    """
+    if window < 3:
+        raise ValueError(f"noise: window must be at least 3 values, got {window}")
+    n = stream.shape[0]
+    index = np.arange(n)
+    seg = segment_starts(stream)
+    rank = _stream_rank(stream)
+    n_streams = int(rank[-1]) + 1 if n else 0
+    diff = np.zeros(n)
+    has_prev = index > seg
+    diff[has_prev] = value[has_prev] - value[index[has_prev] - 1]
+    # (1): the stream's usual variance of first differences.
+    has_two = index - 2 >= seg
+    second = diff[has_two] - diff[index[has_two] - 1]
+    centre = _group_median(rank[has_two], second, n_streams)
+    mad = _group_median(rank[has_two], np.abs(second - centre[rank[has_two]]), n_streams)
+    floor = RESOLUTION[channel] ** 2 / 6.0
+    usual_var = np.maximum((MAD_TO_SD * mad[rank]) ** 2 / 3.0, floor)
+    # (2): variance of the last `window - 1` differences, from running sums.
+    width = window - 1
+    s1 = np.concatenate(([0.0], np.cumsum(diff)))
+    s2 = np.concatenate(([0.0], np.cumsum(diff * diff)))
+    lo = np.maximum(index + 1 - width, 0)
+    sum1 = s1[index + 1] - s1[lo]
+    sum2 = s2[index + 1] - s2[lo]
+    local_var = np.maximum(sum2 - sum1 * sum1 / width, 0.0) / (width - 1)
+    full = index - width >= seg
+    statistic = np.where(full, local_var / usual_var, np.nan)
+    alarm = statistic > ratio
+    since = time_ms[np.clip(index - width, seg, None)].astype(np.int64)
+    return NoiseAlarm(alarm, statistic, np.full(n, ratio), since, np.sqrt(usual_var))
+
+
+def _composite_key(rank: Ints, time_ms: Ints) -> tuple[Ints, int, int]:
+    """One sortable int64 key per (stream rank, time): rank * (span + 1) + time - t0."""
+    t0 = int(time_ms.min())
+    span = int(time_ms.max()) - t0 + 1
+    if (int(rank[-1]) + 1) * span >= 2**62:
+        raise ValueError("rate: time range too wide for the batch's number of streams")
+    return rank * span + (time_ms - t0), t0, span
+
+
+def impossible_rates(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
+                     span_ms: int = RATE_SPAN_MS) -> RateAlarm:
+    """Readings that changed faster than the channel's `MAX_RATE_PER_MIN` since the last
+    reading at least `span_ms` earlier (else the one before); a change over less than
+    `span_ms` is divided by `span_ms`, so only sustained change counts."""
+    n = stream.shape[0]
+    index = np.arange(n)
+    seg = segment_starts(stream)
+    threshold = MAX_RATE_PER_MIN[channel]
+    if n == 0:
+        empty = np.zeros(0)
+        return RateAlarm(np.zeros(0, dtype=bool), empty, empty, np.zeros(0, dtype=np.int64))
+    rank = _stream_rank(stream)
+    # Search on the running latest time, which is sorted within each stream even when a
+    # reading came out of order.
+    latest = segmented_cummax(time_ms.astype(np.int64), seg)
+    key, t0, span = _composite_key(rank, latest)
+    target = rank * span + (time_ms - span_ms - t0)
+    ref = np.searchsorted(key, target, side="right") - 1
+    ref = np.where((ref >= seg) & (ref < index), ref, index - 1)
+    has_ref = ref >= seg
+    ref = np.where(has_ref, ref, index)
+    elapsed_min = np.maximum(time_ms - time_ms[ref], span_ms) / MINUTE_MS
+    statistic = np.where(has_ref, (value - value[ref]) / elapsed_min, np.nan)
+    alarm = np.abs(statistic) > threshold
+    since = np.where(has_ref, time_ms[ref], -1).astype(np.int64)
+    return RateAlarm(alarm, statistic, threshold, since)
+
+
+def timestamp_games(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
+                    arrival_ms: Ints | None = None) -> TimestampAlarm:
+    """Readings out of order, duplicating an earlier time with another value, far from their
+    arrival, arriving with machine regularity, or denser than the stream's sampling."""
+    n = stream.shape[0]
+    index = np.arange(n)
+    seg = segment_starts(stream)
+    rank = _stream_rank(stream)
+    n_streams = int(rank[-1]) + 1 if n else 0
+    has_prev = index > seg
+    prev = np.where(has_prev, index - 1, index)
+    # (1): out of order: behind the latest time of the readings before it.
+    latest = segmented_cummax(time_ms.astype(np.int64), seg)
+    latest_before = np.where(has_prev, latest[prev], time_ms)
+    lag = (latest_before - time_ms).astype(np.int64)
+    out_of_order = lag > 0
+    # (2): duplicates: group equal (stream, time); compare with the group's first reading.
+    order = np.lexsort((index, time_ms, stream))
+    new = np.ones(n, dtype=bool)
+    new[1:] = (stream[order[1:]] != stream[order[:-1]]) | (
+        time_ms[order[1:]] != time_ms[order[:-1]])
+    first = np.empty(n, dtype=np.intp)
+    first[order] = order[np.maximum.accumulate(np.where(new, np.arange(n), 0))]
+    duplicate = np.abs(value - value[first]) > 0.5 * RESOLUTION[channel]
+    # (3): skew against arrival, and machine-regular inter-arrival gaps.
+    skew = np.zeros(n, dtype=np.int64)
+    jitter = np.full(n, np.nan)
+    if arrival_ms is not None:
+        skew = (arrival_ms - time_ms).astype(np.int64)
+        gaps = np.where(has_prev, (arrival_ms - arrival_ms[prev]).astype(np.float64), 0.0)
+        width = SPACING_WINDOW - 1
+        s1 = np.concatenate(([0.0], np.cumsum(gaps)))
+        s2 = np.concatenate(([0.0], np.cumsum(gaps * gaps)))
+        lo = np.maximum(index + 1 - width, 0)
+        sum1, sum2 = s1[index + 1] - s1[lo], s2[index + 1] - s2[lo]
+        var = np.maximum(sum2 - sum1 * sum1 / width, 0.0) / (width - 1)
+        jitter = np.where(index - width >= seg, np.sqrt(var), np.nan)
+    skewed = (skew < -MAX_FUTURE_MS) | (skew > MAX_DELAY_MS)
+    too_regular = jitter < MIN_JITTER_MS
+    # (4): denser than the stream's sampling: the gap against the stream's median gap.
+    gap = np.where(has_prev, time_ms - time_ms[prev], -1).astype(np.int64)
+    median_gap = _group_median(rank[has_prev], gap[has_prev].astype(np.float64),
+                               n_streams)[rank] if n else np.zeros(0)
+    too_dense = has_prev & (gap > 0) & (gap < DENSE_FRACTION * median_gap)
+    alarm = out_of_order | duplicate | skewed | too_regular | too_dense
+    return TimestampAlarm(alarm, out_of_order, duplicate, skewed, too_regular, too_dense,
+                          lag, skew, gap, median_gap, jitter)
