@@ -52,7 +52,8 @@ RESOLUTION = _per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
 #: SpO2 pins at 99-100 % on oxygen, RR at the ventilator rate, temperature and cuff BP change
 #: little for hours at their resolution: not checked (inf).
 FROZEN_MIN_MS = _per_channel(
-    {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS}, np.inf)
+    {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS}, np.inf
+)
 
 #: Fastest change per minute a living patient shows, sustained over `RATE_SPAN_MS`.
 #: Glucose: physiological rates rarely exceed 3-4 mg/dL/min (Kovatchev et al. 2005, Diabetes
@@ -67,15 +68,18 @@ FROZEN_MIN_MS = _per_channel(
 #: Polderman & Herold 2009, Crit Care Med 37:1101), so 1 °C/min is 10x that. RR and BP
 #: change abruptly (apnoea, arrhythmia, cuff re-inflation): 60 /min and 150 mmHg per minute.
 #: Inputs (carbohydrates, insulin) are doses, not signals: not checked (inf).
-MAX_RATE_PER_MIN = _per_channel({
-    Channel.GLUCOSE: 10.0,
-    Channel.HEART_RATE: 150.0,
-    Channel.SPO2: 60.0,
-    Channel.RESP_RATE: 60.0,
-    Channel.SYSTOLIC_BP: 150.0,
-    Channel.DIASTOLIC_BP: 150.0,
-    Channel.TEMPERATURE: 1.0,
-}, np.inf)
+MAX_RATE_PER_MIN = _per_channel(
+    {
+        Channel.GLUCOSE: 10.0,
+        Channel.HEART_RATE: 150.0,
+        Channel.SPO2: 60.0,
+        Channel.RESP_RATE: 60.0,
+        Channel.SYSTOLIC_BP: 150.0,
+        Channel.DIASTOLIC_BP: 150.0,
+        Channel.TEMPERATURE: 1.0,
+    },
+    np.inf,
+)
 
 #: The shortest interval a rate is measured over (ms): a jump between readings closer than
 #: this is judged as if spread over the span, so sensor noise at a high sampling rate is not a
@@ -196,8 +200,13 @@ class TimestampAlarm(NamedTuple):
     """SD of the window's inter-arrival gaps (NaN: too few, or no arrival times)"""
 
 
-def frozen_values(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
-                  min_duration_ms: npt.ArrayLike | None = None) -> FrozenAlarm:
+def frozen_values(
+    stream: Ints,
+    time_ms: Ints,
+    value: Floats,
+    channel: Ints,
+    min_duration_ms: npt.ArrayLike | None = None,
+) -> FrozenAlarm:
     """Readings whose value has stayed within the channel's `RESOLUTION` of the previous one
     for at least `min_duration_ms` (default the channel's `FROZEN_MIN_MS`)."""
     seg = segment_starts(stream)
@@ -211,16 +220,29 @@ def frozen_values(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     breaks = (index == seg) | moved
     run_start = np.maximum.accumulate(np.where(breaks, index, 0))
     duration = (time_ms - time_ms[run_start]).astype(np.float64)
-    threshold = (FROZEN_MIN_MS[channel] if min_duration_ms is None
-                 else np.broadcast_to(np.asarray(min_duration_ms, dtype=np.float64), (n,)))
+    threshold = (
+        FROZEN_MIN_MS[channel]
+        if min_duration_ms is None
+        else np.broadcast_to(np.asarray(min_duration_ms, dtype=np.float64), (n,))
+    )
     alarm = duration >= threshold
-    return FrozenAlarm(alarm, duration, np.asarray(threshold, dtype=np.float64),
-                       time_ms[run_start].astype(np.int64), (index - run_start + 1))
+    return FrozenAlarm(
+        alarm,
+        duration,
+        np.asarray(threshold, dtype=np.float64),
+        time_ms[run_start].astype(np.int64),
+        (index - run_start + 1),
+    )
 
 
-def replayed_windows(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
-                     window: int = REPLAY_WINDOW,
-                     tolerance: npt.ArrayLike | None = None) -> ReplayAlarm:
+def replayed_windows(
+    stream: Ints,
+    time_ms: Ints,
+    value: Floats,
+    channel: Ints,
+    window: int = REPLAY_WINDOW,
+    tolerance: npt.ArrayLike | None = None,
+) -> ReplayAlarm:
     """Readings that end a window of `window` values whose successive differences repeat an
     earlier, non-overlapping window of the same stream.
 
@@ -235,8 +257,11 @@ def replayed_windows(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     n = stream.shape[0]
     index = np.arange(n)
     seg = segment_starts(stream)
-    step = (RESOLUTION[channel] if tolerance is None
-            else np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n,)))
+    step = (
+        RESOLUTION[channel]
+        if tolerance is None
+        else np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n,))
+    )
     diff = np.zeros(n)
     has_prev = index > seg
     diff[has_prev] = value[has_prev] - value[index[has_prev] - 1]
@@ -251,37 +276,39 @@ def replayed_windows(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     since = time_ms[np.clip(index - window + 1, seg, None)].astype(np.int64)
     width = window - 1
     if n < window:
-        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end,
-                           offset)
+        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end, offset)
 
     # (1): windows of `width` differences; row r ends at reading r + width.
     rows = sliding_window_view(quanta, width)
     ends = np.arange(width, n)
     valid = (ends - window + 1 >= seg[ends]) & (
-        np.abs(rows[1:]).sum(axis=1) >= REPLAY_MIN_VARIATION * width)
+        np.abs(rows[1:]).sum(axis=1) >= REPLAY_MIN_VARIATION * width
+    )
     rows = rows[1:]  # drop the row whose first difference precedes reading 1
     # (2): hash each window with fixed random odd weights (wrapping uint64 arithmetic).
     weights = np.random.default_rng(0x6D656474).integers(
-        1, 2**63, size=width, dtype=np.uint64) | np.uint64(1)
+        1, 2**63, size=width, dtype=np.uint64
+    ) | np.uint64(1)
     hashes = (rows.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
     candidate = np.flatnonzero(valid)
     if candidate.size == 0:
-        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end,
-                           offset)
+        return ReplayAlarm(alarm, statistic, 0.5 * step, since, source_start, source_end, offset)
     # (3): group equal (stream, hash); the earliest window of each group is its source.
     order = candidate[np.lexsort((candidate, hashes[candidate], stream[ends[candidate]]))]
     new_group = np.ones(order.size, dtype=bool)
-    new_group[1:] = ((hashes[order[1:]] != hashes[order[:-1]])
-                     | (stream[ends[order[1:]]] != stream[ends[order[:-1]]]))
+    new_group[1:] = (hashes[order[1:]] != hashes[order[:-1]]) | (
+        stream[ends[order[1:]]] != stream[ends[order[:-1]]]
+    )
     first = order[np.maximum.accumulate(np.where(new_group, np.arange(order.size), 0))]
     # (4): a copy must not overlap its source and must equal it exactly, not just by hash.
-    later = (ends[order] - ends[first] >= window)
+    later = ends[order] - ends[first] >= window
     later &= np.all(rows[order] == rows[first], axis=1)
     row, src = order[later], first[later]
     at, src_end = ends[row], ends[src]
     alarm[at] = True
-    gap = np.abs(sliding_window_view(diff, width)[1:][row]
-                 - sliding_window_view(diff, width)[1:][src])
+    gap = np.abs(
+        sliding_window_view(diff, width)[1:][row] - sliding_window_view(diff, width)[1:][src]
+    )
     statistic[at] = gap.max(axis=1)
     source_start[at] = time_ms[src_end - window + 1]
     source_end[at] = time_ms[src_end]
@@ -309,8 +336,14 @@ def _group_median(group: Ints, x: Floats, n_groups: int) -> Floats:
     return np.where(counts > 0, 0.5 * (xs[lo] + xs[hi]), np.nan)
 
 
-def noise_bursts(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
-                 window: int = NOISE_WINDOW, ratio: float = NOISE_RATIO) -> NoiseAlarm:
+def noise_bursts(
+    stream: Ints,
+    time_ms: Ints,
+    value: Floats,
+    channel: Ints,
+    window: int = NOISE_WINDOW,
+    ratio: float = NOISE_RATIO,
+) -> NoiseAlarm:
     """Readings that end a window of `window` values whose first differences vary far more
     (variance `ratio` times) than the stream's usual.
 
@@ -361,8 +394,9 @@ def _composite_key(rank: Ints, time_ms: Ints) -> tuple[Ints, int, int]:
     return rank * span + (time_ms - t0), t0, span
 
 
-def impossible_rates(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
-                     span_ms: int = RATE_SPAN_MS) -> RateAlarm:
+def impossible_rates(
+    stream: Ints, time_ms: Ints, value: Floats, channel: Ints, span_ms: int = RATE_SPAN_MS
+) -> RateAlarm:
     """Readings that changed faster than the channel's `MAX_RATE_PER_MIN` since the last
     reading at least `span_ms` earlier (else the one before); a change over less than
     `span_ms` is divided by `span_ms`, so only sustained change counts."""
@@ -390,8 +424,9 @@ def impossible_rates(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     return RateAlarm(alarm, statistic, threshold, since)
 
 
-def timestamp_games(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
-                    arrival_ms: Ints | None = None) -> TimestampAlarm:
+def timestamp_games(
+    stream: Ints, time_ms: Ints, value: Floats, channel: Ints, arrival_ms: Ints | None = None
+) -> TimestampAlarm:
     """Readings out of order, duplicating an earlier time with another value, far from their
     arrival, arriving with machine regularity, or denser than the stream's sampling."""
     n = stream.shape[0]
@@ -410,7 +445,8 @@ def timestamp_games(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     order = np.lexsort((index, time_ms, stream))
     new = np.ones(n, dtype=bool)
     new[1:] = (stream[order[1:]] != stream[order[:-1]]) | (
-        time_ms[order[1:]] != time_ms[order[:-1]])
+        time_ms[order[1:]] != time_ms[order[:-1]]
+    )
     first = np.empty(n, dtype=np.intp)
     first[order] = order[np.maximum.accumulate(np.where(new, np.arange(n), 0))]
     duplicate = np.abs(value - value[first]) > 0.5 * RESOLUTION[channel]
@@ -431,9 +467,23 @@ def timestamp_games(stream: Ints, time_ms: Ints, value: Floats, channel: Ints,
     too_regular = jitter < MIN_JITTER_MS
     # (4): denser than the stream's sampling: the gap against the stream's median gap.
     gap = np.where(has_prev, time_ms - time_ms[prev], -1).astype(np.int64)
-    median_gap = _group_median(rank[has_prev], gap[has_prev].astype(np.float64),
-                               n_streams)[rank] if n else np.zeros(0)
+    median_gap = (
+        _group_median(rank[has_prev], gap[has_prev].astype(np.float64), n_streams)[rank]
+        if n
+        else np.zeros(0)
+    )
     too_dense = has_prev & (gap > 0) & (gap < DENSE_FRACTION * median_gap)
     alarm = out_of_order | duplicate | skewed | too_regular | too_dense
-    return TimestampAlarm(alarm, out_of_order, duplicate, skewed, too_regular, too_dense,
-                          lag, skew, gap, median_gap, jitter)
+    return TimestampAlarm(
+        alarm,
+        out_of_order,
+        duplicate,
+        skewed,
+        too_regular,
+        too_dense,
+        lag,
+        skew,
+        gap,
+        median_gap,
+        jitter,
+    )

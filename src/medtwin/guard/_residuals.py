@@ -143,8 +143,7 @@ def chi2_sf(x: float, dof: int) -> float:
         if j > 1:
             term *= x / (2 * j - 1)
         total += term
-    return min(1.0, math.erfc(math.sqrt(half))
-               + math.sqrt(2.0 / math.pi) * math.exp(-half) * total)
+    return min(1.0, math.erfc(math.sqrt(half)) + math.sqrt(2.0 / math.pi) * math.exp(-half) * total)
 
 
 @lru_cache(maxsize=256)
@@ -170,15 +169,25 @@ def chi2_1_sf(x: FloatArray) -> FloatArray:
     z = np.sqrt(np.maximum(np.asarray(x, dtype=np.float64), 0.0) / 2.0)
     t = 1.0 / (1.0 + 0.5 * z)
     poly = np.full(z.shape, 0.17087277)
-    for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418,
-              0.37409196, 1.00002368, -1.26551223):
+    for c in (
+        -0.82215223,
+        1.48851587,
+        -1.13520398,
+        0.27886807,
+        -0.18628806,
+        0.09678418,
+        0.37409196,
+        1.00002368,
+        -1.26551223,
+    ):
         poly = c + t * poly
     out: FloatArray = np.where(np.isnan(x), np.nan, np.minimum(1.0, t * np.exp(-z * z + poly)))
     return out
 
 
-def nis_test(innovation: FloatArray, innovation_var: FloatArray,
-             false_alarm: float = FALSE_ALARM_PER_READING) -> NisTest:
+def nis_test(
+    innovation: FloatArray, innovation_var: FloatArray, false_alarm: float = FALSE_ALARM_PER_READING
+) -> NisTest:
     """Test each reading on its own: NIS against the chi-square(1) quantile of 1 −
     `false_alarm`."""
     nis = normalized_innovation(innovation, innovation_var)
@@ -193,8 +202,9 @@ def window_state(n_streams: int, window: int = WINDOW_READINGS) -> WindowState:
     return WindowState(np.full((n_streams, window - 1), np.nan))
 
 
-def _check_streams(stream: npt.NDArray[np.intp], n_streams: int,
-                   *arrays: npt.NDArray[np.generic]) -> npt.NDArray[np.intp]:
+def _check_streams(
+    stream: npt.NDArray[np.intp], n_streams: int, *arrays: npt.NDArray[np.generic]
+) -> npt.NDArray[np.intp]:
     """`stream` as an index array, after checking shapes, range and order."""
     stream = np.asarray(stream, dtype=np.intp)
     if stream.ndim != 1 or any(np.shape(a) != stream.shape for a in arrays):
@@ -206,9 +216,13 @@ def _check_streams(stream: npt.NDArray[np.intp], n_streams: int,
     return stream
 
 
-def window_test(state: WindowState, stream: npt.NDArray[np.intp], innovation: FloatArray,
-                innovation_var: FloatArray,
-                false_alarm: float = FALSE_ALARM_PER_READING) -> WindowTest:
+def window_test(
+    state: WindowState,
+    stream: npt.NDArray[np.intp],
+    innovation: FloatArray,
+    innovation_var: FloatArray,
+    false_alarm: float = FALSE_ALARM_PER_READING,
+) -> WindowTest:
     """Sum NIS over each stream's last k readings with an innovation (k = window of `state`)
     and test the sum against the chi-square(dof) quantile of 1 − `false_alarm`; pure.
 
@@ -239,8 +253,7 @@ def window_test(state: WindowState, stream: npt.NDArray[np.intp], innovation: Fl
     before = np.where(base >= 0, total[np.maximum(base, 0)], 0.0)
     sums = np.maximum(total - before, 0.0)
     dof_seq = np.minimum(index - start + 1, window)
-    thresholds = np.array([np.inf] + [chi2_threshold(false_alarm, d)
-                                      for d in range(1, window + 1)])
+    thresholds = np.array([np.inf] + [chi2_threshold(false_alarm, d) for d in range(1, window + 1)])
     statistic = np.full(n, np.nan)
     dof = np.zeros(n, np.int64)
     mine = seq_reading >= 0
@@ -261,13 +274,23 @@ def window_test(state: WindowState, stream: npt.NDArray[np.intp], innovation: Fl
 
 def cusum_state(n_streams: int) -> CusumState:
     """`n_streams` streams with both sums at 0."""
-    return CusumState(np.zeros(n_streams), np.zeros(n_streams),
-                      np.full(n_streams, NO_TIME, np.int64), np.full(n_streams, NO_TIME, np.int64))
+    return CusumState(
+        np.zeros(n_streams),
+        np.zeros(n_streams),
+        np.full(n_streams, NO_TIME, np.int64),
+        np.full(n_streams, NO_TIME, np.int64),
+    )
 
 
-def cusum_test(state: CusumState, stream: npt.NDArray[np.intp], time_ms: IntArray,
-               innovation: FloatArray, innovation_var: FloatArray,
-               drift: float = CUSUM_DRIFT, threshold: float = CUSUM_THRESHOLD) -> CusumTest:
+def cusum_test(
+    state: CusumState,
+    stream: npt.NDArray[np.intp],
+    time_ms: IntArray,
+    innovation: FloatArray,
+    innovation_var: FloatArray,
+    drift: float = CUSUM_DRIFT,
+    threshold: float = CUSUM_THRESHOLD,
+) -> CusumTest:
     """Two-sided CUSUM on z = nu / sqrt(S) (Page 1954); pure.
 
     upper_t = max(0, upper_(t−1) + z_t − drift), lower_t = max(0, lower_(t−1) − z_t − drift);
@@ -288,22 +311,31 @@ def cusum_test(state: CusumState, stream: npt.NDArray[np.intp], time_ms: IntArra
     by_rank = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[by_rank], np.arange(int(rank.max(initial=-1)) + 2))
     for step in range(bounds.size - 1):
-        reading = by_rank[bounds[step]:bounds[step + 1]]
+        reading = by_rank[bounds[step] : bounds[step + 1]]
         reading = reading[np.isfinite(z[reading])]
         s, zz, t = stream[reading], z[reading], np.asarray(time_ms)[reading]
         new_upper = np.maximum(0.0, upper[s] + zz - drift)
         new_lower = np.maximum(0.0, lower[s] - zz - drift)
-        upper_since[s] = np.where(new_upper == 0.0, NO_TIME,
-                                  np.where(upper[s] == 0.0, t, upper_since[s]))
-        lower_since[s] = np.where(new_lower == 0.0, NO_TIME,
-                                  np.where(lower[s] == 0.0, t, lower_since[s]))
+        upper_since[s] = np.where(
+            new_upper == 0.0, NO_TIME, np.where(upper[s] == 0.0, t, upper_since[s])
+        )
+        lower_since[s] = np.where(
+            new_lower == 0.0, NO_TIME, np.where(lower[s] == 0.0, t, lower_since[s])
+        )
         upper[s], lower[s] = new_upper, new_lower
         above = new_upper >= new_lower
         statistic[reading] = np.where(above, new_upper, new_lower)
-        direction[reading] = np.where(np.maximum(new_upper, new_lower) == 0.0, 0,
-                                      np.where(above, 1, -1))
+        direction[reading] = np.where(
+            np.maximum(new_upper, new_lower) == 0.0, 0, np.where(above, 1, -1)
+        )
         since[reading] = np.where(above, upper_since[s], lower_since[s])
     limit = np.full(n, float(threshold))
     alarm = np.nan_to_num(statistic) > limit
-    return CusumTest(statistic, direction, limit, alarm, since,
-                     CusumState(upper, lower, upper_since, lower_since))
+    return CusumTest(
+        statistic,
+        direction,
+        limit,
+        alarm,
+        since,
+        CusumState(upper, lower, upper_since, lower_since),
+    )
