@@ -91,6 +91,8 @@ def test_virtual_ward_to_twin_and_alert_over_http(
         clinician_auth = {"Authorization": f"Bearer {clinician}"}
         twin = http.get("/v1/patients/pt-0001/twin", headers=clinician_auth).json()
         alerts = http.get("/v1/alerts", headers=clinician_auth).json()
+        findings = http.get("/v1/findings", headers=clinician_auth).json()["findings"]
+        devices = http.get("/v1/devices", headers=admin_auth).json()
 
     assert accepted > 100
     assert set(twin["channels"]) >= {"99504-3", "8867-4", "59408-5", "9279-1", "8480-6",
@@ -105,5 +107,9 @@ def test_virtual_ward_to_twin_and_alert_over_http(
     assert first["evidence"]["no_alert_if"]
     assert done.wait(10), "the live stream did not deliver the alert"
     kinds = {e["type"] for e in events}
-    assert kinds == {"twin", "alert"}
+    assert {"twin", "alert"} <= kinds <= {"twin", "alert", "finding"}
+    # an honest patient deteriorating: the guard may note what the twin did not expect, but
+    # it calls nothing spoofed and quarantines no device
+    assert {f["code"] for f in findings} <= {"unexplained-change"}
+    assert {d["status"] for d in devices} == {"active"}
     assert any(e["type"] == "twin" and e["state"]["patient_id"] == "pt-0001" for e in events)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import DeviceSim
+from tests.conftest import DeviceSim, FakeClock
 
 from medtwin.access import Role, new_token
 from medtwin.api import create_app
@@ -51,13 +51,23 @@ def test_a_declared_oversized_body_is_refused_unread(client: TestClient,
 
 
 def test_quarantine_then_release(client: TestClient, pipeline: Pipeline,
-                                 device: DeviceSim) -> None:
+                                 device: DeviceSim, clock: FakeClock) -> None:
     admin = _auth(pipeline, Role.ADMIN)
-    assert client.post("/v1/devices/vit-1/quarantine", headers=admin).status_code == 200
-    refused = client.post("/v1/packets", json=device.envelope(device.vitals()))
-    assert (refused.status_code, refused.json()["reason"]) == (403, "quarantined-device")
-    assert client.post("/v1/devices/vit-1/release", headers=admin).status_code == 200
-    assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
+    assert client.post("/v1/devices/vit-1/quarantine", headers=admin,
+                       json={"reason": "lost"}).status_code == 200
+    held = client.post("/v1/packets", json=device.envelope(device.vitals()))
+    assert (held.status_code, held.json()["held"]) == (200, 5)   # stored, moves nothing
+    assert client.post("/v1/devices/vit-1/release", headers=admin).status_code == 422
+    assert client.post("/v1/devices/vit-1/release", headers=admin,
+                       json={"reason": "found and checked"}).status_code == 200
+    assert client.post("/v1/devices/vit-1/release", headers=admin,
+                       json={"reason": "again"}).status_code == 409
+    clock.advance(60)
+    fresh = client.post("/v1/packets", json=device.envelope(device.vitals(hr=75.0)))
+    assert (fresh.status_code, fresh.json()["held"]) == (200, 0)
+    reasons = [r.reason for r in pipeline.store.registrations()]
+    assert reasons[-2:] == ["quarantine by someone: lost",
+                            "release: by someone: found and checked"]
     assert client.post("/v1/devices/nope/quarantine", headers=admin).status_code == 404
 
 

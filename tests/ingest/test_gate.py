@@ -209,17 +209,19 @@ def test_rejection_names_the_claimed_device(pipeline: Pipeline, device: DeviceSi
     assert [r.device_id for r in pipeline.store.rejections()] == [None, "vit-1", "ghost-7"]
 
 
-def test_quarantined_device_is_refused(pipeline: Pipeline, device: DeviceSim,
-                                       clock: FakeClock) -> None:
-    pipeline.set_device_status("vit-1", DeviceStatus.QUARANTINED)
+def test_quarantined_device_is_stored_but_held(pipeline: Pipeline, device: DeviceSim,
+                                              clock: FakeClock) -> None:
+    pipeline.set_device_status("vit-1", DeviceStatus.QUARANTINED, "test")
     (outcome,) = pipeline.process([device.submit(_hr(clock))])
-    assert isinstance(outcome, Rejected)
-    _check_rejection(outcome.error, RejectReason.QUARANTINED_DEVICE,
-                     r"^device 'vit-1' is quarantined; an admin must release it$")
-    assert pipeline.store.counts()["packets"] == 0
-    pipeline.set_device_status("vit-1", DeviceStatus.ACTIVE)
+    assert isinstance(outcome, Accepted) and outcome.held.all()
+    assert np.isnan(outcome.estimates).all()
+    assert pipeline.store.counts()["packets"] == 1
+    assert not pipeline.twin_state("pt-1").channels        # it moved nothing
+    pipeline.release_device("vit-1", "device checked")
+    clock.advance(60)
     (outcome,) = pipeline.process([device.submit(_hr(clock))])
-    assert isinstance(outcome, Accepted)
+    assert isinstance(outcome, Accepted) and not outcome.held.any()
+    assert pipeline.twin_state("pt-1").channels
 
 
 def test_replay_in_a_later_batch(pipeline: Pipeline, device: DeviceSim,
@@ -262,6 +264,7 @@ def test_good_packets_pass_beside_bad_ones(pipeline: Pipeline, device: DeviceSim
     good_1 = device.envelope(device.vitals(hr=80.0))
     bad = [CASES[name][0](device, clock) for name in
            ("forged signature", "impossible value", "wrong unit", "missing signature")]
+    clock.advance(60)                    # a second value for the same time would be held
     good_2 = device.envelope(device.vitals(hr=90.0))
     batch = [SignedSubmission(e) for e in [bad[0], good_1, bad[1], good_1, bad[2], good_2,
                                            bad[3]]]

@@ -118,7 +118,11 @@ def test_deterioration_raises_news2_high_once(pipeline: Pipeline, device: Device
 def test_alert_rearms_after_recovery(pipeline: Pipeline, device: DeviceSim,
                                      clock: FakeClock) -> None:
     _step(pipeline, device, clock)
-    for vitals in ([BAD] * 10 + [{}] * 15 + [BAD] * 10):
+    # A recovery over a quarter of an hour, and a relapse: a monitor whose every channel
+    # turned normal within a minute would look like a masking attack to the guard.
+    normal = {"hr": 72.0, "rr": 16.0, "spo2": 97.0, "sbp": 120.0, "temp": 37.0}
+    ramp = [{k: BAD[k] + (normal[k] - BAD[k]) * i / 15 for k in BAD} for i in range(16)]
+    for vitals in ([BAD] * 10 + ramp + [normal] * 10 + ramp[::-1] + [BAD] * 5):
         _step(pipeline, device, clock, **vitals)
     assert [a.rule for a in pipeline.alerts()].count("news2-high") == 2
 

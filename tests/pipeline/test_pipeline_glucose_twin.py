@@ -26,12 +26,13 @@ MIN_MS = 60_000
 
 def _cgm_day(device: DeviceSim, clock: FakeClock, pipeline: Pipeline, steps: int = 24,
              meal_at: int | None = 6) -> list[Accepted]:
-    """CGM every 5 min (one packet each), a 60 g meal with its 6 U bolus at `meal_at`."""
+    """CGM every 5 min (one packet each), a 60 g meal with its 6 U bolus at `meal_at`; the
+    steady part wobbles by 1 mg/dL, as a live sensor's does (a flat line is a stuck one)."""
     outcomes = []
     for k in range(steps):
         t = clock()
         readings = [Reading(Channel.GLUCOSE, 120.0 + (8.0 * (k - meal_at) if meal_at is not None
-                                                       and k > meal_at else 0.0), t)]
+                                                       and k > meal_at else k % 2), t)]
         if k == meal_at:
             readings += [Reading(Channel.CARBS, 60.0, t), Reading(Channel.INSULIN, 6.0, t)]
         [outcome] = pipeline.process([device.submit(readings)])

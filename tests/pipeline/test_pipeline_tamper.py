@@ -50,9 +50,9 @@ def test_a_device_key_swapped_while_down_is_refused(stopped: Settings) -> None:
     with _offline(stopped) as conn:
         (size,) = conn.execute("SELECT COUNT(*) FROM ledger_leaves").fetchone()
         rec = RegistrationRecord(size, "vit-1", "pt-1", "ed25519", attacker_key, "active", 0)
-        conn.execute("INSERT INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO registrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (rec.leaf_index, rec.device_id, rec.patient_id, rec.suite, rec.public_key,
-                      rec.status, rec.time_ms))
+                      rec.status, rec.time_ms, rec.reason))
         conn.execute("INSERT INTO ledger_leaves VALUES (?, ?, ?)", (
             size, rec.kind, leaf_hash(leaf_data(rec.kind, str(size), rec.commit_bytes()))))
         conn.execute("UPDATE devices SET public_key = ?", (attacker_key,))
@@ -64,7 +64,7 @@ def test_alerts_deleted_while_down_are_refused(stopped: Settings) -> None:
         (last,) = conn.execute("SELECT MAX(leaf_index) FROM alerts").fetchone()
         conn.execute("DELETE FROM alerts WHERE leaf_index = ?", (last,))
         conn.execute("DELETE FROM ledger_leaves WHERE leaf_index = ?", (last,))
-    _refused(stopped, rf"record #{last} is missing")
+    _refused(stopped, rf"record #{last}\b.*missing")
 
 
 def test_a_reset_sequence_number_is_refused(stopped: Settings) -> None:
@@ -102,7 +102,7 @@ def test_an_insider_cannot_refile_a_packet_for_another_patient(
         conn.exec_driver_sql("UPDATE tree_heads SET root = ?, signature = ?",
                              (head.root, head.signature))
     with pytest.raises(VerificationError, match=rf"^log: packet #{moved.leaf_index} .* is not "
-                                                r"from an active device registered to its "
+                                                r"from a device registered to its "
                                                 r"patient"):
         verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
 

@@ -150,7 +150,8 @@ def test_a_registration_for_an_unknown_patient_writes_nothing(store: Store) -> N
 
 def test_empty_store(store: Store) -> None:
     assert store.counts() == {"patients": 0, "devices": 0, "registrations": 0, "packets": 0,
-                              "alerts": 0, "rejections": 0, "twin_params": 0, "leaves": 0,
+                              "alerts": 0, "rejections": 0, "twin_params": 0, "findings": 0,
+                              "leaves": 0,
                               "readings": 0}
     assert store.latest_head() is None
     assert list(store.records()) == [] and store.leaf_hashes() == []

@@ -35,6 +35,7 @@ from medtwin.pipeline import (
     Pipeline,
     SignedSubmission,
     alert_json,
+    finding_json,
     twin_state_json,
     whatif_json,
 )
@@ -99,6 +100,12 @@ class PersonalizeIn(BaseModel):
     days: Annotated[float, Field(gt=0, le=30)] = 2.0
 
 
+class StatusIn(BaseModel):
+    """Why a device's status changes: who checked what (no patient data)."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
 class TokenIn(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     role: Role
@@ -159,7 +166,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.post("/v1/packets", tags=["ingest"], responses={
         200: {"description": "Accepted and durable"},
         400: {"description": "Malformed"}, 401: {"description": "Unknown device or bad signature"},
-        403: {"description": "Device quarantined"}, 409: {"description": "Replayed sequence"},
+        409: {"description": "Replayed sequence"},
         413: {"description": "Too large"}, 422: {"description": "Readings refused"}})
     async def ingest_packet(request: Request) -> JSONResponse:
         """Ingest one signed device packet; authenticated by the device's signature, not a
@@ -171,7 +178,8 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         if isinstance(outcome, Accepted):
             return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,
                                  "device_id": outcome.device_id, "seq": outcome.seq,
-                                 "readings": outcome.n_readings})
+                                 "readings": outcome.n_readings,
+                                 "held": int(outcome.held.sum())})
         error = outcome.error
         return JSONResponse({"status": "rejected", "reason": error.reason.value,
                              "detail": str(error), "leaf_index": outcome.leaf_index},
@@ -201,16 +209,30 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                 for d in pipeline.devices()]
 
     @app.post("/v1/devices/{device_id}/quarantine", tags=["admin"])
-    def quarantine_device(device_id: str, _caller: Caller = manage) -> dict[str, str]:
-        """Stop a device's packets from reaching the twin (they are refused and recorded)."""
-        pipeline.set_device_status(device_id, DeviceStatus.QUARANTINED)
+    def quarantine_device(device_id: str, caller: Caller = manage,
+                          body: StatusIn | None = None) -> dict[str, str]:
+        """Quarantine a device: its packets are still stored, but no longer move the twin.
+        Logged with the caller's name and reason."""
+        reason = body.reason if body is not None else ""
+        pipeline.set_device_status(device_id, DeviceStatus.QUARANTINED,
+                                   f"quarantine by {caller.name}: {reason}".rstrip(": "))
         return {"device_id": device_id, "status": DeviceStatus.QUARANTINED.value}
 
     @app.post("/v1/devices/{device_id}/release", tags=["admin"])
-    def release_device(device_id: str, _caller: Caller = manage) -> dict[str, str]:
-        """Let a quarantined device's packets reach the twin again."""
-        pipeline.set_device_status(device_id, DeviceStatus.ACTIVE)
+    def release_device(device_id: str, body: StatusIn, caller: Caller = manage
+                       ) -> dict[str, str]:
+        """Release a quarantined device after checking it: an audited action (the caller's
+        name and reason are logged); its readings move the twin again."""
+        pipeline.release_device(device_id, f"by {caller.name}: {body.reason}")
         return {"device_id": device_id, "status": DeviceStatus.ACTIVE.value}
+
+    @app.get("/v1/findings", tags=["twin"])
+    def list_findings(_caller: Caller = read_twin, patient_id: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                      ) -> dict[str, Any]:
+        """Recent guard findings, newest first, each with its code, confidence and evidence
+        (expected vs observed, statistic and threshold, since when, what would clear it)."""
+        return {"findings": [finding_json(f) for f in pipeline.findings(patient_id, limit)]}
 
     @app.post("/v1/tokens", status_code=201, tags=["admin"])
     def create_token(body: TokenIn, _caller: Caller = manage) -> dict[str, str]:
@@ -277,7 +299,8 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.get("/v1/stream", tags=["twin"])
     async def stream(request: Request, _caller: Caller = read_twin) -> StreamingResponse:
-        """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts.
+        """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts,
+        `finding` on guard findings.
         The token is checked again at every keep-alive, so a revoked token's stream ends."""
         queue = pipeline.events.subscribe()
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()

@@ -11,11 +11,14 @@ from medtwin.domain._channels import (
     ChannelSpec,
 )
 from medtwin.domain._types import (
+    COMPROMISE_CODES,
     PACKET_SIGNING_CONTEXT,
     Alert,
     ChannelState,
     Device,
     DeviceStatus,
+    Finding,
+    FindingCode,
     Forecast,
     Packet,
     Patient,
@@ -31,6 +34,7 @@ from medtwin.domain._types import (
 )
 
 __all__ = [
+    "COMPROMISE_CODES",
     "LOINC",
     "N_CHANNELS",
     "PACKET_SIGNING_CONTEXT",
@@ -44,6 +48,8 @@ __all__ = [
     "ChannelState",
     "Device",
     "DeviceStatus",
+    "Finding",
+    "FindingCode",
     "Forecast",
     "Packet",
     "Patient",

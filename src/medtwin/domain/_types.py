@@ -122,6 +122,52 @@ class Alert:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
+class FindingCode(enum.StrEnum):
+    """What the guard concluded about a stream or a device (`Finding.code`)."""
+
+    #: readings that look manipulated: they mask what the twin and the other sensors show
+    SPOOFING_SUSPECTED = "spoofing-suspected"
+    #: a failing sensor: stuck, noisy, or jumping faster than any physiology
+    SENSOR_FAULT = "sensor-fault"
+    #: an earlier stretch of the stream sent again as if new
+    REPLAY = "replay"
+    #: the device (or a sender using its name) behaves unlike itself: flood, jitter,
+    #: sequence games, bursts of bad signatures, clock jumps
+    DEVICE_BEHAVIOUR = "device-behaviour"
+    #: the readings move towards danger faster than the twin expected, with no sign of
+    #: manipulation: treated as real physiology (the clinical rules alert on it)
+    UNEXPLAINED_CHANGE = "unexplained-change"
+
+
+#: Codes that say a device may be compromised; a confident one quarantines the device.
+COMPROMISE_CODES = frozenset({FindingCode.SPOOFING_SUSPECTED, FindingCode.REPLAY,
+                              FindingCode.DEVICE_BEHAVIOUR})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A guard finding with the evidence an analyst or clinician needs to judge it in seconds.
+
+    `time_ms` is the data time of the reading (or packet) that raised it, `since_ms` when the
+    suspect pattern began; `confidence` in [0, 1]. `evidence` holds what was expected and
+    observed, the statistic and its threshold, the channels that disagreed and what would
+    have had to be different for no finding. `quarantined`: this finding quarantined the
+    device.
+    """
+
+    patient_id: str
+    device_id: str
+    code: FindingCode
+    channel: Channel | None
+    confidence: float
+    time_ms: int
+    since_ms: int
+    detector: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    quarantined: bool = False
+
+
 def canonical_json(obj: Any) -> bytes:
     """The one byte encoding that signatures and hashes cover: the JSON Canonicalization
     Scheme (RFC 8785), which any language can reproduce (sorted keys, no spaces, UTF-8,

@@ -1,6 +1,7 @@
-"""Detectors of spoofed and faulty data, batched over streams: residual tests on the twin's
-innovations (per reading, over windows, CUSUM for drifts) and the patterns residuals miss
-(frozen values, replayed segments, noise bursts, impossible rates, timestamp games)."""
+"""The guard: detectors of spoofed and faulty data batched over streams (residual tests on the
+twin's innovations, the patterns residuals miss, agreement between devices), device-behaviour
+intrusion detection and rate limits, and `GuardBank`, which classifies what fired into
+explained findings and decides which sources are quarantined."""
 
 from medtwin.guard._behaviour import (
     BURST,
@@ -52,6 +53,21 @@ from medtwin.guard._consistency import (
     device_agreement,
     physiological_coherence,
 )
+from medtwin.guard._monitor import (
+    DANGER_ABOVE,
+    DANGER_BELOW,
+    HISTORY,
+    QUARANTINE_CONFIDENCE,
+    REPEAT_MS,
+    SCREENS,
+    Detector,
+    Draft,
+    GuardBank,
+    GuardState,
+    Judgement,
+    Screen,
+    guard_state,
+)
 from medtwin.guard._patterns import (
     FROZEN_MIN_MS,
     MAX_RATE_PER_MIN,
@@ -98,11 +114,14 @@ __all__ = [
     "COMPANION_MAX_AGE_MS",
     "CUSUM_DRIFT",
     "CUSUM_THRESHOLD",
+    "DANGER_ABOVE",
+    "DANGER_BELOW",
     "DEFAULT_PARAMS",
     "DEVICE_NOISE_SD",
     "EW_WEIGHT",
     "FALSE_ALARM_PER_READING",
     "FROZEN_MIN_MS",
+    "HISTORY",
     "HYPOXAEMIA_DROP",
     "HYPOXAEMIA_SPO2",
     "MAX_RATE_PER_MIN",
@@ -114,9 +133,12 @@ __all__ = [
     "N_FEATURES",
     "N_LEARNED",
     "PAIR_TOLERANCE_MS",
+    "QUARANTINE_CONFIDENCE",
     "RATE_PER_S",
+    "REPEAT_MS",
     "REPLAY_WINDOW",
     "RESOLUTION",
+    "SCREENS",
     "SD_FLOOR",
     "SIDE",
     "SIGNATURE_BURST",
@@ -140,13 +162,19 @@ __all__ = [
     "CoherenceRule",
     "CusumState",
     "CusumTest",
+    "Detector",
     "DeviceAgreement",
+    "Draft",
     "Feature",
     "FrozenAlarm",
+    "GuardBank",
+    "GuardState",
+    "Judgement",
     "NisTest",
     "NoiseAlarm",
     "RateAlarm",
     "ReplayAlarm",
+    "Screen",
     "TimestampAlarm",
     "WindowState",
     "WindowTest",
@@ -164,6 +192,7 @@ __all__ = [
     "frozen_values",
     "grow_behaviour_state",
     "grow_bucket_state",
+    "guard_state",
     "impossible_rates",
     "nis_test",
     "noise_bursts",

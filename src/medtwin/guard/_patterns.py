@@ -92,11 +92,15 @@ RATE_SPAN_MS = 60_000
 REPLAY_WINDOW = 12
 REPLAY_MIN_VARIATION = 2.0
 
-#: Noise bursts: window of first differences (12 values: 1 h of 5-min CGM) and the variance
-#: ratio over the stream's robust level that alarms (SD 3x usual). For white noise the ratio
-#: of an 11-difference window follows ~chi2(10)/10, which exceeds 9 with probability ~1e-14.
+#: Noise bursts: window of first differences (12 values: 1 h of 5-min CGM) and the ratio of
+#: its robust (MAD) variance over the stream's usual that alarms (SD 3x usual). Both are
+#: medians, so a single step or spike moves neither; for white noise the window's MAD-based
+#: SD exceeds 3x the true SD with negligible probability for 11 differences.
 NOISE_WINDOW = 12
 NOISE_RATIO = 9.0
+#: A stream is judged for noise once it has this many windows of history: its usual
+#: variance is a median over them.
+NOISE_MIN_HISTORY = 3
 
 #: Timestamps: a reading's time may lie at most `MAX_FUTURE_MS` after its arrival (clock
 #: drift), and at most `MAX_DELAY_MS` before it (CGMs backfill up to 3 h missed while out of
@@ -345,13 +349,15 @@ def noise_bursts(
     ratio: float = NOISE_RATIO,
 ) -> NoiseAlarm:
     """Readings that end a window of `window` values whose first differences vary far more
-    (variance `ratio` times) than the stream's usual.
+    (robust variance `ratio` times) than the stream's usual.
 
     The usual variance of first differences is robust and blind to slow trends: from the MAD
     of the stream's second differences (for white noise of SD s, first differences have
-    variance 2 s**2 and second differences 6 s**2), floored at the quantization noise of the
-    channel's resolution. The window's variance is about its own mean difference, so a steady
-    rise or fall is not noise.
+    variance 2 s**2 and second differences 6 s**2), floored at what second differences of
+    two resolution steps imply, so a quantized, nearly flat stream is not called quiet. The
+    window's spread is about its own median difference, so a steady rise or fall is not
+    noise, and a single step or spike is not either. A stream is judged once it has
+    `NOISE_MIN_HISTORY` windows of readings.
     """
     if window < 3:
         raise ValueError(f"noise: window must be at least 3 values, got {window}")
@@ -368,17 +374,17 @@ def noise_bursts(
     second = diff[has_two] - diff[index[has_two] - 1]
     centre = _group_median(rank[has_two], second, n_streams)
     mad = _group_median(rank[has_two], np.abs(second - centre[rank[has_two]]), n_streams)
-    floor = RESOLUTION[channel] ** 2 / 6.0
+    floor = (MAD_TO_SD * 2.0 * RESOLUTION[channel]) ** 2 / 3.0
     usual_var = np.maximum((MAD_TO_SD * mad[rank]) ** 2 / 3.0, floor)
-    # (2): variance of the last `window - 1` differences, from running sums.
+    # (2): robust variance of the last `window - 1` differences (their MAD about their
+    # median), so one step in an otherwise steady stream is not a burst of noise.
     width = window - 1
-    s1 = np.concatenate(([0.0], np.cumsum(diff)))
-    s2 = np.concatenate(([0.0], np.cumsum(diff * diff)))
-    lo = np.maximum(index + 1 - width, 0)
-    sum1 = s1[index + 1] - s1[lo]
-    sum2 = s2[index + 1] - s2[lo]
-    local_var = np.maximum(sum2 - sum1 * sum1 / width, 0.0) / (width - 1)
-    full = index - width >= seg
+    local_var = np.full(n, np.nan)
+    if n >= width:
+        win = sliding_window_view(diff, width)
+        centre_w = np.median(win, axis=1, keepdims=True)
+        local_var[width - 1:] = (MAD_TO_SD * np.median(np.abs(win - centre_w), axis=1)) ** 2
+    full = index - NOISE_MIN_HISTORY * window >= seg      # the usual is known by now
     statistic = np.where(full, local_var / usual_var, np.nan)
     alarm = statistic > ratio
     since = time_ms[np.clip(index - width, seg, None)].astype(np.int64)

@@ -4,7 +4,7 @@ A signed device packet passes these steps, in order; the first that fails reject
   (0) shape: the envelope is within the size limit and well-formed JSON of the protocol;
   (1) suite: the signature suite is one medtwin knows;
   (2) device: the device is registered;
-  (3) status: the device is not quarantined;
+  (3) status: a quarantined device is still admitted (the guard holds its readings);
   (4) signature: the device's key signed exactly these bytes;
   (5) sequence: the sequence number is above every one accepted from this device (replay);
   (6) clock: the send time is within the configured skew of the site clock;
@@ -35,7 +35,6 @@ from medtwin.domain import (
     POSSIBLE_MIN,
     Channel,
     Device,
-    DeviceStatus,
     Packet,
     Provenance,
     ReadingBatch,
@@ -196,10 +195,8 @@ class Gate:
         if device is None:
             raise _Rejected(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not "
                             "registered; register it with `medtwin keys add-device`", device_id)
-        # (3): status
-        if device.status is DeviceStatus.QUARANTINED:
-            raise _Rejected(RejectReason.QUARANTINED_DEVICE, f"device {device_id!r} is "
-                            "quarantined; an admin must release it", device_id)
+        # (3): status: a quarantined device's packets are admitted and stored (its readings
+        # are evidence), but the guard keeps them from moving the twin
         # (4): signature
         try:
             signature = base64.b64decode(env["signature"], validate=True)

@@ -1,4 +1,4 @@
-"""Plaintext encodings of what the store keeps sealed: a packet's readings and an alert.
+"""Plaintext encodings of what the store keeps sealed: a packet's readings, an alert, a finding.
 
 A packet payload starts with a tag: 0x01 readings as fixed-width columns (trusted imports),
 0x02 the exact bytes a device signed (so its signature can be checked again at any time).
@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from medtwin.domain import Alert, ReadingBatch, Severity, canonical_json
+from medtwin.domain import (
+    Alert,
+    Channel,
+    Finding,
+    FindingCode,
+    ReadingBatch,
+    Severity,
+    canonical_json,
+)
 from medtwin.ingest import signed_packet_readings
 
 _READINGS_HEADER = struct.Struct(">BI")  # version, number of readings
@@ -87,3 +95,26 @@ def encode_params(names: Sequence[str], values: Sequence[float]) -> bytes:
 def decode_params(data: bytes) -> dict[str, float]:
     body: dict[str, float] = json.loads(data)
     return {name: float(v) for name, v in body.items()}
+
+
+def finding_aad(leaf_index: int, patient_id: str) -> bytes:
+    return f"medtwin/finding/{leaf_index}/{patient_id}".encode()
+
+
+def encode_finding(finding: Finding) -> bytes:
+    """The sealed part of a finding: everything but what its record holds in the clear."""
+    return canonical_json({
+        "channel": None if finding.channel is None else finding.channel.code,
+        "confidence": finding.confidence, "since_ms": finding.since_ms,
+        "detector": finding.detector, "summary": finding.summary,
+        "evidence": finding.evidence, "quarantined": finding.quarantined})
+
+
+def decode_finding(data: bytes, patient_id: str, device_id: str, code: str,
+                   time_ms: int) -> Finding:
+    body = json.loads(data)
+    channel = None if body["channel"] is None else Channel.from_code(body["channel"])
+    return Finding(patient_id, device_id, FindingCode(code), channel,
+                   float(body["confidence"]), time_ms, int(body["since_ms"]),
+                   body["detector"], body["summary"], body["evidence"],
+                   bool(body["quarantined"]))

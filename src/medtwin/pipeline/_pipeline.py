@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -29,16 +29,19 @@ from medtwin.clinical import (
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import (
+    COMPROMISE_CODES,
     Alert,
     Channel,
     ChannelState,
     Device,
     DeviceStatus,
+    Finding,
     Forecast,
     Packet,
     Patient,
     Provenance,
     ReadingBatch,
+    RejectReason,
     TwinState,
 )
 from medtwin.errors import (
@@ -62,18 +65,30 @@ from medtwin.estimation import (
     grid_glucose_history,
     identify_history,
 )
+from medtwin.guard import (
+    NO_SEQUENCE,
+    QUARANTINE_CONFIDENCE,
+    BehaviourState,
+    Draft,
+    GuardBank,
+    Judgement,
+    Screen,
+)
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
 from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
 from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams, basal_infusion_rate
 from medtwin.pipeline._codec import (
     alert_aad,
     decode_alert,
+    decode_finding,
     decode_params,
     decode_payload,
     encode_alert,
+    encode_finding,
     encode_params,
     encode_readings,
     encode_signed_packet,
+    finding_aad,
     packet_aad,
     twin_params_aad,
 )
@@ -83,6 +98,7 @@ from medtwin.pipeline._verify import VerifyReport, verify_store
 from medtwin.store import (
     AlertRecord,
     Commit,
+    FindingRecord,
     HeadRecord,
     PacketRecord,
     RegistrationRecord,
@@ -101,8 +117,10 @@ class Accepted:
     glucose or vitals twin predicted) and its variance, NaN where no model used the reading
     (inputs, the first value of a twin, late values); `glucose` what the glucose twin made of
     it (forecasts at `FORECAST_HORIZONS_MIN` with their 95 % intervals; NaN for readings that
-    are not CGM values it used). `alerts`: the alerts this batch raised for the packet's
-    patient (on their last packet).
+    are not CGM values it used); `held` whether the guard kept it from the twin (recorded,
+    but it moved nothing: its estimate and innovation are NaN). `alerts`: the alerts this
+    batch raised for the packet's patient (on their last packet); `findings`: the guard
+    findings raised on this packet's readings or on its device's behaviour.
     """
 
     leaf_index: int
@@ -113,7 +131,9 @@ class Accepted:
     innovation: npt.NDArray[np.float64]
     innovation_var: npt.NDArray[np.float64]
     glucose: GlucoseReadings
+    held: npt.NDArray[np.bool_]
     alerts: tuple[Alert, ...] = ()
+    findings: tuple[Finding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,37 @@ class Rejected:
 
 
 Outcome = Accepted | Rejected
+
+
+class PacketMeta(NamedTuple):
+    """Metadata of the signed packets of a batch for device-behaviour detection, per packet:
+    its index among the batch's verdicts, guard source, arrival and send times, sequence
+    number, payload size (readings) and whether its signature verified."""
+
+    verdict: npt.NDArray[np.intp]
+    source: npt.NDArray[np.intp]
+    arrival_ms: npt.NDArray[np.int64]
+    send_ms: npt.NDArray[np.int64]
+    sequence: npt.NDArray[np.int64]
+    payload: npt.NDArray[np.int64]
+    signature_ok: npt.NDArray[np.bool_]
+
+
+class _Step(NamedTuple):
+    """Steps (2)-(3) of a batch, proposed: the twin update, the rules' new state and alerts,
+    which readings the guard held, its proposals and the findings to raise (with the
+    sources they quarantine)."""
+
+    update: TwinUpdate
+    active: npt.NDArray[np.bool_]
+    alerts: list[Alert]
+    held: npt.NDArray[np.bool_]
+    screen: Screen
+    judgement: Judgement
+    behaviour: BehaviourState | None
+    findings: list[tuple[Draft, Finding]]
+    quarantined: frozenset[int]
+    meta: PacketMeta
 #: The longest what-if a caller may ask for, in steps (two days of 5-minute steps).
 MAX_WHATIF_STEPS = 576
 #: Days of data `Pipeline.personalize` identifies from by default, and its grid step (min).
@@ -173,6 +224,7 @@ class Pipeline:
         self.gate = Gate(settings)
         self.events = EventHub()
         self.twin = TwinBank()
+        self.guard = GuardBank()
         self._lock = threading.RLock()
         self._writer_lock: WriterLock | None = None
         self._check_store()
@@ -240,38 +292,66 @@ class Pipeline:
             # (1) gate: whole packets in or out, with a reason
             verdicts = self.gate.check(submissions, now, self._devices, self._wrapped)
             admitted = [v for v in verdicts if isinstance(v, Admitted)]
-            # (2) twin: one batched update over every admitted reading
-            # (3) clinical rules on the patients the batch touched
-            update, active, alerts = self._advance([a.packet for a in admitted])
+            # (2) guard and twin: screen, one batched twin update over the readings not
+            # held, residual tests, device behaviour; (3) clinical rules on the patients
+            # the batch touched
+            step = self._advance([a.packet for a in admitted], self._packet_meta(verdicts, now))
             # (4) seal and log: records, leaves and a signed tree head
             tree = self._tree.copy()
-            commit, outcomes = self._seal_and_log(verdicts, update, alerts, tree, now)
+            commit, outcomes = self._seal_and_log(verdicts, step, tree, now)
             # (5) durable before anything is acknowledged or shown
             self.store.commit(commit)
             # (6) make it current, and tell the subscribers
             self._tree = tree
-            self.twin.apply(update)
-            self._active[update.rows] = active
+            self.twin.apply(step.update)
+            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined))
+            self._active[step.update.rows] = step.active
             for device_id, seq in commit.device_seqs.items():
                 self._devices[device_id] = replace(self._devices[device_id], last_seq=seq)
+            for reg in commit.registrations:
+                self._devices[reg.device_id] = replace(self._devices[reg.device_id],
+                                                       status=DeviceStatus(reg.status))
             if self.events.has_subscribers:
-                self.events.publish(self._events(update, alerts, now))
+                self.events.publish(self._events(step, now))
             return outcomes
+
+    def _packet_meta(self, verdicts: Sequence[Verdict], now: int) -> PacketMeta:
+        """Behaviour metadata of the batch's device-signed packets: admitted ones, and those
+        refused for a bad signature under a registered device's name."""
+        rows: list[tuple[int, int, int, int, int, bool]] = []
+        for k, v in enumerate(verdicts):
+            if isinstance(v, Admitted):
+                p = v.packet
+                if p.provenance is Provenance.DEVICE_SIGNED:
+                    rows.append((k, self.guard.source(p.patient_id, p.device_id), p.sent_at_ms,
+                                 p.seq, len(p.readings), True))
+            elif (v.rejection.reason is RejectReason.BAD_SIGNATURE
+                  and v.device_id in self._devices):
+                device = self._devices[v.device_id]
+                rows.append((k, self.guard.source(device.patient_id, device.device_id), now,
+                             NO_SEQUENCE, 0, False))
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 6
+        return PacketMeta(np.array(cols[0], np.intp), np.array(cols[1], np.intp),
+                          np.full(len(rows), now, np.int64), np.array(cols[2], np.int64),
+                          np.array(cols[3], np.int64), np.array(cols[4], np.int64),
+                          np.array(cols[5], bool))
 
     # Steps ----------------------------------------------------------------------------------
 
-    def _advance(self, packets: Sequence[Packet]
-                 ) -> tuple[TwinUpdate, npt.NDArray[np.bool_], list[Alert]]:
-        """Steps (2) and (3) for a batch, proposed, not applied: the twin update, the rules'
-        new state and the alerts they raised. Restart replays through here.
+    def _advance(self, packets: Sequence[Packet], meta: PacketMeta) -> _Step:
+        """Steps (2) and (3) for a batch, proposed, not applied. Restart replays through here.
 
-        Each patient's events are applied in order and the rules judge the twin after each
-        one, so a short excursion inside one packet or batch is still seen; both run as
-        segmented scans over all events at once.
+        The guard screens the readings; the twin takes those not held, in one batched update
+        (each patient's events in order, the rules judging the twin after each one, so a short
+        excursion inside one packet or batch is still seen); the guard tests the twin's
+        innovations. If that quarantines a source, its readings from the one that convicted
+        it on are held too and the twin is proposed again without them.
         """
         sizes = [len(p.readings) for p in packets]
         rows = np.repeat(np.array([self.twin.row(p.patient_id) for p in packets], np.intp),
                          sizes)
+        source = np.repeat(np.array([self.guard.source(p.patient_id, p.device_id)
+                                     for p in packets], np.intp), sizes)
         if self._active.shape[0] < len(self.twin):
             grown = np.zeros((2 * len(self.twin), N_RULES), dtype=bool)
             grown[: self._active.shape[0]] = self._active
@@ -283,8 +363,27 @@ class Pipeline:
 
         channel, value = column("channel", np.int8), column("value", np.float64)
         time_ms = column("time_ms", np.int64)
+        n = value.shape[0]
         arrival = np.repeat(np.arange(len(packets), dtype=np.int64), sizes)
-        update = self.twin.propose(rows, channel, value, time_ms, arrival)
+        behaviour, behaviour_drafts = (
+            self.guard.behaviour(meta.source, meta.arrival_ms, meta.send_ms, meta.sequence,
+                                 meta.payload, meta.signature_ok)
+            if meta.source.size else (None, ()))
+        screen = self.guard.screen(source, channel, value, time_ms)
+        held = screen.held
+        while True:
+            use = np.flatnonzero(~held)
+            update = _widen(self.twin.propose(rows[use], channel[use], value[use],
+                                              time_ms[use], arrival[use]), use, n)
+            judgement = self.guard.judge(replace(screen, held=held), channel, value, time_ms,
+                                         update.innovation, update.innovation_var)
+            later = np.zeros(n, dtype=bool)
+            for draft in judgement.drafts:
+                if draft.source in judgement.newly_blocked and draft.reading >= 0:
+                    later |= (source == draft.source) & (np.arange(n) > draft.reading)
+            if not (later & ~held).any():
+                break
+            held = held | later
         patients, folded = update.rows, update.events
         values = _fresh_estimates(folded.event_estimate, folded.event_time_ms)
         rules = rules_over_events(self._active[patients], values, folded.event_row,
@@ -295,26 +394,51 @@ class Pipeline:
                     int(folded.event_time_ms[e].max()))
             for e, rule in zip(rules.fired_events, rules.fired_rules, strict=True)
         ]
-        return update, rules.active, alerts
+        findings, quarantined = self._findings(
+            judgement.drafts + behaviour_drafts, set(judgement.newly_blocked.tolist()))
+        return _Step(update, rules.active, alerts, held, screen, judgement,
+                     None if behaviour is None else behaviour.state, findings,
+                     frozenset(quarantined), meta)
 
-    def _seal_and_log(self, verdicts: Sequence[Verdict], update: TwinUpdate,
-                      alerts: Sequence[Alert], tree: MerkleTree,
+    def _findings(self, drafts: Sequence[Draft], newly_blocked: set[int]
+                  ) -> tuple[list[tuple[Draft, Finding]], set[int]]:
+        """The findings drafted for a batch; the first confident compromise finding of each
+        newly blocked source (behaviour's included) is the one that quarantines it."""
+        blocked = self.guard.blocked(np.arange(len(self.guard.source_names()), dtype=np.intp))
+        quarantined: set[int] = set()
+        out = []
+        for draft in drafts:
+            convicts = (draft.detector.code in COMPROMISE_CODES
+                        and draft.detector.confidence >= QUARANTINE_CONFIDENCE
+                        and not blocked[draft.source] and draft.source not in quarantined
+                        and (draft.source in newly_blocked or draft.channel is None))
+            if convicts:
+                quarantined.add(draft.source)
+            out.append((draft, self.guard.finding(draft, convicts)))
+        return out, quarantined
+
+    def _seal_and_log(self, verdicts: Sequence[Verdict], step: _Step, tree: MerkleTree,
                       now: int) -> tuple[Commit, list[Outcome]]:
         packets: list[PacketRecord] = []
         rejections: list[RejectionRecord] = []
         alert_records: list[AlertRecord] = []
+        finding_records: list[FindingRecord] = []
+        registrations: list[RegistrationRecord] = []
         leaves: list[tuple[int, str, bytes]] = []
         outcomes: list[Outcome] = []
         seqs: dict[str, int] = {}
         offset = 0
         batch_index = tree.size
+        update = step.update
 
-        def log(record: PacketRecord | AlertRecord | RejectionRecord) -> None:
+        def log(record: PacketRecord | AlertRecord | RejectionRecord | FindingRecord
+                | RegistrationRecord) -> None:
             h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
             tree.append_hash(h)
             leaves.append((record.leaf_index, record.kind, h))
 
-        for verdict in verdicts:
+        admitted_at: list[int] = []
+        for k, verdict in enumerate(verdicts):
             index = tree.size
             if isinstance(verdict, Refused):
                 rec = RejectionRecord(index, now, verdict.device_id, verdict.rejection.reason.value,
@@ -338,21 +462,23 @@ class Pipeline:
             log(prec)
             if pkt.device_id in self._devices:
                 seqs[pkt.device_id] = pkt.seq
+            admitted_at.append(k)
             outcomes.append(Accepted(index, pkt.device_id, pkt.seq, n,
                                      update.estimate[offset:offset + n],
                                      update.innovation[offset:offset + n],
                                      update.innovation_var[offset:offset + n],
-                                     update.glucose.readings.slice(offset, offset + n)))
+                                     update.glucose.readings.slice(offset, offset + n),
+                                     step.held[offset:offset + n]))
             offset += n
         patient_of = {k: v.packet.patient_id for k, v in enumerate(verdicts)
                       if isinstance(v, Admitted)}
-        for patient_id in {a.patient_id for a in alerts}:
+        for patient_id in {a.patient_id for a in step.alerts}:
             k = max(k for k, p in patient_of.items() if p == patient_id)
             accepted = outcomes[k]
             assert isinstance(accepted, Accepted)
             outcomes[k] = replace(accepted, alerts=tuple(
-                a for a in alerts if a.patient_id == patient_id))
-        for alert in alerts:
+                a for a in step.alerts if a.patient_id == patient_id))
+        for alert in step.alerts:
             index = tree.size
             envelope = self.keyring.seal(alert.patient_id, self._wrapped[alert.patient_id],
                                          encode_alert(alert), alert_aad(index, alert.patient_id))
@@ -360,9 +486,38 @@ class Pipeline:
                                alert.time_ms, envelope)
             alert_records.append(arec)
             log(arec)
+        # Guard findings, attached to the packet they were raised on; a quarantine is a
+        # logged status change of the registered device.
+        ends = np.cumsum([len(v.packet.readings) for v in verdicts if isinstance(v, Admitted)])
+        attached: dict[int, list[Finding]] = {}
+        for draft, finding in step.findings:
+            index = tree.size
+            envelope = self.keyring.seal(finding.patient_id, self._wrapped[finding.patient_id],
+                                         encode_finding(finding),
+                                         finding_aad(index, finding.patient_id))
+            frec = FindingRecord(index, finding.patient_id, finding.device_id,
+                                 finding.code.value, finding.time_ms, envelope)
+            finding_records.append(frec)
+            log(frec)
+            k = (admitted_at[int(np.searchsorted(ends, draft.reading, side="right"))]
+                 if draft.reading >= 0 else int(step.meta.verdict[draft.packet]))
+            if isinstance(outcomes[k], Accepted):
+                attached.setdefault(k, []).append(finding)
+            device = self._devices.get(finding.device_id)
+            if finding.quarantined and device is not None:
+                reg = RegistrationRecord(tree.size, device.device_id, device.patient_id,
+                                         device.suite, device.public_key,
+                                         DeviceStatus.QUARANTINED.value, now,
+                                         f"guard: {finding.code.value} (finding #{index})")
+                registrations.append(reg)
+                log(reg)
+        for k, found in attached.items():
+            accepted = outcomes[k]
+            assert isinstance(accepted, Accepted)
+            outcomes[k] = replace(accepted, findings=tuple(found))
         head = self._sign_head(tree, now) if leaves else None
         commit = Commit(tuple(packets), tuple(alert_records), tuple(rejections), tuple(leaves),
-                        head, seqs)
+                        head, seqs, tuple(registrations), findings=tuple(finding_records))
         return commit, outcomes
 
     def _sign_head(self, tree: MerkleTree, now: int) -> HeadRecord:
@@ -371,26 +526,35 @@ class Pipeline:
         return HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
                           sth.suite, sth.signature)
 
-    def _register(self, device: Device) -> None:
+    def _register(self, device: Device, reason: str = "") -> None:
         """Log a device's registration (or status change) and make it current, durably."""
         now = self.clock()
         tree = self._tree.copy()
         record = RegistrationRecord(tree.size, device.device_id, device.patient_id,
-                                    device.suite, device.public_key, device.status.value, now)
+                                    device.suite, device.public_key, device.status.value, now,
+                                    reason)
         h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
         tree.append_hash(h)
         self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
                                  self._sign_head(tree, now), {}, (record,)))
         self._tree = tree
         self._devices[device.device_id] = device
+        self._sync_blocked(device)
 
-    def _events(self, update: TwinUpdate, alerts: Sequence[Alert],
-                now: int) -> list[dict[str, Any]]:
+    def _sync_blocked(self, device: Device) -> None:
+        """Tell the guard whether a registered device's source is blocked."""
+        source = np.array([self.guard.source(device.patient_id, device.device_id)], np.intp)
+        quarantined = device.status is DeviceStatus.QUARANTINED
+        if bool(self.guard.blocked(source)[0]) != quarantined:
+            self.guard.set_blocked(source, quarantined)
+
+    def _events(self, step: _Step, now: int) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = [
             {"type": "twin", "state": twin_state_json(state)}
-            for state in self._states_of(update.rows, now)
+            for state in self._states_of(step.update.rows, now)
         ]
-        events.extend({"type": "alert", "alert": alert_json(a)} for a in alerts)
+        events.extend({"type": "alert", "alert": alert_json(a)} for a in step.alerts)
+        events.extend({"type": "finding", "finding": finding_json(f)} for _, f in step.findings)
         return events
 
     # Registration ---------------------------------------------------------------------------
@@ -419,12 +583,40 @@ class Pipeline:
             self._register(Device(device.device_id, device.patient_id, device.suite,
                                   device.public_key, device.status))
 
-    def set_device_status(self, device_id: str, status: DeviceStatus) -> None:
-        """Quarantine or release a device; NotFoundError if unknown."""
+    def set_device_status(self, device_id: str, status: DeviceStatus, reason: str = "") -> None:
+        """Quarantine or release a device, logging `reason` (who and why; no patient data);
+        NotFoundError if unknown. A quarantined device's packets are still admitted and
+        stored, but its readings no longer move the twin."""
         with self._lock:
             if device_id not in self._devices:
                 raise NotFoundError(f"pipeline: unknown device {device_id!r}")
-            self._register(replace(self._devices[device_id], status=status))
+            self._register(replace(self._devices[device_id], status=status), reason)
+
+    def release_device(self, device_id: str, reason: str) -> None:
+        """Release a quarantined device: an explicit, logged admin action with its reason.
+        Its residual tests start afresh. NotFoundError if unknown, ConflictError if it is not
+        quarantined, InvalidInputError without a reason."""
+        if not reason.strip():
+            raise InvalidInputError("pipeline: releasing a device needs a reason (who checked "
+                                    "it and what was found), for the audit log")
+        with self._lock:
+            device = self._devices.get(device_id)
+            if device is None:
+                raise NotFoundError(f"pipeline: unknown device {device_id!r}")
+            if device.status is not DeviceStatus.QUARANTINED:
+                raise ConflictError(f"pipeline: device {device_id!r} is not quarantined")
+            self._register(replace(device, status=DeviceStatus.ACTIVE), f"release: {reason}")
+
+    def findings(self, patient_id: str | None = None, limit: int = 100) -> list[Finding]:
+        """Recent guard findings, newest first, decrypted for an authorised reader."""
+        with self._lock:
+            return [
+                decode_finding(self.keyring.open(r.patient_id, self._wrapped[r.patient_id],
+                                                 r.envelope,
+                                                 finding_aad(r.leaf_index, r.patient_id)),
+                               r.patient_id, r.device_id, r.code, r.time_ms)
+                for r in self.store.findings(patient_id, limit)
+            ]
 
     # Reads ----------------------------------------------------------------------------------
 
@@ -637,27 +829,54 @@ class Pipeline:
                          bool(score.complete[0]), RISK_NAMES[risk], shown, forecasts)
 
     def _rebuild_twin(self) -> None:
-        """Replay the stored packets, batch by batch as they were processed, and the twin
-        parameters where they were logged, so a restart resumes with exactly the twin and
-        rule state the site had."""
+        """Replay the stored packets, batch by batch as they were processed, with the twin
+        parameters and device statuses where they were logged, so a restart resumes with
+        exactly the twin, guard and rule state the site had."""
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
         params = iter(self.store.twin_params())
+        statuses = iter(self.store.registrations())
         waiting = next(params, None)
+        status = next(statuses, None)
         for batch_index, records in itertools.groupby(self.store.packets(),
                                                       key=lambda r: r.batch_index):
             while waiting is not None and waiting.leaf_index < batch_index:
                 self._apply_params(waiting)
                 waiting = next(params, None)
+            while status is not None and status.leaf_index < batch_index:
+                self._replay_status(status)
+                status = next(statuses, None)
+            batch = list(records)
             packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
                               self._open_readings(r), Provenance(r.provenance))
-                       for r in records]
-            update, active, _ = self._advance(packets)
-            self.twin.apply(update)
-            self._active[update.rows] = active
+                       for r in batch]
+            step = self._advance(packets, self._stored_meta(batch))
+            self.twin.apply(step.update)
+            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined))
+            self._active[step.update.rows] = step.active
         while waiting is not None:
             self._apply_params(waiting)
             waiting = next(params, None)
+        while status is not None:
+            self._replay_status(status)
+            status = next(statuses, None)
+
+    def _replay_status(self, record: RegistrationRecord) -> None:
+        source = np.array([self.guard.source(record.patient_id, record.device_id)], np.intp)
+        self.guard.set_blocked(source, record.status == DeviceStatus.QUARANTINED.value)
+
+    def _stored_meta(self, batch: Sequence[PacketRecord]) -> PacketMeta:
+        """Behaviour metadata of a stored batch's device-signed packets."""
+        signed = [(k, r) for k, r in enumerate(batch)
+                  if r.provenance == Provenance.DEVICE_SIGNED.value]
+        return PacketMeta(
+            np.array([k for k, _ in signed], np.intp),
+            np.array([self.guard.source(r.patient_id, r.device_id) for _, r in signed], np.intp),
+            np.array([r.received_at_ms for _, r in signed], np.int64),
+            np.array([r.sent_at_ms for _, r in signed], np.int64),
+            np.array([r.seq for _, r in signed], np.int64),
+            np.array([r.n_readings for _, r in signed], np.int64),
+            np.ones(len(signed), bool))
 
     def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
         try:
@@ -716,6 +935,37 @@ def whatif_json(result: WhatIf) -> dict[str, Any]:
             "points": [{"time_ms": int(t), "mean": _num(m), "low": _num(lo), "high": _num(hi)}
                        for t, m, lo, hi in zip(result.time_ms, result.mean, result.low,
                                                result.high, strict=True)]}
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """A guard finding as JSON for the API and the live stream."""
+    return {"patient_id": finding.patient_id, "device_id": finding.device_id,
+            "code": finding.code.value,
+            "channel": None if finding.channel is None else finding.channel.code,
+            "confidence": round(finding.confidence, 3), "time_ms": finding.time_ms,
+            "since_ms": finding.since_ms, "detector": finding.detector,
+            "summary": finding.summary, "evidence": finding.evidence,
+            "quarantined": finding.quarantined}
+
+
+def _widen(update: TwinUpdate, used: npt.NDArray[np.intp], n: int) -> TwinUpdate:
+    """A twin update proposed from readings `used` of a batch of `n`, with its per-reading
+    results spread back over all `n` (NaN, or `NO_TIME`, for readings held out)."""
+    if used.size == n:
+        return update
+
+    def spread(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        fill = NO_TIME if x.dtype.kind == "i" else np.nan
+        out = np.full((n, *x.shape[1:]), fill, dtype=x.dtype)
+        out[used] = x
+        return out
+
+    g = update.glucose
+    return replace(update, estimate=spread(update.estimate),
+                   innovation=spread(update.innovation),
+                   innovation_var=spread(update.innovation_var),
+                   glucose=g._replace(readings=GlucoseReadings(*(spread(f)
+                                                                 for f in g.readings))))
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:

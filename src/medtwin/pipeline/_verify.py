@@ -63,7 +63,8 @@ def verify_store(store: Store, log_key: LogSigningKey,
     signed_size = head.size if head is not None else 0
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
-    counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0}
+    counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
+              "finding": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     last_seq: dict[str, int] = {}
@@ -99,13 +100,13 @@ def verify_store(store: Store, log_key: LogSigningKey,
             _check_sequence(record, record.device_id or "", record.seq, last_seq)
         elif (isinstance(record, PacketRecord)
               and record.provenance == Provenance.DEVICE_SIGNED.value):
-            # (5): a registered, active device of that patient, in sequence
+            # (5): a device registered to that patient, in sequence (a quarantined device's
+            # packets are stored, held from the twin)
             registration = registered.get(record.device_id)
             if (registration is None or registration.patient_id != record.patient_id
-                    or registration.status != DeviceStatus.ACTIVE.value
-                    or not record.signature):
+                    or registration.status not in _STATUSES or not record.signature):
                 raise VerificationError(
-                    f"log: {record.describe()} is not from an active device registered to its "
+                    f"log: {record.describe()} is not from a device registered to its "
                     "patient", record.describe())
             _check_sequence(record, record.device_id, record.seq, last_seq)
             if keyring is not None:
@@ -140,6 +141,9 @@ def verify_store(store: Store, log_key: LogSigningKey,
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures)
+
+
+_STATUSES = frozenset(s.value for s in DeviceStatus)
 
 
 def _uses_sequence(record: Record) -> TypeGuard[PacketRecord | RejectionRecord]:

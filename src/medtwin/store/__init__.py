@@ -3,6 +3,7 @@
 from medtwin.store._records import (
     AlertRecord,
     Commit,
+    FindingRecord,
     HeadRecord,
     PacketRecord,
     Record,
@@ -15,6 +16,7 @@ from medtwin.store._store import Store
 __all__ = [
     "AlertRecord",
     "Commit",
+    "FindingRecord",
     "HeadRecord",
     "PacketRecord",
     "Record",

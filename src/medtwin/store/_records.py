@@ -100,12 +100,14 @@ class RegistrationRecord:
     public_key: bytes
     status: str
     time_ms: int
+    reason: str = ""
 
     kind = "registration"
 
     def commit_bytes(self) -> bytes:
-        return canonical_json([self.device_id, self.patient_id, self.suite,
-                               self.public_key.hex(), self.status, self.time_ms])
+        fields = [self.device_id, self.patient_id, self.suite, self.public_key.hex(),
+                  self.status, self.time_ms]
+        return canonical_json([*fields, self.reason] if self.reason else fields)
 
     def describe(self) -> str:
         return f"registration #{self.leaf_index} (device {self.device_id}, {self.status})"
@@ -133,7 +135,30 @@ class TwinParamsRecord:
         return f"twin parameters #{self.leaf_index} ({self.model})"
 
 
-Record = PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
+@dataclass(frozen=True, slots=True)
+class FindingRecord:
+    """A guard finding: its code, device and data time in the clear (a security analyst
+    counts them without patient data), the explanation only as ciphertext."""
+
+    leaf_index: int
+    patient_id: str
+    device_id: str
+    code: str
+    time_ms: int
+    envelope: bytes
+
+    kind = "finding"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.patient_id, self.device_id, self.code, self.time_ms])
+        return b"\n".join((meta, self.envelope))
+
+    def describe(self) -> str:
+        return f"finding #{self.leaf_index} ({self.code}, device {self.device_id})"
+
+
+Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
+          | FindingRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +186,4 @@ class Commit:
     device_seqs: dict[str, int]
     registrations: tuple[RegistrationRecord, ...] = ()
     twin_params: tuple[TwinParamsRecord, ...] = ()
+    findings: tuple[FindingRecord, ...] = ()

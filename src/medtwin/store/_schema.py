@@ -76,7 +76,19 @@ registrations = Table(
     Column("public_key", LargeBinary, nullable=False),
     Column("status", String(16), nullable=False),
     Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
     Index("ix_registrations_device", "device_id", "leaf_index"),
+)
+
+findings = Table(
+    "findings",
+    metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
 )
 
 twin_params = Table(

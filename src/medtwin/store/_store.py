@@ -18,6 +18,7 @@ from medtwin.store import _schema as t
 from medtwin.store._records import (
     AlertRecord,
     Commit,
+    FindingRecord,
     HeadRecord,
     PacketRecord,
     Record,
@@ -102,6 +103,8 @@ class Store:
                             registered_at_ms=reg.time_ms, **current))
                 if batch.twin_params:
                     conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
+                if batch.findings:
+                    conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
                 if batch.leaf_hashes:
                     conn.execute(insert(t.leaves), [
                         {"leaf_index": i, "kind": k, "leaf_hash": h}
@@ -147,6 +150,21 @@ class Store:
         with self.engine.connect() as conn:
             return [AlertRecord(**r._asdict()) for r in conn.execute(query)]
 
+    def findings(self, patient_id: str | None = None, limit: int = 100
+                 ) -> list[FindingRecord]:
+        """Most recent guard findings first, of one patient or all."""
+        query = select(t.findings).order_by(t.findings.c.leaf_index.desc()).limit(limit)
+        if patient_id is not None:
+            query = query.where(t.findings.c.patient_id == patient_id)
+        with self.engine.connect() as conn:
+            return [FindingRecord(**r._asdict()) for r in conn.execute(query)]
+
+    def registrations(self) -> list[RegistrationRecord]:
+        """Every device registration and status change, in log order."""
+        query = select(t.registrations).order_by(t.registrations.c.leaf_index)
+        with self.engine.connect() as conn:
+            return [RegistrationRecord(**r._asdict()) for r in conn.execute(query)]
+
     def rejections(self, limit: int = 100) -> list[RejectionRecord]:
         """Most recent rejections first."""
         query = select(t.rejections).order_by(t.rejections.c.leaf_index.desc()).limit(limit)
@@ -167,6 +185,8 @@ class Store:
                     select(t.registrations).order_by(t.registrations.c.leaf_index))),
                 (TwinParamsRecord(**r._asdict()) for r in conn.execute(
                     select(t.twin_params).order_by(t.twin_params.c.leaf_index))),
+                (FindingRecord(**r._asdict()) for r in conn.execute(
+                    select(t.findings).order_by(t.findings.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -194,6 +214,7 @@ class Store:
                                           ("packets", t.packets), ("alerts", t.alerts),
                                           ("rejections", t.rejections),
                                           ("twin_params", t.twin_params),
+                                          ("findings", t.findings),
                                           ("leaves", t.leaves))}
             readings = conn.execute(select(func.coalesce(func.sum(t.packets.c.n_readings), 0)))
             result["readings"] = int(readings.scalar_one())

@@ -1,0 +1,656 @@
+"""The guard over a site's streams: screen readings before the twin, test the twin's
+innovations after it, classify what fired, and decide who is quarantined.
+
+A *source* is one device of one patient (a registered device, or an import's source name for
+one patient); a *stream* is one measured channel of a source. Per batch the pipeline calls:
+
+1. `GuardBank.screen`: pattern detectors (frozen, replayed segment, noise burst, impossible
+   rate, conflicting timestamps) and cross-device agreement on the raw values, over each
+   touched stream's recent history and the batch. A reading that trips one is *held*: stored
+   and logged, but it does not move the twin. Readings of blocked (quarantined) sources are
+   held too.
+2. the twin proposes its update from the readings not held;
+3. `GuardBank.judge`: windowed chi-square and CUSUM tests on the twin's innovations, the
+   classification of every alarm (`FindingCode`) with a confidence, and per source whether
+   it is now blocked. A residual alarm that moves towards clinical danger with no sign of
+   manipulation is `unexplained-change`: physiology until shown otherwise, never held and
+   never a reason to quarantine, so a real fall into hypoglycaemia reaches the clinical
+   rules;
+4. `GuardBank.behaviour`: device-behaviour intrusion detection on signed packets' metadata.
+
+Everything is batched: per reading and per packet as array passes, Python loops only over
+the few findings raised. State is proposed, then applied when the batch is durable; results
+do not depend on how readings were cut into batches (up to `REPEAT_MS` de-duplication of
+findings, which is by data time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from medtwin.domain import COMPROMISE_CODES, N_CHANNELS, Channel, Finding, FindingCode
+from medtwin.estimation import NO_TIME
+from medtwin.guard._behaviour import (
+    BehaviourResult,
+    BehaviourState,
+    Feature,
+    behaviour_state,
+    behaviour_step,
+    grow_behaviour_state,
+)
+from medtwin.guard._consistency import Agreement, device_agreement
+from medtwin.guard._patterns import (
+    FROZEN_MIN_MS,
+    MAX_RATE_PER_MIN,
+    frozen_values,
+    impossible_rates,
+    noise_bursts,
+    replayed_windows,
+    timestamp_games,
+)
+from medtwin.guard._residuals import (
+    CUSUM_THRESHOLD,
+    CusumState,
+    WindowState,
+    cusum_state,
+    cusum_test,
+    window_state,
+    window_test,
+)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+Index = npt.NDArray[np.intp]
+
+#: Readings of each stream kept for the pattern detectors (a day of 5-minute CGM values).
+HISTORY = 288
+#: A stream raises the same finding code at most once per this much data time.
+REPEAT_MS = 30 * 60_000
+#: A finding of a `COMPROMISE_CODES` code at least this confident quarantines its source.
+QUARANTINE_CONFIDENCE = 0.9
+_CODES = tuple(FindingCode)
+_CODE_INDEX = {c: i for i, c in enumerate(_CODES)}
+
+
+def _per_channel(values: dict[Channel, float], default: float) -> FloatArray:
+    out = np.full(N_CHANNELS, default)
+    for channel, value in values.items():
+        out[int(channel)] = value
+    return out
+
+
+#: Below these values a reading lower than the twin expected is heading towards clinical
+#: danger (hypoglycaemia, bradycardia, hypoxaemia, bradypnoea, hypotension, hypothermia) ...
+DANGER_BELOW = _per_channel({
+    Channel.GLUCOSE: 180.0, Channel.HEART_RATE: 60.0, Channel.SPO2: 97.0,
+    Channel.RESP_RATE: 12.0, Channel.SYSTOLIC_BP: 110.0, Channel.DIASTOLIC_BP: 60.0,
+    Channel.TEMPERATURE: 36.0}, -np.inf)
+#: ... and above these, a reading higher than expected is (hyperglycaemia, tachycardia,
+#: tachypnoea, hypertension, fever). Such a change is never called spoofing on residual
+#: evidence alone: a real deterioration must reach the clinical rules.
+DANGER_ABOVE = _per_channel({
+    Channel.GLUCOSE: 250.0, Channel.HEART_RATE: 90.0, Channel.RESP_RATE: 20.0,
+    Channel.SYSTOLIC_BP: 160.0, Channel.DIASTOLIC_BP: 100.0, Channel.TEMPERATURE: 37.5},
+    np.inf)
+#: A residual alarm is called spoofing only when the reading looks reassuring: inside these
+#: ranges (a value outside them alerts clinically whatever the guard thinks) and not heading
+#: towards danger. A sick patient's course that the model does not follow is not spoofing.
+NORMAL_LOW = _per_channel({
+    Channel.GLUCOSE: 70.0, Channel.HEART_RATE: 50.0, Channel.SPO2: 92.0,
+    Channel.RESP_RATE: 9.0, Channel.SYSTOLIC_BP: 100.0, Channel.DIASTOLIC_BP: 50.0,
+    Channel.TEMPERATURE: 35.5}, -np.inf)
+NORMAL_HIGH = _per_channel({
+    Channel.GLUCOSE: 180.0, Channel.HEART_RATE: 110.0, Channel.RESP_RATE: 20.0,
+    Channel.SYSTOLIC_BP: 200.0, Channel.DIASTOLIC_BP: 110.0, Channel.TEMPERATURE: 38.5},
+    np.inf)
+
+
+class Detector(NamedTuple):
+    """How one detector's alarm is classified: its code, confidence, and whether the
+    readings it fires on are held out of the twin."""
+
+    name: str
+    code: FindingCode
+    confidence: float
+    holds: bool
+
+
+REPLAY = Detector("replayed-segment", FindingCode.REPLAY, 0.99, True)
+OUTLIER = Detector("device-agreement", FindingCode.SPOOFING_SUSPECTED, 0.95, True)
+DISPUTED = Detector("device-agreement", FindingCode.SPOOFING_SUSPECTED, 0.6, False)
+DUPLICATE = Detector("conflicting-timestamp", FindingCode.SPOOFING_SUSPECTED, 0.8, True)
+FROZEN = Detector("frozen-value", FindingCode.SENSOR_FAULT, 0.9, True)
+NOISE = Detector("noise-burst", FindingCode.SENSOR_FAULT, 0.9, True)
+RATE = Detector("impossible-rate", FindingCode.SENSOR_FAULT, 0.9, True)
+#: screening detectors, strongest first: a reading is explained by the first that fired
+SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED)
+#: Residual evidence alone never quarantines: a model that does not follow a patient's real
+#: course (a recovery, a deterioration) looks the same to it as masking data does. Only
+#: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
+#: convict a source.
+RESIDUAL_BOTH = Detector("innovation-tests", FindingCode.SPOOFING_SUSPECTED, 0.8, False)
+UNEXPLAINED = Detector("innovation-tests", FindingCode.UNEXPLAINED_CHANGE, 0.5, False)
+#: behaviour rules need no learning; learned features fire on a z beyond their threshold
+BEHAVIOUR_RULE = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0.95, False)
+BEHAVIOUR_LEARNED = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0.8, False)
+
+
+class GuardState(NamedTuple):
+    """Per stream (source * N_CHANNELS + channel): the recent history, oldest first
+    (`hist_count` valid values left-aligned), residual-test state and when each code was last
+    raised; per source: blocked, behaviour state and when it last raised a behaviour finding.
+    """
+
+    hist_time: IntArray
+    hist_value: FloatArray
+    hist_count: IntArray
+    window: WindowState
+    cusum: CusumState
+    last_raised: IntArray
+    blocked: BoolArray
+    behaviour: BehaviourState
+    behaviour_raised: IntArray
+
+
+def guard_state(n_sources: int) -> GuardState:
+    """State for `n_sources` sources that have sent nothing."""
+    n = n_sources * N_CHANNELS
+    return GuardState(np.zeros((n, HISTORY), np.int64), np.zeros((n, HISTORY)),
+                      np.zeros(n, np.int64), window_state(n), cusum_state(n),
+                      np.full((n, len(_CODES)), NO_TIME, np.int64), np.zeros(n_sources, bool),
+                      behaviour_state(n_sources), np.full(n_sources, NO_TIME, np.int64))
+
+
+def _grow(state: GuardState, n_sources: int) -> GuardState:
+    fresh = guard_state(n_sources)
+    old = state.blocked.shape[0]
+    k = old * N_CHANNELS
+
+    def put(new: npt.NDArray[Any], cur: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+        new[:rows] = cur
+        return new
+
+    return GuardState(
+        put(fresh.hist_time, state.hist_time, k), put(fresh.hist_value, state.hist_value, k),
+        put(fresh.hist_count, state.hist_count, k),
+        WindowState(put(fresh.window.recent, state.window.recent, k)),
+        CusumState(*(put(f, c, k) for f, c in zip(fresh.cusum, state.cusum, strict=True))),
+        put(fresh.last_raised, state.last_raised, k), put(fresh.blocked, state.blocked, old),
+        grow_behaviour_state(state.behaviour, n_sources),
+        put(fresh.behaviour_raised, state.behaviour_raised, old))
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A finding before it is tied to a patient and a device name: `reading` indexes the
+    batch's readings (or `packet` its packets, -1 if none)."""
+
+    source: int
+    reading: int
+    packet: int
+    detector: Detector
+    channel: Channel | None
+    time_ms: int
+    since_ms: int
+    summary: str
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """`GuardBank.screen`'s proposal for a batch of readings: which are held, why (index into
+    `SCREENS`, -1 for none, per reading) and the touched streams' new history."""
+
+    stream: Index
+    held: BoolArray
+    fired: npt.NDArray[np.int8]
+    drafts: tuple[Draft, ...]
+    rows: Index
+    hist_time: IntArray
+    hist_value: FloatArray
+    hist_count: IntArray
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """`GuardBank.judge`'s proposal: the findings drafted (screen's and the residual tests'),
+    sources newly blocked, and the new residual-test and de-duplication state."""
+
+    drafts: tuple[Draft, ...]
+    newly_blocked: Index
+    window: WindowState
+    cusum: CusumState
+    last_raised: IntArray
+
+
+class GuardBank:
+    """The guard's state for every source of a site, grown as sources appear."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[str, str], int] = {}
+        self._patients: dict[str, int] = {}
+        self._patient_of = np.zeros(16, np.int64)
+        self._state = guard_state(16)
+
+    def source(self, patient_id: str, device_id: str) -> int:
+        """The index of a patient's source `device_id`, adding it on first sight."""
+        key = (patient_id, device_id)
+        found = self._sources.get(key)
+        if found is not None:
+            return found
+        index = len(self._sources)
+        if index >= self._state.blocked.shape[0]:
+            self._state = _grow(self._state, 2 * self._state.blocked.shape[0])
+            grown = np.zeros(self._state.blocked.shape[0], np.int64)
+            grown[:index] = self._patient_of[:index]
+            self._patient_of = grown
+        self._sources[key] = index
+        self._patient_of[index] = self._patients.setdefault(patient_id, len(self._patients))
+        return index
+
+    def source_names(self) -> list[tuple[str, str]]:
+        """(patient id, device id) of every source, by index."""
+        return list(self._sources)
+
+    def blocked(self, sources: Index) -> BoolArray:
+        """Whether each source is blocked (quarantined)."""
+        return self._state.blocked[sources].copy()
+
+    def set_blocked(self, sources: Index, blocked: bool) -> None:
+        """Block or release sources (an admin's quarantine or release, or a replayed one). A
+        released source's residual tests start afresh: its readings were not tested while it
+        was blocked, so old evidence would judge new data."""
+        st = self._state
+        st.blocked[sources] = blocked
+        if blocked:
+            return
+        streams = (np.asarray(sources, np.intp)[:, None] * N_CHANNELS
+                   + np.arange(N_CHANNELS)).ravel()
+        fresh_w, fresh_c = window_state(streams.size, st.window.recent.shape[1] + 1), \
+            cusum_state(streams.size)
+        st.window.recent[streams] = fresh_w.recent
+        for current, new in zip(st.cusum, fresh_c, strict=True):
+            current[streams] = new
+
+    # (1) before the twin ----------------------------------------------------------------
+
+    def screen(self, source: Index, channel: npt.NDArray[np.int8], value: FloatArray,
+               time_ms: IntArray) -> Screen:
+        """Screen a batch of readings (in arrival order) on their raw values; pure."""
+        st = self._state
+        measured = ~np.isin(channel, [int(c) for c in Channel if c.is_input])
+        stream = (source.astype(np.intp) * N_CHANNELS + channel.astype(np.intp))
+        held = st.blocked[source] & measured
+        fired = np.full(value.shape[0], -1, np.int8)
+        new = np.flatnonzero(measured)
+        rows = np.unique(stream[new])
+        if new.size == 0:
+            empty = np.zeros((0, HISTORY))
+            return Screen(stream, held, fired, (), rows, empty.astype(np.int64), empty,
+                          np.zeros(0, np.int64))
+        # Each touched stream's history, then its new readings in arrival order.
+        counts = st.hist_count[rows]
+        h_stream = np.repeat(rows, counts)
+        h_col = np.arange(h_stream.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        f_stream = np.concatenate([h_stream, stream[new]])
+        f_time = np.concatenate([st.hist_time[h_stream, h_col], time_ms[new]])
+        f_value = np.concatenate([st.hist_value[h_stream, h_col], value[new]])
+        f_pos = np.concatenate([np.full(h_stream.size, -1, np.intp), new])
+        order = np.lexsort((np.arange(f_stream.size), f_stream))
+        f_stream, f_time, f_value, f_pos = (f_stream[order], f_time[order], f_value[order],
+                                            f_pos[order])
+        f_channel = (f_stream % N_CHANNELS).astype(np.int64)
+        s64 = f_stream.astype(np.int64)
+        alarms: dict[Detector, Any] = {
+            REPLAY: replayed_windows(s64, f_time, f_value, f_channel),
+            FROZEN: frozen_values(s64, f_time, f_value, f_channel),
+            NOISE: noise_bursts(s64, f_time, f_value, f_channel),
+            RATE: impossible_rates(s64, f_time, f_value, f_channel),
+        }
+        stamps = timestamp_games(s64, f_time, f_value, f_channel)
+        agree = _agreement(f_stream, f_time, f_value, f_channel, self._patient_of)
+        is_new = f_pos >= 0
+        fired_flat = np.full(f_stream.size, -1, np.int8)
+        for k in range(len(SCREENS) - 1, -1, -1):      # strongest last: it wins
+            det = SCREENS[k]
+            if det in alarms:
+                hit = alarms[det].alarm
+            elif det is DUPLICATE:
+                hit = stamps.duplicate
+            else:
+                hit = agree.status == (Agreement.OUTLIER if det is OUTLIER
+                                       else Agreement.DISPUTED)
+            fired_flat[hit & is_new] = k
+        fired[f_pos[is_new]] = fired_flat[is_new]
+        hold = np.array([d.holds for d in SCREENS])
+        held |= (fired >= 0) & hold[np.maximum(fired, 0)]
+        drafts = self._screen_drafts(f_stream, f_time, f_value, f_pos, fired_flat, alarms,
+                                     stamps, agree)
+        h_time, h_value, h_count = _keep_last(rows, f_stream, f_time, f_value)
+        return Screen(stream, held, fired, drafts, rows, h_time, h_value, h_count)
+
+    def _screen_drafts(self, f_stream: Index, f_time: IntArray, f_value: FloatArray,
+                       f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[Detector, Any],
+                       stamps: Any, agree: Any) -> tuple[Draft, ...]:
+        """One draft per (stream, detector) that fired in the batch: its first reading."""
+        hit = np.flatnonzero(fired >= 0)
+        if hit.size == 0:
+            return ()
+        key = f_stream[hit].astype(np.int64) * len(SCREENS) + fired[hit]
+        _, first = np.unique(key, return_index=True)
+        drafts = []
+        for i in hit[first]:
+            det = SCREENS[int(fired[i])]
+            s = int(f_stream[i])
+            ch = Channel(s % N_CHANNELS)
+            t, v = int(f_time[i]), float(f_value[i])
+            unit = ch.spec.unit_display
+            name = ch.name.lower().replace("_", " ")
+            if det is REPLAY:
+                a = alarms[REPLAY]
+                since, summary = int(a.since_ms[i]), (
+                    f"{name} since {_clock(int(a.since_ms[i]))} repeats the stretch recorded "
+                    f"{_clock(int(a.source_start_ms[i]))}-{_clock(int(a.source_end_ms[i]))}, "
+                    f"change for change (offset {a.offset[i]:+.1f} {unit})")
+                evidence = {"observed": f"{v:g} {unit}",
+                            "statistic": f"largest difference from the earlier stretch "
+                                         f"{a.statistic[i]:.2f} {unit}",
+                            "threshold": f"{a.threshold[i]:.2f} {unit}",
+                            "since": _clock(since),
+                            "would_clear": "any change between readings differing from the "
+                                           "earlier stretch by more than the threshold"}
+            elif det is FROZEN:
+                a = alarms[FROZEN]
+                since = int(a.since_ms[i])
+                summary = (f"{name} stuck at {v:g} {unit} for {a.statistic[i] / 60_000:.0f} "
+                           f"min ({int(a.run_readings[i])} readings)")
+                evidence = {"observed": f"{v:g} {unit} unchanged since {_clock(since)}",
+                            "expected": "readings that vary as a living patient's do",
+                            "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged",
+                            "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min",
+                            "since": _clock(since),
+                            "would_clear": "a change of at least the channel's resolution "
+                                           "within the threshold"}
+            elif det is NOISE:
+                a = alarms[NOISE]
+                since = int(a.since_ms[i])
+                summary = (f"{name} is {np.sqrt(a.statistic[i]):.1f}x noisier than usual "
+                           "between readings")
+                evidence = {"observed": f"variance of changes {a.statistic[i]:.1f}x usual",
+                            "expected": f"changes with SD about {a.usual_sd[i]:.2f} {unit}",
+                            "statistic": f"variance ratio {a.statistic[i]:.1f}",
+                            "threshold": f"{a.threshold[i]:g}", "since": _clock(since),
+                            "would_clear": f"a variance ratio at most {a.threshold[i]:g}"}
+            elif det is RATE:
+                a = alarms[RATE]
+                since = int(a.since_ms[i])
+                summary = (f"{name} changed {a.statistic[i]:+.1f} {unit}/min, faster than "
+                           "any physiology")
+                evidence = {"observed": f"{a.statistic[i]:+.1f} {unit}/min",
+                            "expected": f"at most {MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
+                            "statistic": f"{abs(a.statistic[i]):.1f} {unit}/min",
+                            "threshold": f"{MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
+                            "since": _clock(since),
+                            "would_clear": "a change within the physiological limit"}
+            elif det is DUPLICATE:
+                since = t
+                summary = f"two different {name} values for the same time {_clock(t)}"
+                evidence = {"observed": f"{v:g} {unit} for a time already reported",
+                            "expected": "one value per time", "since": _clock(t),
+                            "statistic": "value differs from the earlier one",
+                            "threshold": "half the channel's resolution",
+                            "would_clear": "the same value, or a new time"}
+            else:
+                since = int(agree.since_ms[i])
+                others = int(agree.n_partners[i])
+                summary = (f"{name} {v:g} {unit} disagrees with "
+                           f"{int(agree.n_disagree[i])} of {others} other devices "
+                           f"(they read about {agree.consensus[i]:g} {unit})")
+                evidence = {"observed": f"{v:g} {unit}",
+                            "expected": f"within {agree.threshold[i]:.1f} of "
+                                        f"{agree.consensus[i]:g} {unit}",
+                            "statistic": f"|difference| {agree.statistic[i]:.1f} {unit}",
+                            "threshold": f"{agree.threshold[i]:.1f} {unit}",
+                            "channels": f"{name} from {others + 1} devices",
+                            "since": _clock(since),
+                            "would_clear": "agreement within the devices' combined noise"}
+            drafts.append(Draft(s // N_CHANNELS, int(f_pos[i]), -1, det, ch, t,
+                                since if since != NO_TIME else t, summary, evidence))
+        return tuple(drafts)
+
+    # (3) after the twin -----------------------------------------------------------------
+
+    def judge(self, screen: Screen, channel: npt.NDArray[np.int8], value: FloatArray,
+              time_ms: IntArray, innovation: FloatArray, innovation_var: FloatArray
+              ) -> Judgement:
+        """Residual tests on the innovations of the readings the twin used, classification,
+        de-duplication and quarantine; pure (the state moves on `apply`)."""
+        st = self._state
+        usable = ~screen.held & np.isfinite(innovation) & np.isfinite(innovation_var)
+        idx = np.flatnonzero(usable)
+        idx = idx[np.lexsort((idx, screen.stream[idx]))]
+        stream = screen.stream[idx]
+        win = window_test(st.window, stream, innovation[idx], innovation_var[idx])
+        cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], innovation_var[idx])
+        alarm = win.alarm | cus.alarm
+        drafts = list(screen.drafts)
+        hits = np.flatnonzero(alarm)
+        if hits.size:
+            _, first = np.unique(stream[hits], return_index=True)
+            for j in hits[first]:
+                i = int(idx[j])
+                drafts.append(_residual_draft(int(stream[j]), i, Channel(int(channel[i])),
+                                              float(value[i]), int(time_ms[i]),
+                                              float(innovation[i]), float(innovation_var[i]),
+                                              win, cus, j))
+        kept, last = _deduplicate(drafts, st.last_raised, st.behaviour_raised)
+        newly = sorted({d.source for d in kept if d.detector.code in COMPROMISE_CODES
+                        and d.detector.confidence >= QUARANTINE_CONFIDENCE
+                        and not st.blocked[d.source]})
+        return Judgement(tuple(kept), np.array(newly, np.intp), win.state, cus.state, last)
+
+    # (4) device behaviour ---------------------------------------------------------------
+
+    def behaviour(self, source: Index, arrival_ms: IntArray, send_ms: IntArray,
+                  sequence: IntArray, payload: IntArray, signature_ok: BoolArray
+                  ) -> tuple[BehaviourResult, tuple[Draft, ...]]:
+        """Device-behaviour detection over a batch of signed packets (any order); pure."""
+        result = behaviour_step(self._state.behaviour, source, arrival_ms, send_ms, sequence,
+                                payload, signature_ok)
+        drafts = []
+        hit = np.flatnonzero(result.alarm)
+        if hit.size:
+            _, first = np.unique(source[hit], return_index=True)
+            for k in hit[first]:
+                feature = Feature(int(result.finding[k]))
+                det = BEHAVIOUR_RULE if feature >= Feature.SEQ_REGRESSION else BEHAVIOUR_LEARNED
+                since = int(result.since_ms[k])
+                drafts.append(Draft(
+                    int(source[k]), -1, int(k), det, None, int(send_ms[k]),
+                    since if since != NO_TIME else int(arrival_ms[k]),
+                    f"the device's {_FEATURE_TEXT[feature]} is unlike its usual "
+                    f"({result.observed[k]:.3g} vs {result.expected[k]:.3g})",
+                    {"observed": f"{result.observed[k]:.4g}",
+                     "expected": f"{result.expected[k]:.4g}",
+                     "statistic": f"{_FEATURE_TEXT[feature]} {result.statistic[k]:.3g}",
+                     "threshold": f"{result.threshold[k]:.3g}",
+                     "since": _clock(since if since != NO_TIME else int(arrival_ms[k])),
+                     "would_clear": f"{_FEATURE_TEXT[feature]} within the threshold"}))
+        return result, tuple(drafts)
+
+    # Proposals become state ---------------------------------------------------------------
+
+    def apply(self, screen: Screen, judgement: Judgement, behaviour: BehaviourState | None,
+              quarantined: Sequence[int]) -> None:
+        """Make a batch's proposals current (after the batch is durable), blocking the
+        sources its findings `quarantined`."""
+        st = self._state
+        st.hist_time[screen.rows] = screen.hist_time
+        st.hist_value[screen.rows] = screen.hist_value
+        st.hist_count[screen.rows] = screen.hist_count
+        st.blocked[np.array(sorted(quarantined), np.intp)] = True
+        self._state = st._replace(
+            window=judgement.window, cusum=judgement.cusum,
+            last_raised=judgement.last_raised,
+            behaviour=behaviour if behaviour is not None else st.behaviour,
+            behaviour_raised=_behaviour_raised(st.behaviour_raised, judgement.drafts))
+
+    def finding(self, draft: Draft, quarantined: bool) -> Finding:
+        """The finding a draft describes, named by patient and device."""
+        patient_id, device_id = self.source_names()[draft.source]
+        evidence = dict(draft.evidence)
+        evidence["detector"] = draft.detector.name
+        return Finding(patient_id, device_id, draft.detector.code, draft.channel,
+                       draft.detector.confidence, draft.time_ms, draft.since_ms,
+                       draft.detector.name, draft.summary, evidence, quarantined)
+
+
+_FEATURE_TEXT = {
+    Feature.RATE: "packet rate (per s)", Feature.JITTER: "arrival jitter (ms)",
+    Feature.SKEW: "clock skew (ms)", Feature.SEQ_GAP: "sequence gap (packets)",
+    Feature.PAYLOAD: "payload size", Feature.SEQ_REGRESSION: "sequence regression",
+    Feature.SIGNATURE: "signature failure count", Feature.THROTTLE: "token deficit (flood)",
+}
+
+
+class AgreementView(NamedTuple):
+    """`device_agreement`'s evidence over a flattened batch (every channel at once)."""
+
+    status: npt.NDArray[np.int8]
+    since_ms: IntArray
+    n_partners: IntArray
+    n_disagree: IntArray
+    consensus: FloatArray
+    statistic: FloatArray
+    threshold: FloatArray
+
+
+def _agreement(stream: Index, time_ms: IntArray, value: FloatArray, channel: IntArray,
+               patient_of_source: IntArray) -> AgreementView:
+    """Device agreement per channel over the flattened history (UNPAIRED where a patient has
+    one source for the channel); one call per channel present, batched over patients."""
+    n = stream.shape[0]
+    view = AgreementView(np.zeros(n, np.int8), np.full(n, NO_TIME, np.int64),
+                         np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, np.nan),
+                         np.full(n, np.nan), np.full(n, np.nan))
+    source = stream // N_CHANNELS
+    patient = patient_of_source[source]
+    for ch in np.unique(channel):
+        rows = np.flatnonzero(channel == ch)
+        pairs = np.unique(np.stack([patient[rows], source[rows]]), axis=1)
+        if pairs.shape[1] == np.unique(pairs[0]).size:
+            continue                        # no patient has two devices on this channel
+        result = device_agreement(patient[rows].astype(np.int64),
+                                  source[rows].astype(np.int64), time_ms[rows], value[rows],
+                                  Channel(int(ch)))
+        for name in AgreementView._fields:
+            getattr(view, name)[rows] = getattr(result, name)
+    return view
+
+
+def _keep_last(rows: Index, f_stream: Index, f_time: IntArray, f_value: FloatArray
+               ) -> tuple[IntArray, FloatArray, IntArray]:
+    """The last `HISTORY` readings of each stream in `rows` (sorted) from the flattened
+    history-and-batch arrays (ordered by stream, then arrival)."""
+    seg_len = np.bincount(np.searchsorted(rows, f_stream), minlength=rows.size)
+    seg_end = np.cumsum(seg_len)
+    local = np.searchsorted(rows, f_stream)
+    from_end = seg_end[local] - np.arange(f_stream.size) - 1
+    count = np.minimum(seg_len, HISTORY)
+    keep = from_end < HISTORY
+    col = count[local[keep]] - 1 - from_end[keep]
+    h_time = np.zeros((rows.size, HISTORY), np.int64)
+    h_value = np.zeros((rows.size, HISTORY))
+    h_time[local[keep], col] = f_time[keep]
+    h_value[local[keep], col] = f_value[keep]
+    return h_time, h_value, count.astype(np.int64)
+
+
+def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms: int,
+                    innovation: float, innovation_var: float, win: Any, cus: Any,
+                    j: int) -> Draft:
+    """Classify and explain a residual alarm on reading `i` (`j` in the tests' order)."""
+    c = int(channel)
+    # The side the readings ran: the CUSUM's where it fired (a run), else this reading's.
+    up = bool(cus.direction[j] > 0) if cus.alarm[j] else innovation > 0
+    towards_danger = ((not up and value < DANGER_BELOW[c]) or (up and value > DANGER_ABOVE[c]))
+    reassuring = NORMAL_LOW[c] <= value <= NORMAL_HIGH[c]
+    # Spoofing on residual evidence alone needs both tests: a sustained, one-sided run that
+    # is also far off in sum, with readings that look reassuring and lead away from danger.
+    both = bool(win.alarm[j] and cus.alarm[j])
+    det = RESIDUAL_BOTH if both and reassuring and not towards_danger else UNEXPLAINED
+    since = int(cus.since_ms[j]) if cus.alarm[j] and cus.since_ms[j] != NO_TIME else time_ms
+    sd = float(np.sqrt(innovation_var))
+    expected = value - innovation
+    unit = channel.spec.unit_display
+    name = channel.name.lower().replace("_", " ")
+    side = "above" if up else "below"
+    if det is UNEXPLAINED:
+        summary = (f"{name} {value:g} {unit} is {side} what the twin expected "
+                   f"({expected:.0f} {unit}) with no sign of manipulation: treated as the "
+                   "patient's own course; confirm at the bedside")
+    else:
+        summary = (f"{name} readings have run {side} what the twin expects from the "
+                   f"patient's other data since {_clock(since)} ({value:g} vs "
+                   f"{expected:.0f} {unit}): they would mask the patient's course")
+    statistic = []
+    if win.alarm[j]:
+        statistic.append(f"window chi-square {win.statistic[j]:.1f} on {int(win.dof[j])} "
+                         f"readings > {win.threshold[j]:.1f}")
+    if cus.alarm[j]:
+        statistic.append(f"CUSUM {cus.statistic[j]:.1f} > {cus.threshold[j]:.2f}")
+    return Draft(stream // N_CHANNELS, i, -1, det, channel, time_ms, since, summary, {
+        "observed": f"{value:g} {unit}",
+        "expected": f"{expected:.1f} {unit} (95 % {expected - 1.96 * sd:.1f} to "
+                    f"{expected + 1.96 * sd:.1f})",
+        "statistic": "; ".join(statistic),
+        "threshold": f"chi-square false alarm 1e-4 per reading; CUSUM {CUSUM_THRESHOLD:g}",
+        "channels": f"{name} vs the twin's model of the patient's other channels, meals "
+                    "and insulin",
+        "since": _clock(since),
+        "would_clear": f"readings within about {1.96 * sd:.1f} {unit} of the twin's "
+                       "prediction, without a sustained one-sided run"})
+
+
+def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raised: IntArray
+                 ) -> tuple[list[Draft], IntArray]:
+    """The drafts to raise: per stream (or device, for behaviour) and code, the first of the
+    batch, unless the same was raised less than `REPEAT_MS` before; and the new last-raised
+    times."""
+    last = last_raised.copy()
+    device_last = behaviour_raised.copy()
+    kept = []
+    for d in drafts:
+        code = _CODE_INDEX[d.detector.code]
+        if d.channel is None:
+            prev = int(device_last[d.source])
+            if prev == NO_TIME or d.time_ms - prev >= REPEAT_MS:
+                kept.append(d)
+                device_last[d.source] = d.time_ms
+            continue
+        s = d.source * N_CHANNELS + int(d.channel)
+        prev = int(last[s, code])
+        if prev == NO_TIME or d.time_ms - prev >= REPEAT_MS:
+            kept.append(d)
+            last[s, code] = d.time_ms
+    return kept, last
+
+
+def _behaviour_raised(current: IntArray, drafts: Sequence[Draft]) -> IntArray:
+    """Last time each source raised a behaviour finding, after `drafts`."""
+    out = current.copy()
+    for d in drafts:
+        if d.channel is None:
+            out[d.source] = d.time_ms
+    return out
+
+
+def _clock(time_ms: int) -> str:
+    """A data time as ISO 8601 UTC to the second, for explanations."""
+    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"
