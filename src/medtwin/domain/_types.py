@@ -218,12 +218,18 @@ class RejectReason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelState:
-    """What the twin holds for one channel: the latest value, its age and the estimate."""
+    """What the twin holds for one channel: the latest value, its age and the estimate, with
+    the twin's 95 % interval now (`low`..`high`, NaN where the twin has none; it widens while
+    no reading moves the twin), and `held`: the latest reading was kept from the twin by the
+    guard (a suspect reading, or a quarantined device), so the estimate does not follow it."""
 
     channel: Channel
     value: float
     estimate: float
     age_s: float
+    low: float = float("nan")
+    high: float = float("nan")
+    held: bool = False
 
 
 @dataclass(frozen=True, slots=True)

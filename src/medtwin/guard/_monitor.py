@@ -143,13 +143,18 @@ BEHAVIOUR_LEARNED = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0
 
 class GuardState(NamedTuple):
     """Per stream (source * N_CHANNELS + channel): the recent history, oldest first
-    (`hist_count` valid values left-aligned), residual-test state and when each code was last
-    raised; per source: blocked, behaviour state and when it last raised a behaviour finding.
+    (`hist_count` valid values left-aligned), the time of its latest reading and whether that
+    was held, whether its residual tests were in alarm at its last tested reading, their
+    state, and when each code was last raised; per source: blocked,
+    behaviour state and when it last raised a behaviour finding.
     """
 
     hist_time: IntArray
     hist_value: FloatArray
     hist_count: IntArray
+    last_time: IntArray
+    last_held: BoolArray
+    in_alarm: BoolArray
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -162,7 +167,8 @@ def guard_state(n_sources: int) -> GuardState:
     """State for `n_sources` sources that have sent nothing."""
     n = n_sources * N_CHANNELS
     return GuardState(np.zeros((n, HISTORY), np.int64), np.zeros((n, HISTORY)),
-                      np.zeros(n, np.int64), window_state(n), cusum_state(n),
+                      np.zeros(n, np.int64), np.full(n, NO_TIME, np.int64), np.zeros(n, bool),
+                      np.zeros(n, bool), window_state(n), cusum_state(n),
                       np.full((n, len(_CODES)), NO_TIME, np.int64), np.zeros(n_sources, bool),
                       behaviour_state(n_sources), np.full(n_sources, NO_TIME, np.int64))
 
@@ -178,7 +184,8 @@ def _grow(state: GuardState, n_sources: int) -> GuardState:
 
     return GuardState(
         put(fresh.hist_time, state.hist_time, k), put(fresh.hist_value, state.hist_value, k),
-        put(fresh.hist_count, state.hist_count, k),
+        put(fresh.hist_count, state.hist_count, k), put(fresh.last_time, state.last_time, k),
+        put(fresh.last_held, state.last_held, k), put(fresh.in_alarm, state.in_alarm, k),
         WindowState(put(fresh.window.recent, state.window.recent, k)),
         CusumState(*(put(f, c, k) for f, c in zip(fresh.cusum, state.cusum, strict=True))),
         put(fresh.last_raised, state.last_raised, k), put(fresh.blocked, state.blocked, old),
@@ -208,6 +215,7 @@ class Screen:
     `SCREENS`, -1 for none, per reading) and the touched streams' new history."""
 
     stream: Index
+    time_ms: IntArray
     held: BoolArray
     fired: npt.NDArray[np.int8]
     drafts: tuple[Draft, ...]
@@ -220,10 +228,13 @@ class Screen:
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """`GuardBank.judge`'s proposal: the findings drafted (screen's and the residual tests'),
-    sources newly blocked, and the new residual-test and de-duplication state."""
+    sources newly blocked, whether each tested stream ends the batch in residual alarm, and
+    the new residual-test and de-duplication state."""
 
     drafts: tuple[Draft, ...]
     newly_blocked: Index
+    alarm_streams: Index
+    alarm_after: BoolArray
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -292,8 +303,8 @@ class GuardBank:
         rows = np.unique(stream[new])
         if new.size == 0:
             empty = np.zeros((0, HISTORY))
-            return Screen(stream, held, fired, (), rows, empty.astype(np.int64), empty,
-                          np.zeros(0, np.int64))
+            return Screen(stream, time_ms, held, fired, (), rows, empty.astype(np.int64),
+                          empty, np.zeros(0, np.int64))
         # Each touched stream's history, then its new readings in arrival order.
         counts = st.hist_count[rows]
         h_stream = np.repeat(rows, counts)
@@ -333,7 +344,7 @@ class GuardBank:
         drafts = self._screen_drafts(f_stream, f_time, f_value, f_pos, fired_flat, alarms,
                                      stamps, agree)
         h_time, h_value, h_count = _keep_last(rows, f_stream, f_time, f_value)
-        return Screen(stream, held, fired, drafts, rows, h_time, h_value, h_count)
+        return Screen(stream, time_ms, held, fired, drafts, rows, h_time, h_value, h_count)
 
     def _screen_drafts(self, f_stream: Index, f_time: IntArray, f_value: FloatArray,
                        f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[Detector, Any],
@@ -439,8 +450,15 @@ class GuardBank:
         win = window_test(st.window, stream, innovation[idx], innovation_var[idx])
         cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], innovation_var[idx])
         alarm = win.alarm | cus.alarm
+        # One finding per residual episode: at its onset, not at every reading it lasts.
+        first = np.ones(stream.size, dtype=bool)
+        first[1:] = stream[1:] != stream[:-1]
+        before = np.where(first, st.in_alarm[stream], np.roll(alarm, 1))
+        onset = alarm & ~before
+        last = np.ones(stream.size, dtype=bool)
+        last[:-1] = stream[1:] != stream[:-1]
         drafts = list(screen.drafts)
-        hits = np.flatnonzero(alarm)
+        hits = np.flatnonzero(onset)
         if hits.size:
             _, first = np.unique(stream[hits], return_index=True)
             for j in hits[first]:
@@ -449,11 +467,12 @@ class GuardBank:
                                               float(value[i]), int(time_ms[i]),
                                               float(innovation[i]), float(innovation_var[i]),
                                               win, cus, j))
-        kept, last = _deduplicate(drafts, st.last_raised, st.behaviour_raised)
+        kept, last_raised = _deduplicate(drafts, st.last_raised, st.behaviour_raised)
         newly = sorted({d.source for d in kept if d.detector.code in COMPROMISE_CODES
                         and d.detector.confidence >= QUARANTINE_CONFIDENCE
                         and not st.blocked[d.source]})
-        return Judgement(tuple(kept), np.array(newly, np.intp), win.state, cus.state, last)
+        return Judgement(tuple(kept), np.array(newly, np.intp), stream[last], alarm[last],
+                         win.state, cus.state, last_raised)
 
     # (4) device behaviour ---------------------------------------------------------------
 
@@ -466,6 +485,10 @@ class GuardBank:
         drafts = []
         hit = np.flatnonzero(result.alarm)
         if hit.size:
+            # per source, its first rule alarm (throttle, signatures, regression), else its
+            # first learned one
+            rule = result.finding[hit] >= Feature.SEQ_REGRESSION
+            hit = hit[np.lexsort((hit, ~rule, source[hit]))]
             _, first = np.unique(source[hit], return_index=True)
             for k in hit[first]:
                 feature = Feature(int(result.finding[k]))
@@ -487,19 +510,41 @@ class GuardBank:
     # Proposals become state ---------------------------------------------------------------
 
     def apply(self, screen: Screen, judgement: Judgement, behaviour: BehaviourState | None,
-              quarantined: Sequence[int]) -> None:
+              quarantined: Sequence[int], held: BoolArray) -> None:
         """Make a batch's proposals current (after the batch is durable), blocking the
-        sources its findings `quarantined`."""
+        sources its findings `quarantined`; `held` is which readings the twin did not take."""
         st = self._state
+        if held.size:
+            order = np.lexsort((screen.time_ms, screen.stream))
+            last = np.ones(order.size, dtype=bool)
+            last[:-1] = screen.stream[order[1:]] != screen.stream[order[:-1]]
+            k = order[last]
+            newer = screen.time_ms[k] >= st.last_time[screen.stream[k]]
+            st.last_time[screen.stream[k[newer]]] = screen.time_ms[k[newer]]
+            st.last_held[screen.stream[k[newer]]] = held[k[newer]]
         st.hist_time[screen.rows] = screen.hist_time
         st.hist_value[screen.rows] = screen.hist_value
         st.hist_count[screen.rows] = screen.hist_count
         st.blocked[np.array(sorted(quarantined), np.intp)] = True
+        st.in_alarm[judgement.alarm_streams] = judgement.alarm_after
         self._state = st._replace(
             window=judgement.window, cusum=judgement.cusum,
             last_raised=judgement.last_raised,
             behaviour=behaviour if behaviour is not None else st.behaviour,
             behaviour_raised=_behaviour_raised(st.behaviour_raised, judgement.drafts))
+
+    def held_channels(self, patient_id: str) -> set[Channel]:
+        """The channels whose latest reading for this patient (from any of their sources)
+        was held from the twin."""
+        sources = [i for (p, _), i in self._sources.items() if p == patient_id]
+        if not sources:
+            return set()
+        streams = np.array(sources, np.intp)[:, None] * N_CHANNELS + np.arange(N_CHANNELS)
+        times = self._state.last_time[streams]
+        newest = np.argmax(times, axis=0)
+        held = self._state.last_held[streams[newest, np.arange(N_CHANNELS)]]
+        seen = times.max(axis=0) != NO_TIME
+        return {Channel(int(c)) for c in np.flatnonzero(held & seen)}
 
     def finding(self, draft: Draft, quarantined: bool) -> Finding:
         """The finding a draft describes, named by patient and device."""

@@ -348,8 +348,8 @@ def noise_bursts(
     window: int = NOISE_WINDOW,
     ratio: float = NOISE_RATIO,
 ) -> NoiseAlarm:
-    """Readings that end a window of `window` values whose first differences vary far more
-    (robust variance `ratio` times) than the stream's usual.
+    """Readings that end a window of `window` values whose changes vary far more (robust
+    variance of second differences `ratio` times) than the stream's usual.
 
     The usual variance of first differences is robust and blind to slow trends: from the MAD
     of the stream's second differences (for white noise of SD s, first differences have
@@ -376,18 +376,22 @@ def noise_bursts(
     mad = _group_median(rank[has_two], np.abs(second - centre[rank[has_two]]), n_streams)
     floor = (MAD_TO_SD * 2.0 * RESOLUTION[channel]) ** 2 / 3.0
     usual_var = np.maximum((MAD_TO_SD * mad[rank]) ** 2 / 3.0, floor)
-    # (2): robust variance of the last `window - 1` differences (their MAD about their
-    # median), so one step in an otherwise steady stream is not a burst of noise.
-    width = window - 1
+    # (2): the same robust statistic over the window's last `window - 2` second differences
+    # (their MAD about their median): a trend or a meal's curve moves neither, and one step
+    # in an otherwise steady stream is not a burst of noise.
+    width = window - 2
+    all_second = np.zeros(n)
+    all_second[has_two] = second
     local_var = np.full(n, np.nan)
     if n >= width:
-        win = sliding_window_view(diff, width)
+        win = sliding_window_view(all_second, width)
         centre_w = np.median(win, axis=1, keepdims=True)
-        local_var[width - 1:] = (MAD_TO_SD * np.median(np.abs(win - centre_w), axis=1)) ** 2
+        local_var[width - 1:] = (
+            MAD_TO_SD * np.median(np.abs(win - centre_w), axis=1)) ** 2 / 3.0
     full = index - NOISE_MIN_HISTORY * window >= seg      # the usual is known by now
     statistic = np.where(full, local_var / usual_var, np.nan)
     alarm = statistic > ratio
-    since = time_ms[np.clip(index - width, seg, None)].astype(np.int64)
+    since = time_ms[np.clip(index - width - 1, seg, None)].astype(np.int64)
     return NoiseAlarm(alarm, statistic, np.full(n, ratio), since, np.sqrt(usual_var))
 
 

@@ -181,6 +181,8 @@ MAX_WHATIF_STEPS = 576
 #: Days of data `Pipeline.personalize` identifies from by default, and its grid step (min).
 PERSONALIZE_DAYS = 2.0
 PERSONALIZE_STEP_MIN = 5.0
+#: The longest the twin's interval "now" is propagated from its last reading (min).
+MAX_BAND_MIN = 12 * 60.0
 #: The model name of glucose twin parameter records.
 GLUCOSE_MODEL = "glucose"
 
@@ -304,7 +306,8 @@ class Pipeline:
             # (6) make it current, and tell the subscribers
             self._tree = tree
             self.twin.apply(step.update)
-            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined))
+            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined),
+                             step.held)
             self._active[step.update.rows] = step.active
             for device_id, seq in commit.device_seqs.items():
                 self._devices[device_id] = replace(self._devices[device_id], last_seq=seq)
@@ -817,9 +820,11 @@ class Pipeline:
         fresh = np.where(current, state.estimate, np.nan)
         score = news2_from_estimates(fresh)
         risk = int(news2_risk(score)[0])
+        bands = self._bands_now(rows, now)
+        held = self.guard.held_channels(self.twin.patient_ids()[row])
         channels = tuple(
             ChannelState(c, float(state.last_value[0, c]), float(state.estimate[0, c]),
-                         float(ages[c]))
+                         float(ages[c]), *bands.get(c, (math.nan, math.nan)), c in held)
             for c in Channel if state.last_time_ms[0, c] != NO_TIME
         )
         active = self._active[row] if row < self._active.shape[0] else np.zeros(N_RULES, bool)
@@ -827,6 +832,25 @@ class Pipeline:
                       if current[list(RULES[i].channels)].any())
         return TwinState(self.twin.patient_ids()[row], now, channels, int(score.total[0]),
                          bool(score.complete[0]), RISK_NAMES[risk], shown, forecasts)
+
+    def _bands_now(self, rows: npt.NDArray[np.intp], now: int
+                   ) -> dict[Channel, tuple[float, float]]:
+        """The model twins' 95 % intervals of each channel at `now` for one patient: their
+        prediction from the last reading they took, so the interval widens while none moves
+        them (a quarantined device, a silent sensor)."""
+        bands: dict[Channel, tuple[float, float]] = {}
+        g_time = int(self.twin.glucose_rows(rows).time_ms[0])
+        if g_time != NO_TIME:
+            h = min(max(now - g_time, 0) / 60_000, MAX_BAND_MIN)
+            _, low, high = self.twin.glucose_forecast(rows, (h,))
+            bands[Channel.GLUCOSE] = (float(low[0, 0]), float(high[0, 0]))
+        v_time = int(self.twin.vitals_rows(rows).time_ms[0])
+        if v_time != NO_TIME:
+            h = min(max(now - v_time, 0) / 60_000, MAX_BAND_MIN)
+            _, low, high = self.twin.vitals_forecast(rows, (h,))
+            for i, c in enumerate(VITALS_OBSERVED_CHANNELS):
+                bands[c] = (float(low[0, 0, i]), float(high[0, 0, i]))
+        return bands
 
     def _rebuild_twin(self) -> None:
         """Replay the stored packets, batch by batch as they were processed, with the twin
@@ -852,7 +876,8 @@ class Pipeline:
                        for r in batch]
             step = self._advance(packets, self._stored_meta(batch))
             self.twin.apply(step.update)
-            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined))
+            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined),
+                             step.held)
             self._active[step.update.rows] = step.active
         while waiting is not None:
             self._apply_params(waiting)
@@ -909,6 +934,7 @@ def twin_state_json(state: TwinState) -> dict[str, Any]:
         "channels": {
             c.channel.code: {"name": c.channel.name.lower(), "unit": c.channel.ucum,
                              "value": _num(c.value), "estimate": _num(c.estimate),
+                             "low": _num(c.low), "high": _num(c.high), "held": c.held,
                              "age_s": _num(c.age_s)}
             for c in state.channels
         },
