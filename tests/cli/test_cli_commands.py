@@ -54,6 +54,13 @@ def test_keys_devices_and_tokens(tmp_path: Path) -> None:
     assert not (tmp_path / "cgm-8.json").exists()
     listed = runner.invoke(app, ["keys", "list", *site])
     assert "cgm-7" in listed.output
+    assert runner.invoke(app, ["keys", "quarantine", "cgm-7", *site]).exit_code == 0
+    unexplained = runner.invoke(app, ["keys", "release", "cgm-7", *site])
+    assert unexplained.exit_code == 2 and "--reason" in unexplained.output
+    released = runner.invoke(app, ["keys", "release", "cgm-7", "--reason", "checked", *site])
+    assert released.exit_code == 0, released.output
+    twice = runner.invoke(app, ["keys", "release", "cgm-7", "--reason", "again", *site])
+    assert twice.exit_code == 1 and "not quarantined" in twice.output
     token = runner.invoke(app, ["token", "create", "--role", "auditor", "--name", "a", *site])
     assert token.exit_code == 0
     assert token.output.strip().startswith("mtk_")

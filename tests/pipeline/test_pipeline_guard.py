@@ -197,3 +197,35 @@ def test_a_flooding_device_is_found_and_quarantined(pipeline: Pipeline, device: 
     found = [f for o in outcomes if isinstance(o, Accepted) for f in o.findings]
     assert any(f.code is FindingCode.DEVICE_BEHAVIOUR and f.quarantined for f in found)
     assert next(d.status for d in pipeline.devices()) is DeviceStatus.QUARANTINED
+
+
+def _vitals_hour(pipeline: Pipeline, device: DeviceSim, clock: FakeClock, minutes: int,
+                 rng: np.random.Generator, **level: float) -> list[Accepted]:
+    """`minutes` of one-minute vitals around `level`, with a monitor's small wobble."""
+    usual = {"hr": 72.0, "rr": 16.0, "spo2": 97.0, "sbp": 120.0, "temp": 37.0} | level
+    out = []
+    for _ in range(minutes):
+        clock.advance(60)
+        noisy = {k: round(v + rng.normal(0.0, 1.0 if k != "temp" else 0.05), 1)
+                 for k, v in usual.items()}
+        (o,) = pipeline.process([device.submit(device.vitals(**noisy))])
+        assert isinstance(o, Accepted)
+        out.append(o)
+    return out
+
+
+@pytest.mark.parametrize(("responds", "flagged"), [(False, True), (True, False)])
+def test_spo2_falling_alone_is_questioned(pipeline: Pipeline, device: DeviceSim,
+                                          clock: FakeClock, responds: bool,
+                                          flagged: bool) -> None:
+    rng = np.random.default_rng(11)
+    _vitals_hour(pipeline, device, clock, 60, rng)
+    response = {"hr": 105.0, "rr": 26.0} if responds else {}
+    later = _vitals_hour(pipeline, device, clock, 25, rng, spo2=82.0, **response)
+    found = [f for o in later for f in o.findings if f.detector == "physiological-coherence"]
+    assert bool(found) is flagged
+    if flagged:
+        assert found[0].code is FindingCode.SENSOR_FAULT and not found[0].quarantined
+        assert "heart rate" in found[0].summary and "resp rate" in found[0].summary
+    # the clinical rules see the low SpO2 either way
+    assert any(a.rule.startswith("news2") for a in pipeline.alerts())

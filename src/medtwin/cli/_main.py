@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import os
 import time
@@ -312,23 +313,28 @@ def keys_list(data_dir: DataDir = None) -> None:
     console.print(table)
 
 
-def _set_status(device_id: str, status: DeviceStatus, data_dir: Path | None) -> None:
-    with _site(data_dir) as pipeline:
-        pipeline.set_device_status(device_id, status)
-    console.print(f"device {device_id} is {status.value}")
+Reason = Annotated[str, typer.Option(help="Who checked what (logged; no patient data).")]
 
 
 @keys_app.command("quarantine")
-def keys_quarantine(device_id: str, data_dir: DataDir = None) -> None:
-    """Quarantine a device: its packets are refused (and recorded) until it is released.
-    While the site is serving, use `POST /v1/devices/{id}/quarantine` instead."""
-    _set_status(device_id, DeviceStatus.QUARANTINED, data_dir)
+def keys_quarantine(device_id: str, reason: Reason = "", data_dir: DataDir = None) -> None:
+    """Quarantine a device: its packets are still stored and logged, but no longer move the
+    twin, until it is released. While the site is serving, use
+    `POST /v1/devices/{id}/quarantine` instead."""
+    with _site(data_dir) as pipeline:
+        pipeline.set_device_status(device_id, DeviceStatus.QUARANTINED,
+                                   f"quarantine by {getpass.getuser()}: {reason}".rstrip(": "))
+    console.print(f"device {device_id} is {DeviceStatus.QUARANTINED.value}")
 
 
 @keys_app.command("release")
-def keys_release(device_id: str, data_dir: DataDir = None) -> None:
-    """Release a quarantined device."""
-    _set_status(device_id, DeviceStatus.ACTIVE, data_dir)
+def keys_release(device_id: str, reason: Annotated[str, typer.Option(
+        help="Who checked the device and what was found (logged; required).")],
+                 data_dir: DataDir = None) -> None:
+    """Release a quarantined device: an audited action, logged with the reason."""
+    with _site(data_dir) as pipeline:
+        pipeline.release_device(device_id, f"by {getpass.getuser()}: {reason}")
+    console.print(f"device {device_id} is {DeviceStatus.ACTIVE.value}")
 
 
 @token_app.command("create")

@@ -43,7 +43,13 @@ from medtwin.guard._behaviour import (
     behaviour_step,
     grow_behaviour_state,
 )
-from medtwin.guard._consistency import Agreement, device_agreement
+from medtwin.guard._consistency import (
+    Agreement,
+    Coherence,
+    CoherenceRule,
+    device_agreement,
+    physiological_coherence,
+)
 from medtwin.guard._patterns import (
     FROZEN_MIN_MS,
     MAX_RATE_PER_MIN,
@@ -128,8 +134,11 @@ DUPLICATE = Detector("conflicting-timestamp", FindingCode.SPOOFING_SUSPECTED, 0.
 FROZEN = Detector("frozen-value", FindingCode.SENSOR_FAULT, 0.9, True)
 NOISE = Detector("noise-burst", FindingCode.SENSOR_FAULT, 0.9, True)
 RATE = Detector("impossible-rate", FindingCode.SENSOR_FAULT, 0.9, True)
+#: a vital sign far from the patient's usual while the channels that would respond do not:
+#: more often a displaced probe than a lie, and never held (NEWS2 alerts on it regardless)
+INCOHERENT = Detector("physiological-coherence", FindingCode.SENSOR_FAULT, 0.7, False)
 #: screening detectors, strongest first: a reading is explained by the first that fired
-SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED)
+SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED, INCOHERENT)
 #: Residual evidence alone never quarantines: a model that does not follow a patient's real
 #: course (a recovery, a deterioration) looks the same to it as masking data does. Only
 #: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
@@ -327,6 +336,8 @@ class GuardBank:
         stamps = timestamp_games(s64, f_time, f_value, f_channel)
         agree = _agreement(f_stream, f_time, f_value, f_channel, self._patient_of)
         is_new = f_pos >= 0
+        coherence = _coherence(f_stream, f_time, f_value, f_channel, is_new, self._patient_of,
+                               len(self._patients))
         fired_flat = np.full(f_stream.size, -1, np.int8)
         for k in range(len(SCREENS) - 1, -1, -1):      # strongest last: it wins
             det = SCREENS[k]
@@ -334,6 +345,8 @@ class GuardBank:
                 hit = alarms[det].alarm
             elif det is DUPLICATE:
                 hit = stamps.duplicate
+            elif det is INCOHERENT:
+                hit = coherence.alarm
             else:
                 hit = agree.status == (Agreement.OUTLIER if det is OUTLIER
                                        else Agreement.DISPUTED)
@@ -342,13 +355,13 @@ class GuardBank:
         hold = np.array([d.holds for d in SCREENS])
         held |= (fired >= 0) & hold[np.maximum(fired, 0)]
         drafts = self._screen_drafts(f_stream, f_time, f_value, f_pos, fired_flat, alarms,
-                                     stamps, agree)
+                                     agree, coherence)
         h_time, h_value, h_count = _keep_last(rows, f_stream, f_time, f_value)
         return Screen(stream, time_ms, held, fired, drafts, rows, h_time, h_value, h_count)
 
     def _screen_drafts(self, f_stream: Index, f_time: IntArray, f_value: FloatArray,
                        f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[Detector, Any],
-                       stamps: Any, agree: Any) -> tuple[Draft, ...]:
+                       agree: AgreementView, coherence: Coherence) -> tuple[Draft, ...]:
         """One draft per (stream, detector) that fired in the batch: its first reading."""
         hit = np.flatnonzero(fired >= 0)
         if hit.size == 0:
@@ -409,6 +422,26 @@ class GuardBank:
                             "threshold": f"{MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
                             "since": _clock(since),
                             "would_clear": "a change within the physiological limit"}
+            elif det is INCOHERENT:
+                since = int(coherence.since_ms[i])
+                rule = CoherenceRule(int(coherence.rule[i]))
+                quiet = [Channel(c).name.lower().replace("_", " ") for c in range(N_CHANNELS)
+                         if int(coherence.silent_channels[i]) >> c & 1]
+                summary = (f"{name} {v:g} {unit} since {_clock(since)} while "
+                           f"{' and '.join(quiet) or 'the other vital signs'} stayed at the "
+                           "patient's usual: check the sensor before treating")
+                evidence = {"observed": f"{v:g} {unit}, with "
+                                        f"{' and '.join(quiet) or 'companions'} unchanged",
+                            "expected": ("a body short of oxygen breathes faster or its heart "
+                                         "beats faster" if rule is
+                                         CoherenceRule.HYPOXAEMIA_WITHOUT_RESPONSE else
+                                         "a racing heart with some other response"),
+                            "statistic": f"{name} beyond {coherence.threshold[i]:g} {unit} "
+                                         "with the companions' mean response under one band",
+                            "threshold": f"{coherence.threshold[i]:g} {unit} for 15 min",
+                            "channels": ", ".join([name, *quiet]), "since": _clock(since),
+                            "would_clear": "a response of the companion channels, or the "
+                                           "value back within its limit"}
             elif det is DUPLICATE:
                 since = t
                 summary = f"two different {name} values for the same time {_clock(t)}"
@@ -597,6 +630,23 @@ def _agreement(stream: Index, time_ms: IntArray, value: FloatArray, channel: Int
         for name in AgreementView._fields:
             getattr(view, name)[rows] = getattr(result, name)
     return view
+
+
+def _coherence(stream: Index, time_ms: IntArray, value: FloatArray, channel: IntArray,
+               is_new: BoolArray, patient_of_source: IntArray, n_patients: int) -> Coherence:
+    """Physiological coherence over the flattened batch, each patient's baseline per channel
+    the median of its history before the batch (NaN where there is none)."""
+    patient = patient_of_source[stream // N_CHANNELS]
+    group = patient * N_CHANNELS + channel
+    old = np.flatnonzero(~is_new)
+    baseline = np.full(max(n_patients, 1) * N_CHANNELS, np.nan)
+    if old.size:
+        order = old[np.lexsort((value[old], group[old]))]
+        groups, start, count = np.unique(group[order], return_index=True, return_counts=True)
+        mid = 0.5 * (value[order[start + (count - 1) // 2]] + value[order[start + count // 2]])
+        baseline[groups] = mid
+    return physiological_coherence(patient, time_ms, channel, value,
+                                   baseline.reshape(-1, N_CHANNELS))
 
 
 def _keep_last(rows: Index, f_stream: Index, f_time: IntArray, f_value: FloatArray
