@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medtwin.access import Permission, Role, allows, new_token
 from medtwin.api._auth import Caller, caller_of, require
 from medtwin.api._batcher import IngestBatcher
+from medtwin.api._limits import RateLimiter, RegisteredDevices, address_of, throttled_response
 from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_BYTES
 from medtwin.domain import Device, DeviceStatus, RejectReason
 from medtwin.errors import (
@@ -129,6 +130,8 @@ async def _read_capped(request: Request, limit: int) -> tuple[bytes, int]:
 def create_app(pipeline: Pipeline) -> FastAPI:
     """The API of one site, serving `pipeline`."""
     batcher = IngestBatcher(pipeline, pipeline.settings.max_batch)
+    limiter = RateLimiter(pipeline.clock, RegisteredDevices(
+        lambda: [d.device_id for d in pipeline.devices()]))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -140,6 +143,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                   description="Secure digital twin kernel: signed device packets in; twin "
                               "states, alerts and a verifiable log out.")
     app.state.pipeline = pipeline
+    app.state.limiter = limiter
     read_twin = Depends(require(Permission.READ_TWIN))
     read_audit = Depends(require(Permission.READ_AUDIT))
     manage = Depends(require(Permission.MANAGE))
@@ -167,13 +171,17 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         200: {"description": "Accepted and durable"},
         400: {"description": "Malformed"}, 401: {"description": "Unknown device or bad signature"},
         409: {"description": "Replayed sequence"},
-        413: {"description": "Too large"}, 422: {"description": "Readings refused"}})
+        413: {"description": "Too large"}, 422: {"description": "Readings refused"},
+        429: {"description": "Rate-limited: nothing stored; see Retry-After"}})
     async def ingest_packet(request: Request) -> JSONResponse:
         """Ingest one signed device packet; authenticated by the device's signature, not a
         token. Answers only once the packet (or its rejection) is durable."""
         body, size = await _read_capped(request, MAX_PACKET_BYTES)
         submission = (SignedSubmission.from_bytes(body) if size <= MAX_PACKET_BYTES
                       else SignedSubmission(None, size))
+        throttled = await limiter.admit(submission.envelope, address_of(request))
+        if throttled is not None:  # answered here: a flood never reaches the gate or log
+            return throttled_response(throttled)
         outcome = await batcher.submit(submission)
         if isinstance(outcome, Accepted):
             return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin.domain import COMPROMISE_CODES, N_CHANNELS, Channel, Finding, FindingCode
-from medtwin.estimation import NO_TIME
+from medtwin.estimation import NO_TIME, segmented_cummax
 from medtwin.guard._behaviour import (
     BehaviourResult,
     BehaviourState,
@@ -153,8 +153,8 @@ BEHAVIOUR_LEARNED = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0
 class GuardState(NamedTuple):
     """Per stream (source * N_CHANNELS + channel): the recent history, oldest first
     (`hist_count` valid values left-aligned), the time of its latest reading and whether that
-    was held, whether its residual tests were in alarm at its last tested reading, their
-    state, and when each code was last raised; per source: blocked,
+    was held, the level of its current residual episode (0 none, 1 unexplained, 2 spoofing
+    suspected), the tests' state, and when each code was last raised; per source: blocked,
     behaviour state and when it last raised a behaviour finding.
     """
 
@@ -163,7 +163,7 @@ class GuardState(NamedTuple):
     hist_count: IntArray
     last_time: IntArray
     last_held: BoolArray
-    in_alarm: BoolArray
+    episode_level: npt.NDArray[np.int8]
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -177,9 +177,9 @@ def guard_state(n_sources: int) -> GuardState:
     n = n_sources * N_CHANNELS
     return GuardState(np.zeros((n, HISTORY), np.int64), np.zeros((n, HISTORY)),
                       np.zeros(n, np.int64), np.full(n, NO_TIME, np.int64), np.zeros(n, bool),
-                      np.zeros(n, bool), window_state(n), cusum_state(n),
+                      np.zeros(n, np.int8), window_state(n), cusum_state(n),
                       np.full((n, len(_CODES)), NO_TIME, np.int64), np.zeros(n_sources, bool),
-                      behaviour_state(n_sources), np.full(n_sources, NO_TIME, np.int64))
+                      behaviour_state(n_sources), np.full((n_sources, 2), NO_TIME, np.int64))
 
 
 def _grow(state: GuardState, n_sources: int) -> GuardState:
@@ -194,7 +194,7 @@ def _grow(state: GuardState, n_sources: int) -> GuardState:
     return GuardState(
         put(fresh.hist_time, state.hist_time, k), put(fresh.hist_value, state.hist_value, k),
         put(fresh.hist_count, state.hist_count, k), put(fresh.last_time, state.last_time, k),
-        put(fresh.last_held, state.last_held, k), put(fresh.in_alarm, state.in_alarm, k),
+        put(fresh.last_held, state.last_held, k), put(fresh.episode_level, state.episode_level, k),
         WindowState(put(fresh.window.recent, state.window.recent, k)),
         CusumState(*(put(f, c, k) for f, c in zip(fresh.cusum, state.cusum, strict=True))),
         put(fresh.last_raised, state.last_raised, k), put(fresh.blocked, state.blocked, old),
@@ -243,7 +243,7 @@ class Judgement:
     drafts: tuple[Draft, ...]
     newly_blocked: Index
     alarm_streams: Index
-    alarm_after: BoolArray
+    level_after: npt.NDArray[np.int8]
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -306,7 +306,7 @@ class GuardBank:
         st = self._state
         measured = ~np.isin(channel, [int(c) for c in Channel if c.is_input])
         stream = (source.astype(np.intp) * N_CHANNELS + channel.astype(np.intp))
-        held = st.blocked[source] & measured
+        held = st.blocked[source].copy()          # a quarantined pump's doses too
         fired = np.full(value.shape[0], -1, np.int8)
         new = np.flatnonzero(measured)
         rows = np.unique(stream[new])
@@ -363,7 +363,8 @@ class GuardBank:
                        f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[Detector, Any],
                        agree: AgreementView, coherence: Coherence) -> tuple[Draft, ...]:
         """One draft per (stream, detector) that fired in the batch: its first reading."""
-        hit = np.flatnonzero(fired >= 0)
+        # a quarantined source's readings are held already: no new findings about them
+        hit = np.flatnonzero((fired >= 0) & ~self._state.blocked[f_stream // N_CHANNELS])
         if hit.size == 0:
             return ()
         key = f_stream[hit].astype(np.int64) * len(SCREENS) + fired[hit]
@@ -471,10 +472,11 @@ class GuardBank:
     # (3) after the twin -----------------------------------------------------------------
 
     def judge(self, screen: Screen, channel: npt.NDArray[np.int8], value: FloatArray,
-              time_ms: IntArray, innovation: FloatArray, innovation_var: FloatArray
-              ) -> Judgement:
+              time_ms: IntArray, innovation: FloatArray, innovation_var: FloatArray,
+              behaviour: Sequence[Draft] = ()) -> Judgement:
         """Residual tests on the innovations of the readings the twin used, classification,
-        de-duplication and quarantine; pure (the state moves on `apply`)."""
+        de-duplication (of `behaviour`'s drafts too) and quarantine; pure (the state moves
+        on `apply`)."""
         st = self._state
         usable = ~screen.held & np.isfinite(innovation) & np.isfinite(innovation_var)
         idx = np.flatnonzero(usable)
@@ -483,28 +485,35 @@ class GuardBank:
         win = window_test(st.window, stream, innovation[idx], innovation_var[idx])
         cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], innovation_var[idx])
         alarm = win.alarm | cus.alarm
-        # One finding per residual episode: at its onset, not at every reading it lasts.
+        level = _residual_level(alarm, win.alarm & cus.alarm, cus.alarm, cus.direction,
+                                innovation[idx], value[idx], channel[idx].astype(np.intp))
+        # One finding per episode (a run of alarms) and level: at its onset, and again if it
+        # escalates from unexplained to spoofing suspected.
         first = np.ones(stream.size, dtype=bool)
         first[1:] = stream[1:] != stream[:-1]
-        before = np.where(first, st.in_alarm[stream], np.roll(alarm, 1))
-        onset = alarm & ~before
+        change = first.copy()
+        change[1:] |= alarm[1:] != alarm[:-1]
+        seg = np.maximum.accumulate(np.where(change, np.arange(stream.size), 0)).astype(np.intp)
+        carried = np.where(first & alarm, st.episode_level[stream], 0).astype(np.int64)
+        running = segmented_cummax(np.maximum(level, carried), seg)
+        before = np.where(change, carried, np.roll(running, 1))
+        rises = level > before
         last = np.ones(stream.size, dtype=bool)
         last[:-1] = stream[1:] != stream[:-1]
         drafts = list(screen.drafts)
-        hits = np.flatnonzero(onset)
-        if hits.size:
-            _, first = np.unique(stream[hits], return_index=True)
-            for j in hits[first]:
-                i = int(idx[j])
-                drafts.append(_residual_draft(int(stream[j]), i, Channel(int(channel[i])),
-                                              float(value[i]), int(time_ms[i]),
-                                              float(innovation[i]), float(innovation_var[i]),
-                                              win, cus, j))
-        kept, last_raised = _deduplicate(drafts, st.last_raised, st.behaviour_raised)
+        for j in np.flatnonzero(rises):
+            i = int(idx[j])
+            drafts.append(_residual_draft(int(stream[j]), i, Channel(int(channel[i])),
+                                          float(value[i]), int(time_ms[i]),
+                                          float(innovation[i]), float(innovation_var[i]),
+                                          win, cus, int(j), int(level[j])))
+        kept, last_raised = _deduplicate([*drafts, *behaviour], st.last_raised,
+                                         st.behaviour_raised)
         newly = sorted({d.source for d in kept if d.detector.code in COMPROMISE_CODES
                         and d.detector.confidence >= QUARANTINE_CONFIDENCE
                         and not st.blocked[d.source]})
-        return Judgement(tuple(kept), np.array(newly, np.intp), stream[last], alarm[last],
+        return Judgement(tuple(kept), np.array(newly, np.intp), stream[last],
+                         np.where(alarm[last], running[last], 0).astype(np.int8),
                          win.state, cus.state, last_raised)
 
     # (4) device behaviour ---------------------------------------------------------------
@@ -559,7 +568,7 @@ class GuardBank:
         st.hist_value[screen.rows] = screen.hist_value
         st.hist_count[screen.rows] = screen.hist_count
         st.blocked[np.array(sorted(quarantined), np.intp)] = True
-        st.in_alarm[judgement.alarm_streams] = judgement.alarm_after
+        st.episode_level[judgement.alarm_streams] = judgement.level_after
         self._state = st._replace(
             window=judgement.window, cusum=judgement.cusum,
             last_raised=judgement.last_raised,
@@ -667,19 +676,27 @@ def _keep_last(rows: Index, f_stream: Index, f_time: IntArray, f_value: FloatArr
     return h_time, h_value, count.astype(np.int64)
 
 
+def _residual_level(alarm: BoolArray, both: BoolArray, cusum: BoolArray,
+                    direction: npt.NDArray[np.int8], innovation: FloatArray,
+                    value: FloatArray, channel: Index) -> IntArray:
+    """Per tested reading: 0 no residual alarm; 2 spoofing suspected: both tests fire on
+    readings that look reassuring and run away from danger (they would mask it); 1
+    unexplained otherwise (the patient's own course until shown otherwise). The side is the
+    CUSUM's where it fired (a run), else the reading's."""
+    up = np.where(cusum, direction > 0, innovation > 0)
+    towards = ((~up & (value < DANGER_BELOW[channel]))
+               | (up & (value > DANGER_ABOVE[channel])))
+    reassuring = (value >= NORMAL_LOW[channel]) & (value <= NORMAL_HIGH[channel])
+    masking = both & reassuring & ~towards
+    return np.where(alarm, np.where(masking, 2, 1), 0).astype(np.int64)
+
+
 def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms: int,
                     innovation: float, innovation_var: float, win: Any, cus: Any,
-                    j: int) -> Draft:
-    """Classify and explain a residual alarm on reading `i` (`j` in the tests' order)."""
-    c = int(channel)
-    # The side the readings ran: the CUSUM's where it fired (a run), else this reading's.
+                    j: int, level: int) -> Draft:
+    """Explain a residual alarm of `level` on reading `i` (`j` in the tests' order)."""
     up = bool(cus.direction[j] > 0) if cus.alarm[j] else innovation > 0
-    towards_danger = ((not up and value < DANGER_BELOW[c]) or (up and value > DANGER_ABOVE[c]))
-    reassuring = NORMAL_LOW[c] <= value <= NORMAL_HIGH[c]
-    # Spoofing on residual evidence alone needs both tests: a sustained, one-sided run that
-    # is also far off in sum, with readings that look reassuring and lead away from danger.
-    both = bool(win.alarm[j] and cus.alarm[j])
-    det = RESIDUAL_BOTH if both and reassuring and not towards_danger else UNEXPLAINED
+    det = RESIDUAL_BOTH if level == 2 else UNEXPLAINED
     since = int(cus.since_ms[j]) if cus.alarm[j] and cus.since_ms[j] != NO_TIME else time_ms
     sd = float(np.sqrt(innovation_var))
     expected = value - innovation
@@ -715,8 +732,9 @@ def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms
 
 def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raised: IntArray
                  ) -> tuple[list[Draft], IntArray]:
-    """The drafts to raise: per stream (or device, for behaviour) and code, the first of the
-    batch, unless the same was raised less than `REPEAT_MS` before; and the new last-raised
+    """The drafts to raise: per stream and code (per device and rule or learned, for
+    behaviour, so a rule alarm after a learned one still convicts), the first of the batch,
+    unless the same was raised less than `REPEAT_MS` before; and the new last-raised
     times."""
     last = last_raised.copy()
     device_last = behaviour_raised.copy()
@@ -724,10 +742,11 @@ def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raise
     for d in drafts:
         code = _CODE_INDEX[d.detector.code]
         if d.channel is None:
-            prev = int(device_last[d.source])
+            col = int(d.detector is BEHAVIOUR_RULE)
+            prev = int(device_last[d.source, col])
             if prev == NO_TIME or d.time_ms - prev >= REPEAT_MS:
                 kept.append(d)
-                device_last[d.source] = d.time_ms
+                device_last[d.source, col] = d.time_ms
             continue
         s = d.source * N_CHANNELS + int(d.channel)
         prev = int(last[s, code])
@@ -738,11 +757,11 @@ def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raise
 
 
 def _behaviour_raised(current: IntArray, drafts: Sequence[Draft]) -> IntArray:
-    """Last time each source raised a behaviour finding, after `drafts`."""
+    """Last time each source raised a behaviour finding (learned, rule), after `drafts`."""
     out = current.copy()
     for d in drafts:
         if d.channel is None:
-            out[d.source] = d.time_ms
+            out[d.source, int(d.detector is BEHAVIOUR_RULE)] = d.time_ms
     return out
 
 

@@ -379,7 +379,8 @@ class Pipeline:
             update = _widen(self.twin.propose(rows[use], channel[use], value[use],
                                               time_ms[use], arrival[use]), use, n)
             judgement = self.guard.judge(replace(screen, held=held), channel, value, time_ms,
-                                         update.innovation, update.innovation_var)
+                                         update.innovation, update.innovation_var,
+                                         behaviour_drafts)
             later = np.zeros(n, dtype=bool)
             for draft in judgement.drafts:
                 if draft.source in judgement.newly_blocked and draft.reading >= 0:
@@ -397,8 +398,8 @@ class Pipeline:
                     int(folded.event_time_ms[e].max()))
             for e, rule in zip(rules.fired_events, rules.fired_rules, strict=True)
         ]
-        findings, quarantined = self._findings(
-            judgement.drafts + behaviour_drafts, set(judgement.newly_blocked.tolist()))
+        findings, quarantined = self._findings(judgement.drafts,
+                                               set(judgement.newly_blocked.tolist()))
         return _Step(update, rules.active, alerts, held, screen, judgement,
                      None if behaviour is None else behaviour.state, findings,
                      frozenset(quarantined), meta)
@@ -414,7 +415,7 @@ class Pipeline:
             convicts = (draft.detector.code in COMPROMISE_CODES
                         and draft.detector.confidence >= QUARANTINE_CONFIDENCE
                         and not blocked[draft.source] and draft.source not in quarantined
-                        and (draft.source in newly_blocked or draft.channel is None))
+                        and draft.source in newly_blocked)
             if convicts:
                 quarantined.add(draft.source)
             out.append((draft, self.guard.finding(draft, convicts)))

@@ -1,0 +1,60 @@
+"""The guard through the HTTP API: a flood is throttled and its device quarantined with an
+explained finding, while other devices are served; findings and held readings are shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import DeviceSim, FakeClock
+
+from medtwin.access import Role, new_token
+from medtwin.api import create_app
+from medtwin.pipeline import Pipeline
+
+
+@pytest.fixture
+def client(pipeline: Pipeline) -> Iterator[TestClient]:
+    with TestClient(create_app(pipeline)) as test_client:
+        yield test_client
+
+
+def _auth(pipeline: Pipeline, role: Role) -> dict[str, str]:
+    token, token_hash = new_token()
+    pipeline.store.add_token(token_hash, f"{role.value}-1", role.value, 0)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_flood_is_throttled_found_and_quarantined(
+        client: TestClient, pipeline: Pipeline, device: DeviceSim, clock: FakeClock,
+        make_device: Callable[..., DeviceSim]) -> None:
+    other = make_device("vit-2", "pt-1")
+    pipeline.add_device(other.device)
+    for _ in range(40):                                   # usual: one packet a minute
+        clock.advance(60)
+        assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
+    clock.advance(60)
+    codes = [client.post("/v1/packets", json=device.envelope(device.vitals())).status_code
+             for _ in range(300)]
+    assert codes.count(429) > 100                         # the API stops the bulk
+    assert client.post("/v1/packets", json=other.envelope(other.vitals())).status_code == 200
+    clinician = _auth(pipeline, Role.CLINICIAN)
+    findings = client.get("/v1/findings", headers=clinician).json()["findings"]
+    flood = [f for f in findings if f["code"] == "device-behaviour"]
+    convicting = [f for f in flood if f["quarantined"]]
+    assert len(convicting) == 1 and convicting[0]["device_id"] == "vit-1"
+    assert len(flood) <= 2                                # one learned, one rule finding
+    assert {"observed", "expected", "statistic", "threshold", "since",
+            "would_clear"} <= set(convicting[0]["evidence"])
+    devices = {d["device_id"]: d["status"]
+               for d in client.get("/v1/devices", headers=_auth(pipeline, Role.ADMIN)).json()}
+    assert devices == {"vit-1": "quarantined", "vit-2": "active"}
+    # a quarantined device's later packets are stored and held; the twin shows it
+    clock.advance(120)
+    held = client.post("/v1/packets", json=device.envelope(device.vitals(hr=130.0)))
+    assert (held.status_code, held.json()["held"]) == (200, 5)
+    twin = client.get("/v1/patients/pt-1/twin", headers=clinician).json()
+    heart = twin["channels"]["8867-4"]
+    assert heart["held"] is True and heart["value"] != 130.0
+    assert heart["low"] < heart["estimate"] < heart["high"]

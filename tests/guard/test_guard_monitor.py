@@ -1,0 +1,104 @@
+"""GuardBank: classification, holding and quarantine over batches, independent of how the
+readings were cut into batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtwin.domain import COMPROMISE_CODES, Channel, FindingCode
+from medtwin.guard import HISTORY, QUARANTINE_CONFIDENCE, GuardBank
+
+T0 = 1_767_225_600_000
+STEP = 5 * 60_000
+
+
+def _stream(n: int, seed: int = 0) -> np.ndarray:
+    """A CGM-like stream: a slow wave with a sensor's wobble, whole mg/dL."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(n)
+    return np.round(130 + 40 * np.sin(k / 20) + rng.normal(0, 2.0, n))
+
+
+def _run(values: np.ndarray, innovation: np.ndarray, batch: int
+         ) -> tuple[list[tuple[FindingCode, int, bool]], np.ndarray]:
+    """Feed one CGM stream through a bank in batches of `batch` readings; the findings
+    (code, data time, quarantines) and which readings were held."""
+    bank = GuardBank()
+    src = bank.source("pt-1", "cgm-1")
+    found, held = [], np.zeros(values.size, bool)
+    for a in range(0, values.size, batch):
+        b = min(a + batch, values.size)
+        n = b - a
+        source = np.full(n, src, np.intp)
+        channel = np.full(n, int(Channel.GLUCOSE), np.int8)
+        time_ms = T0 + np.arange(a, b, dtype=np.int64) * STEP
+        screen = bank.screen(source, channel, values[a:b], time_ms)
+        judged = bank.judge(screen, channel, values[a:b], time_ms, innovation[a:b],
+                            np.full(n, 25.0))
+        quarantined = [int(s) for s in judged.newly_blocked]
+        found += [(d.detector.code, d.time_ms, d.detector.code in COMPROMISE_CODES
+                   and d.detector.confidence >= QUARANTINE_CONFIDENCE
+                   and d.source in quarantined) for d in judged.drafts]
+        held[a:b] = screen.held
+        bank.apply(screen, judged, None, quarantined, screen.held)
+    return found, held
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50])
+def test_a_replay_is_found_once_quarantines_and_holds_what_follows(batch: int) -> None:
+    values = _stream(200)
+    values[150:170] = values[100:120]                # an hour and a half replayed
+    found, held = _run(values, np.zeros(values.size), batch)
+    replays = [f for f in found if f[0] is FindingCode.REPLAY]
+    assert len(replays) == 1 and replays[0][2]
+    at = (replays[0][1] - T0) // STEP
+    assert 150 <= at < 170
+    assert held[at:170].all() and not held[:150].any()
+    # the splice itself jumps faster than glucose can: a held sensor fault
+    assert (FindingCode.SENSOR_FAULT, T0 + 150 * STEP, False) in found
+    after = (at // batch + 1) * batch                # from the next batch on: quarantined
+    assert held[after:].all()
+    # the same finding at the same data time whatever the batching
+    assert sorted(found) == sorted(_run(values, np.zeros(values.size), 200)[0])
+
+
+def test_a_flat_line_is_held_but_quarantines_nobody() -> None:
+    values = _stream(120)
+    values[60:80] = values[60]
+    found, held = _run(values, np.zeros(values.size), 10)
+    assert [f[0] for f in found] == [FindingCode.SENSOR_FAULT]
+    assert not found[0][2]
+    assert held[67:80].all() and not held[80:].any()
+
+
+def test_residual_runs_are_one_finding_per_episode_and_never_quarantine() -> None:
+    values = np.full(300, 120.0) + _stream(300) - 130     # reassuring values
+    innovation = np.zeros(300)
+    innovation[100:160] = 20.0                            # readings run 4 SD above the twin
+    found, held = _run(values, innovation, 9)
+    residual = [f for f in found if f[0] is FindingCode.SPOOFING_SUSPECTED]
+    assert len(residual) == 1 and not residual[0][2]
+    assert 100 <= (residual[0][1] - T0) // STEP < 105
+    assert not held.any()
+
+
+def test_a_run_towards_danger_is_physiology() -> None:
+    values = np.linspace(160, 60, 200)                    # falling towards hypoglycaemia
+    innovation = np.zeros(200)
+    innovation[120:] = -20.0
+    found, _ = _run(np.round(values + _stream(200) - 130), innovation, 5)
+    codes = {f[0] for f in found}
+    assert FindingCode.UNEXPLAINED_CHANGE in codes
+    assert FindingCode.SPOOFING_SUSPECTED not in codes
+
+
+def test_history_is_bounded_and_keeps_the_latest() -> None:
+    bank = GuardBank()
+    src = bank.source("pt-1", "cgm-1")
+    values = _stream(HISTORY + 50)
+    n = values.size
+    screen = bank.screen(np.full(n, src, np.intp), np.full(n, 0, np.int8), values,
+                         T0 + np.arange(n, dtype=np.int64) * STEP)
+    assert screen.hist_count.tolist() == [HISTORY]
+    assert screen.hist_value[0, -1] == values[-1] and screen.hist_value[0, 0] == values[50]
