@@ -157,6 +157,9 @@ def test_explain_hypoglycaemia() -> None:
     assert alert.evidence["threshold"] == 54.0
     assert alert.evidence["no_alert_if"] == "glucose >= 54 mg/dL"
     assert alert.evidence["code"] == "99504-3" and alert.evidence["unit"] == "mg/dL"
+    assert alert.evidence["expected"] == "70-250 mg/dL (no glucose alert)"
+    assert alert.evidence["channels"] == ["99504-3"]
+    assert alert.evidence["since"] == "1970-01-01T00:00:05Z"
 
 
 def test_explain_level_1_and_hyperglycaemia() -> None:
@@ -186,6 +189,8 @@ def test_explain_news2_names_each_contribution() -> None:
         "9279-1", "59408-5", "8480-6", "8867-4", "8310-5"]
     assert ev["not_observed"] == []
     assert ev["assumed"] == {"consciousness": "alert", "supplemental_oxygen": "air"}
+    assert ev["channels"] == ["9279-1", "59408-5", "8480-6", "8867-4", "8310-5"]
+    assert ev["expected"].startswith("NEWS2 0-4") and ev["since"] == "1970-01-01T00:00:00Z"
 
 
 def test_explain_news2_thresholds_per_band() -> None:

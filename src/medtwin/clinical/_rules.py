@@ -204,6 +204,9 @@ def _explain_news2(rule: Rule, patient_id: str, values: npt.NDArray[np.float64],
                       "news2-high": "total >= 7"}[rule.name],
         "no_alert_if": needed, "not_observed": missing,
         "assumed": {"consciousness": "alert", "supplemental_oxygen": "air"},
+        "expected": "NEWS2 0-4 with no single parameter scoring 3 (low clinical risk)",
+        "channels": [c["code"] for c in contributions if c["points"] > 0],
+        "since": _iso(time_ms),
     }
     return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)
 
@@ -217,5 +220,12 @@ def _explain_glucose(rule: Rule, patient_id: str, glucose: float, time_ms: int) 
     summary = (f"Twin glucose estimate {glucose:.0f} mg/dL is {relation} {threshold:g} mg/dL "
                f"({rule.name.replace('-', ' ')}).")
     evidence = {"statistic": "glucose estimate", "code": Channel.GLUCOSE.code, "unit": "mg/dL",
-                "observed": round(glucose, 1), "threshold": threshold, "no_alert_if": no_alert}
+                "observed": round(glucose, 1), "threshold": threshold, "no_alert_if": no_alert,
+                "expected": f"{HYPO_LEVEL_1_MG_DL:g}-{HYPER_MG_DL:g} mg/dL (no glucose alert)",
+                "channels": [Channel.GLUCOSE.code], "since": _iso(time_ms)}
     return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)
+
+
+def _iso(time_ms: int) -> str:
+    """A data time as ISO 8601 UTC to the second."""
+    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"
