@@ -50,6 +50,8 @@ def test_a_flood_is_throttled_found_and_quarantined(
     devices = {d["device_id"]: d["status"]
                for d in client.get("/v1/devices", headers=_auth(pipeline, Role.ADMIN)).json()}
     assert devices == {"vit-1": "quarantined", "vit-2": "active"}
+    audit = client.get("/v1/throttled", headers=_auth(pipeline, Role.AUDITOR)).json()
+    assert audit["throttled"] == {"device:vit-1": codes.count(429)}
     # a quarantined device's later packets are stored and held; the twin shows it
     clock.advance(120)
     held = client.post("/v1/packets", json=device.envelope(device.vitals(hr=130.0)))

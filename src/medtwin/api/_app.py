@@ -336,6 +336,13 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
+    @app.get("/v1/throttled", tags=["audit"])
+    def list_throttled(_caller: Caller = read_audit) -> dict[str, Any]:
+        """Packets refused for their rate since the server started, per sender
+        ("device:<id>" or "unregistered:<address>"): floods and rogue senders, which the log
+        does not record one by one."""
+        return {"senders": limiter.tracked(), "throttled": limiter.throttled()}
+
     @app.get("/v1/rejections", tags=["audit"])
     def list_rejections(_caller: Caller = read_audit,
                               limit: Annotated[int, Query(ge=1, le=1000)] = 100
