@@ -102,3 +102,10 @@ def test_history_is_bounded_and_keeps_the_latest() -> None:
                          T0 + np.arange(n, dtype=np.int64) * STEP)
     assert screen.hist_count.tolist() == [HISTORY]
     assert screen.hist_value[0, -1] == values[-1] and screen.hist_value[0, 0] == values[50]
+
+
+def test_a_straight_ramp_is_not_a_replay_of_itself() -> None:
+    values = 140.0 - 2.5 * np.arange(100)                 # a perfectly steady fall
+    found, held = _run(values, np.zeros(values.size), 10)
+    assert FindingCode.REPLAY not in {f[0] for f in found}
+    assert not held.any()

@@ -91,6 +91,9 @@ RATE_SPAN_MS = 60_000
 #: identifying; flatter windows match by chance and are the frozen detector's business.
 REPLAY_WINDOW = 12
 REPLAY_MIN_VARIATION = 2.0
+#: ... and at least this many different changes: a straight ramp or a sawtooth repeats
+#: itself without anyone replaying it.
+REPLAY_MIN_DISTINCT = 3
 
 #: Noise bursts: window of first differences (12 values: 1 h of 5-min CGM) and the ratio of
 #: its robust (MAD) variance over the stream's usual that alarms (SD 3x usual). Both are
@@ -254,7 +257,8 @@ def replayed_windows(
     and each window hashed (a random-weighted sum, wrapping at 2**64); windows with equal
     stream and hash are grouped by one sort, each is compared exactly with the group's
     earliest window, so a hash collision never alarms. Windows with too little variation
-    (`REPLAY_MIN_VARIATION`) are skipped: they match by chance.
+    (`REPLAY_MIN_VARIATION`) or too few different changes (`REPLAY_MIN_DISTINCT`: a straight
+    ramp) are skipped: they match by chance.
     """
     if window < 3:
         raise ValueError(f"replay: window must be at least 3 values, got {window}")
@@ -285,8 +289,11 @@ def replayed_windows(
     # (1): windows of `width` differences; row r ends at reading r + width.
     rows = sliding_window_view(quanta, width)
     ends = np.arange(width, n)
-    valid = (ends - window + 1 >= seg[ends]) & (
-        np.abs(rows[1:]).sum(axis=1) >= REPLAY_MIN_VARIATION * width
+    distinct = (np.diff(np.sort(rows[1:], axis=1), axis=1) != 0).sum(axis=1) + 1
+    valid = (
+        (ends - window + 1 >= seg[ends])
+        & (np.abs(rows[1:]).sum(axis=1) >= REPLAY_MIN_VARIATION * width)
+        & (distinct >= REPLAY_MIN_DISTINCT)
     )
     rows = rows[1:]  # drop the row whose first difference precedes reading 1
     # (2): hash each window with fixed random odd weights (wrapping uint64 arithmetic).
