@@ -19,7 +19,7 @@ one patient); a *stream* is one measured channel of a source. Per batch the pipe
 4. `GuardBank.behaviour`: device-behaviour intrusion detection on signed packets' metadata.
 
 Everything is batched: per reading and per packet as array passes, Python loops only over
-the few findings raised. State is proposed, then applied when the batch is durable; results
+the few findings raised (their words come from `_explain`). State is proposed, then applied when the batch is durable; results
 do not depend on how readings were cut into batches (up to `REPEAT_MS` de-duplication of
 findings, which is by data time).
 """
@@ -46,13 +46,24 @@ from medtwin.guard._behaviour import (
 from medtwin.guard._consistency import (
     Agreement,
     Coherence,
-    CoherenceRule,
     device_agreement,
     physiological_coherence,
 )
+from medtwin.guard._explain import (
+    AGREEMENT_NAME,
+    BEHAVIOUR_NAME,
+    COHERENCE_NAME,
+    DUPLICATE_NAME,
+    FROZEN_NAME,
+    NOISE_NAME,
+    RATE_NAME,
+    REPLAY_NAME,
+    RESIDUAL_NAME,
+    explain_behaviour,
+    explain_residual,
+    explain_screen,
+)
 from medtwin.guard._patterns import (
-    FROZEN_MIN_MS,
-    MAX_RATE_PER_MIN,
     frozen_values,
     impossible_rates,
     noise_bursts,
@@ -60,7 +71,6 @@ from medtwin.guard._patterns import (
     timestamp_games,
 )
 from medtwin.guard._residuals import (
-    CUSUM_THRESHOLD,
     CusumState,
     WindowState,
     cusum_state,
@@ -127,27 +137,27 @@ class Detector(NamedTuple):
     holds: bool
 
 
-REPLAY = Detector("replayed-segment", FindingCode.REPLAY, 0.99, True)
-OUTLIER = Detector("device-agreement", FindingCode.SPOOFING_SUSPECTED, 0.95, True)
-DISPUTED = Detector("device-agreement", FindingCode.SPOOFING_SUSPECTED, 0.6, False)
-DUPLICATE = Detector("conflicting-timestamp", FindingCode.SPOOFING_SUSPECTED, 0.8, True)
-FROZEN = Detector("frozen-value", FindingCode.SENSOR_FAULT, 0.9, True)
-NOISE = Detector("noise-burst", FindingCode.SENSOR_FAULT, 0.9, True)
-RATE = Detector("impossible-rate", FindingCode.SENSOR_FAULT, 0.9, True)
+REPLAY = Detector(REPLAY_NAME, FindingCode.REPLAY, 0.99, True)
+OUTLIER = Detector(AGREEMENT_NAME, FindingCode.SPOOFING_SUSPECTED, 0.95, True)
+DISPUTED = Detector(AGREEMENT_NAME, FindingCode.SPOOFING_SUSPECTED, 0.6, False)
+DUPLICATE = Detector(DUPLICATE_NAME, FindingCode.SPOOFING_SUSPECTED, 0.8, True)
+FROZEN = Detector(FROZEN_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
+NOISE = Detector(NOISE_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
+RATE = Detector(RATE_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
 #: a vital sign far from the patient's usual while the channels that would respond do not:
 #: more often a displaced probe than a lie, and never held (NEWS2 alerts on it regardless)
-INCOHERENT = Detector("physiological-coherence", FindingCode.SENSOR_FAULT, 0.7, False)
+INCOHERENT = Detector(COHERENCE_NAME, FindingCode.SENSOR_FAULT, 0.7, False)
 #: screening detectors, strongest first: a reading is explained by the first that fired
 SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED, INCOHERENT)
 #: Residual evidence alone never quarantines: a model that does not follow a patient's real
 #: course (a recovery, a deterioration) looks the same to it as masking data does. Only
 #: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
 #: convict a source.
-RESIDUAL_BOTH = Detector("innovation-tests", FindingCode.SPOOFING_SUSPECTED, 0.8, False)
-UNEXPLAINED = Detector("innovation-tests", FindingCode.UNEXPLAINED_CHANGE, 0.5, False)
+RESIDUAL_BOTH = Detector(RESIDUAL_NAME, FindingCode.SPOOFING_SUSPECTED, 0.8, False)
+UNEXPLAINED = Detector(RESIDUAL_NAME, FindingCode.UNEXPLAINED_CHANGE, 0.5, False)
 #: behaviour rules need no learning; learned features fire on a z beyond their threshold
-BEHAVIOUR_RULE = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0.95, False)
-BEHAVIOUR_LEARNED = Detector("device-behaviour", FindingCode.DEVICE_BEHAVIOUR, 0.8, False)
+BEHAVIOUR_RULE = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.95, False)
+BEHAVIOUR_LEARNED = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.8, False)
 
 
 class GuardState(NamedTuple):
@@ -327,11 +337,11 @@ class GuardBank:
                                             f_pos[order])
         f_channel = (f_stream % N_CHANNELS).astype(np.int64)
         s64 = f_stream.astype(np.int64)
-        alarms: dict[Detector, Any] = {
-            REPLAY: replayed_windows(s64, f_time, f_value, f_channel),
-            FROZEN: frozen_values(s64, f_time, f_value, f_channel),
-            NOISE: noise_bursts(s64, f_time, f_value, f_channel),
-            RATE: impossible_rates(s64, f_time, f_value, f_channel),
+        alarms: dict[str, Any] = {
+            REPLAY_NAME: replayed_windows(s64, f_time, f_value, f_channel),
+            FROZEN_NAME: frozen_values(s64, f_time, f_value, f_channel),
+            NOISE_NAME: noise_bursts(s64, f_time, f_value, f_channel),
+            RATE_NAME: impossible_rates(s64, f_time, f_value, f_channel),
         }
         stamps = timestamp_games(s64, f_time, f_value, f_channel)
         agree = _agreement(f_stream, f_time, f_value, f_channel, self._patient_of)
@@ -341,8 +351,8 @@ class GuardBank:
         fired_flat = np.full(f_stream.size, -1, np.int8)
         for k in range(len(SCREENS) - 1, -1, -1):      # strongest last: it wins
             det = SCREENS[k]
-            if det in alarms:
-                hit = alarms[det].alarm
+            if det.name in alarms:
+                hit = alarms[det.name].alarm
             elif det is DUPLICATE:
                 hit = stamps.duplicate
             elif det is INCOHERENT:
@@ -360,7 +370,7 @@ class GuardBank:
         return Screen(stream, time_ms, held, fired, drafts, rows, h_time, h_value, h_count)
 
     def _screen_drafts(self, f_stream: Index, f_time: IntArray, f_value: FloatArray,
-                       f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[Detector, Any],
+                       f_pos: Index, fired: npt.NDArray[np.int8], alarms: dict[str, Any],
                        agree: AgreementView, coherence: Coherence) -> tuple[Draft, ...]:
         """One draft per (stream, detector) that fired in the batch: its first reading."""
         # a quarantined source's readings are held already: no new findings about them
@@ -374,97 +384,9 @@ class GuardBank:
             det = SCREENS[int(fired[i])]
             s = int(f_stream[i])
             ch = Channel(s % N_CHANNELS)
-            t, v = int(f_time[i]), float(f_value[i])
-            unit = ch.spec.unit_display
-            name = ch.name.lower().replace("_", " ")
-            if det is REPLAY:
-                a = alarms[REPLAY]
-                since, summary = int(a.since_ms[i]), (
-                    f"{name} since {_clock(int(a.since_ms[i]))} repeats the stretch recorded "
-                    f"{_clock(int(a.source_start_ms[i]))}-{_clock(int(a.source_end_ms[i]))}, "
-                    f"change for change (offset {a.offset[i]:+.1f} {unit})")
-                evidence = {"observed": f"{v:g} {unit}",
-                            "statistic": f"largest difference from the earlier stretch "
-                                         f"{a.statistic[i]:.2f} {unit}",
-                            "threshold": f"{a.threshold[i]:.2f} {unit}",
-                            "since": _clock(since),
-                            "would_clear": "any change between readings differing from the "
-                                           "earlier stretch by more than the threshold"}
-            elif det is FROZEN:
-                a = alarms[FROZEN]
-                since = int(a.since_ms[i])
-                summary = (f"{name} stuck at {v:g} {unit} for {a.statistic[i] / 60_000:.0f} "
-                           f"min ({int(a.run_readings[i])} readings)")
-                evidence = {"observed": f"{v:g} {unit} unchanged since {_clock(since)}",
-                            "expected": "readings that vary as a living patient's do",
-                            "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged",
-                            "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min",
-                            "since": _clock(since),
-                            "would_clear": "a change of at least the channel's resolution "
-                                           "within the threshold"}
-            elif det is NOISE:
-                a = alarms[NOISE]
-                since = int(a.since_ms[i])
-                summary = (f"{name} is {np.sqrt(a.statistic[i]):.1f}x noisier than usual "
-                           "between readings")
-                evidence = {"observed": f"variance of changes {a.statistic[i]:.1f}x usual",
-                            "expected": f"changes with SD about {a.usual_sd[i]:.2f} {unit}",
-                            "statistic": f"variance ratio {a.statistic[i]:.1f}",
-                            "threshold": f"{a.threshold[i]:g}", "since": _clock(since),
-                            "would_clear": f"a variance ratio at most {a.threshold[i]:g}"}
-            elif det is RATE:
-                a = alarms[RATE]
-                since = int(a.since_ms[i])
-                summary = (f"{name} changed {a.statistic[i]:+.1f} {unit}/min, faster than "
-                           "any physiology")
-                evidence = {"observed": f"{a.statistic[i]:+.1f} {unit}/min",
-                            "expected": f"at most {MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
-                            "statistic": f"{abs(a.statistic[i]):.1f} {unit}/min",
-                            "threshold": f"{MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
-                            "since": _clock(since),
-                            "would_clear": "a change within the physiological limit"}
-            elif det is INCOHERENT:
-                since = int(coherence.since_ms[i])
-                rule = CoherenceRule(int(coherence.rule[i]))
-                quiet = [Channel(c).name.lower().replace("_", " ") for c in range(N_CHANNELS)
-                         if int(coherence.silent_channels[i]) >> c & 1]
-                summary = (f"{name} {v:g} {unit} since {_clock(since)} while "
-                           f"{' and '.join(quiet) or 'the other vital signs'} stayed at the "
-                           "patient's usual: check the sensor before treating")
-                evidence = {"observed": f"{v:g} {unit}, with "
-                                        f"{' and '.join(quiet) or 'companions'} unchanged",
-                            "expected": ("a body short of oxygen breathes faster or its heart "
-                                         "beats faster" if rule is
-                                         CoherenceRule.HYPOXAEMIA_WITHOUT_RESPONSE else
-                                         "a racing heart with some other response"),
-                            "statistic": f"{name} beyond {coherence.threshold[i]:g} {unit} "
-                                         "with the companions' mean response under one band",
-                            "threshold": f"{coherence.threshold[i]:g} {unit} for 15 min",
-                            "channels": ", ".join([name, *quiet]), "since": _clock(since),
-                            "would_clear": "a response of the companion channels, or the "
-                                           "value back within its limit"}
-            elif det is DUPLICATE:
-                since = t
-                summary = f"two different {name} values for the same time {_clock(t)}"
-                evidence = {"observed": f"{v:g} {unit} for a time already reported",
-                            "expected": "one value per time", "since": _clock(t),
-                            "statistic": "value differs from the earlier one",
-                            "threshold": "half the channel's resolution",
-                            "would_clear": "the same value, or a new time"}
-            else:
-                since = int(agree.since_ms[i])
-                others = int(agree.n_partners[i])
-                summary = (f"{name} {v:g} {unit} disagrees with "
-                           f"{int(agree.n_disagree[i])} of {others} other devices "
-                           f"(they read about {agree.consensus[i]:g} {unit})")
-                evidence = {"observed": f"{v:g} {unit}",
-                            "expected": f"within {agree.threshold[i]:.1f} of "
-                                        f"{agree.consensus[i]:g} {unit}",
-                            "statistic": f"|difference| {agree.statistic[i]:.1f} {unit}",
-                            "threshold": f"{agree.threshold[i]:.1f} {unit}",
-                            "channels": f"{name} from {others + 1} devices",
-                            "since": _clock(since),
-                            "would_clear": "agreement within the devices' combined noise"}
+            t = int(f_time[i])
+            since, summary, evidence = explain_screen(det.name, int(i), ch, float(f_value[i]),
+                                                      t, alarms, agree, coherence)
             drafts.append(Draft(s // N_CHANNELS, int(f_pos[i]), -1, det, ch, t,
                                 since if since != NO_TIME else t, summary, evidence))
         return tuple(drafts)
@@ -536,17 +458,12 @@ class GuardBank:
                 feature = Feature(int(result.finding[k]))
                 det = BEHAVIOUR_RULE if feature >= Feature.SEQ_REGRESSION else BEHAVIOUR_LEARNED
                 since = int(result.since_ms[k])
-                drafts.append(Draft(
-                    int(source[k]), -1, int(k), det, None, int(send_ms[k]),
-                    since if since != NO_TIME else int(arrival_ms[k]),
-                    f"the device's {_FEATURE_TEXT[feature]} is unlike its usual "
-                    f"({result.observed[k]:.3g} vs {result.expected[k]:.3g})",
-                    {"observed": f"{result.observed[k]:.4g}",
-                     "expected": f"{result.expected[k]:.4g}",
-                     "statistic": f"{_FEATURE_TEXT[feature]} {result.statistic[k]:.3g}",
-                     "threshold": f"{result.threshold[k]:.3g}",
-                     "since": _clock(since if since != NO_TIME else int(arrival_ms[k])),
-                     "would_clear": f"{_FEATURE_TEXT[feature]} within the threshold"}))
+                since = since if since != NO_TIME else int(arrival_ms[k])
+                summary, evidence = explain_behaviour(
+                    feature, float(result.observed[k]), float(result.expected[k]),
+                    float(result.statistic[k]), float(result.threshold[k]), since)
+                drafts.append(Draft(int(source[k]), -1, int(k), det, None, int(send_ms[k]),
+                                    since, summary, evidence))
         return result, tuple(drafts)
 
     # Proposals become state ---------------------------------------------------------------
@@ -596,14 +513,6 @@ class GuardBank:
         return Finding(patient_id, device_id, draft.detector.code, draft.channel,
                        draft.detector.confidence, draft.time_ms, draft.since_ms,
                        draft.detector.name, draft.summary, evidence, quarantined)
-
-
-_FEATURE_TEXT = {
-    Feature.RATE: "packet rate (per s)", Feature.JITTER: "arrival jitter (ms)",
-    Feature.SKEW: "clock skew (ms)", Feature.SEQ_GAP: "sequence gap (packets)",
-    Feature.PAYLOAD: "payload size", Feature.SEQ_REGRESSION: "sequence regression",
-    Feature.SIGNATURE: "signature failure count", Feature.THROTTLE: "token deficit (flood)",
-}
 
 
 class AgreementView(NamedTuple):
@@ -694,40 +603,19 @@ def _residual_level(alarm: BoolArray, both: BoolArray, cusum: BoolArray,
 def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms: int,
                     innovation: float, innovation_var: float, win: Any, cus: Any,
                     j: int, level: int) -> Draft:
-    """Explain a residual alarm of `level` on reading `i` (`j` in the tests' order)."""
+    """The draft of a residual alarm of `level` on reading `i` (`j` in the tests' order)."""
     up = bool(cus.direction[j] > 0) if cus.alarm[j] else innovation > 0
     det = RESIDUAL_BOTH if level == 2 else UNEXPLAINED
     since = int(cus.since_ms[j]) if cus.alarm[j] and cus.since_ms[j] != NO_TIME else time_ms
-    sd = float(np.sqrt(innovation_var))
-    expected = value - innovation
-    unit = channel.spec.unit_display
-    name = channel.name.lower().replace("_", " ")
-    side = "above" if up else "below"
-    if det is UNEXPLAINED:
-        summary = (f"{name} {value:g} {unit} is {side} what the twin expected "
-                   f"({expected:.0f} {unit}) with no sign of manipulation: treated as the "
-                   "patient's own course; confirm at the bedside")
-    else:
-        summary = (f"{name} readings have run {side} what the twin expects from the "
-                   f"patient's other data since {_clock(since)} ({value:g} vs "
-                   f"{expected:.0f} {unit}): they would mask the patient's course")
-    statistic = []
+    tests = []
     if win.alarm[j]:
-        statistic.append(f"window chi-square {win.statistic[j]:.1f} on {int(win.dof[j])} "
-                         f"readings > {win.threshold[j]:.1f}")
+        tests.append(f"window chi-square {win.statistic[j]:.1f} on {int(win.dof[j])} "
+                     f"readings > {win.threshold[j]:.1f}")
     if cus.alarm[j]:
-        statistic.append(f"CUSUM {cus.statistic[j]:.1f} > {cus.threshold[j]:.2f}")
-    return Draft(stream // N_CHANNELS, i, -1, det, channel, time_ms, since, summary, {
-        "observed": f"{value:g} {unit}",
-        "expected": f"{expected:.1f} {unit} (95 % {expected - 1.96 * sd:.1f} to "
-                    f"{expected + 1.96 * sd:.1f})",
-        "statistic": "; ".join(statistic),
-        "threshold": f"chi-square false alarm 1e-4 per reading; CUSUM {CUSUM_THRESHOLD:g}",
-        "channels": f"{name} vs the twin's model of the patient's other channels, meals "
-                    "and insulin",
-        "since": _clock(since),
-        "would_clear": f"readings within about {1.96 * sd:.1f} {unit} of the twin's "
-                       "prediction, without a sustained one-sided run"})
+        tests.append(f"CUSUM {cus.statistic[j]:.1f} > {cus.threshold[j]:.2f}")
+    summary, evidence = explain_residual(channel, value, innovation, innovation_var, up,
+                                         det is RESIDUAL_BOTH, since, tests)
+    return Draft(stream // N_CHANNELS, i, -1, det, channel, time_ms, since, summary, evidence)
 
 
 def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raised: IntArray
@@ -763,8 +651,3 @@ def _behaviour_raised(current: IntArray, drafts: Sequence[Draft]) -> IntArray:
         if d.channel is None:
             out[d.source, int(d.detector is BEHAVIOUR_RULE)] = d.time_ms
     return out
-
-
-def _clock(time_ms: int) -> str:
-    """A data time as ISO 8601 UTC to the second, for explanations."""
-    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"

@@ -1,0 +1,187 @@
+"""Explanations of guard findings: one readable sentence and the evidence an analyst or
+clinician judges it by (what was observed and expected, the statistic and its threshold, the
+channels involved, since when, and what would have had to be different for no finding).
+
+Pure text from a detector's arrays at one reading; no state, no patient data beyond the
+values the finding is about (findings are sealed like readings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medtwin.domain import N_CHANNELS, Channel
+from medtwin.guard._behaviour import Feature
+from medtwin.guard._consistency import Coherence, CoherenceRule
+from medtwin.guard._patterns import FROZEN_MIN_MS, MAX_RATE_PER_MIN
+from medtwin.guard._residuals import CUSUM_THRESHOLD
+
+REPLAY_NAME = "replayed-segment"
+FROZEN_NAME = "frozen-value"
+NOISE_NAME = "noise-burst"
+RATE_NAME = "impossible-rate"
+DUPLICATE_NAME = "conflicting-timestamp"
+AGREEMENT_NAME = "device-agreement"
+COHERENCE_NAME = "physiological-coherence"
+RESIDUAL_NAME = "innovation-tests"
+BEHAVIOUR_NAME = "device-behaviour"
+
+Evidence = dict[str, Any]
+
+FEATURE_TEXT = {
+    Feature.RATE: "packet rate (per s)", Feature.JITTER: "arrival jitter (ms)",
+    Feature.SKEW: "clock skew (ms)", Feature.SEQ_GAP: "sequence gap (packets)",
+    Feature.PAYLOAD: "payload size", Feature.SEQ_REGRESSION: "sequence regression",
+    Feature.SIGNATURE: "signature failure count", Feature.THROTTLE: "token deficit (flood)",
+}
+
+
+def clock(time_ms: int) -> str:
+    """A data time as ISO 8601 UTC to the second."""
+    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"
+
+
+def channel_name(channel: Channel) -> str:
+    return channel.name.lower().replace("_", " ")
+
+
+def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
+                   alarms: dict[str, Any], agree: Any, coherence: Coherence
+                   ) -> tuple[int, str, Evidence]:
+    """Since when, the sentence and the evidence of a screening detector's alarm at
+    flattened reading `i` (channel `ch`, value `v` at time `t`)."""
+    unit = ch.spec.unit_display
+    name = channel_name(ch)
+    if detector == REPLAY_NAME:
+        a = alarms[REPLAY_NAME]
+        since, summary = int(a.since_ms[i]), (
+            f"{name} since {clock(int(a.since_ms[i]))} repeats the stretch recorded "
+            f"{clock(int(a.source_start_ms[i]))}-{clock(int(a.source_end_ms[i]))}, "
+            f"change for change (offset {a.offset[i]:+.1f} {unit})")
+        evidence = {"observed": f"{v:g} {unit}",
+                    "expected": "new readings, not a copy of an earlier stretch",
+                    "statistic": f"largest difference from the earlier stretch "
+                                 f"{a.statistic[i]:.2f} {unit}",
+                    "threshold": f"{a.threshold[i]:.2f} {unit}",
+                    "since": clock(since),
+                    "would_clear": "any change between readings differing from the "
+                                   "earlier stretch by more than the threshold"}
+    elif detector == FROZEN_NAME:
+        a = alarms[FROZEN_NAME]
+        since = int(a.since_ms[i])
+        summary = (f"{name} stuck at {v:g} {unit} for {a.statistic[i] / 60_000:.0f} "
+                   f"min ({int(a.run_readings[i])} readings)")
+        evidence = {"observed": f"{v:g} {unit} unchanged since {clock(since)}",
+                    "expected": "readings that vary as a living patient's do",
+                    "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged",
+                    "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min",
+                    "since": clock(since),
+                    "would_clear": "a change of at least the channel's resolution "
+                                   "within the threshold"}
+    elif detector == NOISE_NAME:
+        a = alarms[NOISE_NAME]
+        since = int(a.since_ms[i])
+        summary = (f"{name} is {np.sqrt(a.statistic[i]):.1f}x noisier than usual "
+                   "between readings")
+        evidence = {"observed": f"variance of changes {a.statistic[i]:.1f}x usual",
+                    "expected": f"changes with SD about {a.usual_sd[i]:.2f} {unit}",
+                    "statistic": f"variance ratio {a.statistic[i]:.1f}",
+                    "threshold": f"{a.threshold[i]:g}", "since": clock(since),
+                    "would_clear": f"a variance ratio at most {a.threshold[i]:g}"}
+    elif detector == RATE_NAME:
+        a = alarms[RATE_NAME]
+        since = int(a.since_ms[i])
+        summary = (f"{name} changed {a.statistic[i]:+.1f} {unit}/min, faster than "
+                   "any physiology")
+        evidence = {"observed": f"{a.statistic[i]:+.1f} {unit}/min",
+                    "expected": f"at most {MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
+                    "statistic": f"{abs(a.statistic[i]):.1f} {unit}/min",
+                    "threshold": f"{MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
+                    "since": clock(since),
+                    "would_clear": "a change within the physiological limit"}
+    elif detector == COHERENCE_NAME:
+        since = int(coherence.since_ms[i])
+        rule = CoherenceRule(int(coherence.rule[i]))
+        quiet = [Channel(c).name.lower().replace("_", " ") for c in range(N_CHANNELS)
+                 if int(coherence.silent_channels[i]) >> c & 1]
+        summary = (f"{name} {v:g} {unit} since {clock(since)} while "
+                   f"{' and '.join(quiet) or 'the other vital signs'} stayed at the "
+                   "patient's usual: check the sensor before treating")
+        evidence = {"observed": f"{v:g} {unit}, with "
+                                f"{' and '.join(quiet) or 'companions'} unchanged",
+                    "expected": ("a body short of oxygen breathes faster or its heart "
+                                 "beats faster" if rule is
+                                 CoherenceRule.HYPOXAEMIA_WITHOUT_RESPONSE else
+                                 "a racing heart with some other response"),
+                    "statistic": f"{name} beyond {coherence.threshold[i]:g} {unit} "
+                                 "with the companions' mean response under one band",
+                    "threshold": f"{coherence.threshold[i]:g} {unit} for 15 min",
+                    "channels": ", ".join([name, *quiet]), "since": clock(since),
+                    "would_clear": "a response of the companion channels, or the "
+                                   "value back within its limit"}
+    elif detector == DUPLICATE_NAME:
+        since = t
+        summary = f"two different {name} values for the same time {clock(t)}"
+        evidence = {"observed": f"{v:g} {unit} for a time already reported",
+                    "expected": "one value per time", "since": clock(t),
+                    "statistic": "value differs from the earlier one",
+                    "threshold": "half the channel's resolution",
+                    "would_clear": "the same value, or a new time"}
+    else:                                    # device agreement
+        since = int(agree.since_ms[i])
+        others = int(agree.n_partners[i])
+        summary = (f"{name} {v:g} {unit} disagrees with "
+                   f"{int(agree.n_disagree[i])} of {others} other devices "
+                   f"(they read about {agree.consensus[i]:g} {unit})")
+        evidence = {"observed": f"{v:g} {unit}",
+                    "expected": f"within {agree.threshold[i]:.1f} of "
+                                f"{agree.consensus[i]:g} {unit}",
+                    "statistic": f"|difference| {agree.statistic[i]:.1f} {unit}",
+                    "threshold": f"{agree.threshold[i]:.1f} {unit}",
+                    "channels": f"{name} from {others + 1} devices",
+                    "since": clock(since),
+                    "would_clear": "agreement within the devices' combined noise"}
+    return since, summary, evidence
+
+
+def explain_residual(channel: Channel, value: float, innovation: float, innovation_var: float,
+                     up: bool, spoofing: bool, since: int, tests: list[str]
+                     ) -> tuple[str, Evidence]:
+    """The sentence and evidence of a residual episode: readings that ran `up` (or down)
+    against the twin's prediction, called spoofing suspected or unexplained."""
+    sd = float(np.sqrt(innovation_var))
+    expected = value - innovation
+    unit = channel.spec.unit_display
+    name = channel_name(channel)
+    side = "above" if up else "below"
+    if spoofing:
+        summary = (f"{name} readings have run {side} what the twin expects from the "
+                   f"patient's other data since {clock(since)} ({value:g} vs "
+                   f"{expected:.0f} {unit}): they would mask the patient's course")
+    else:
+        summary = (f"{name} {value:g} {unit} is {side} what the twin expected "
+                   f"({expected:.0f} {unit}) with no sign of manipulation: treated as the "
+                   "patient's own course; confirm at the bedside")
+    return summary, {
+        "observed": f"{value:g} {unit}",
+        "expected": f"{expected:.1f} {unit} (95 % {expected - 1.96 * sd:.1f} to "
+                    f"{expected + 1.96 * sd:.1f})",
+        "statistic": "; ".join(tests),
+        "threshold": f"chi-square false alarm 1e-4 per reading; CUSUM {CUSUM_THRESHOLD:g}",
+        "channels": f"{name} vs the twin's model of the patient's other channels, meals "
+                    "and insulin",
+        "since": clock(since),
+        "would_clear": f"readings within about {1.96 * sd:.1f} {unit} of the twin's "
+                       "prediction, without a sustained one-sided run"}
+
+
+def explain_behaviour(feature: Feature, observed: float, expected: float, statistic: float,
+                      threshold: float, since: int) -> tuple[str, Evidence]:
+    """The sentence and evidence of a device-behaviour alarm on `feature`."""
+    what = FEATURE_TEXT[feature]
+    return (f"the device's {what} is unlike its usual ({observed:.3g} vs {expected:.3g})",
+            {"observed": f"{observed:.4g}", "expected": f"{expected:.4g}",
+             "statistic": f"{what} {statistic:.3g}", "threshold": f"{threshold:.3g}",
+             "since": clock(since), "would_clear": f"{what} within the threshold"})
