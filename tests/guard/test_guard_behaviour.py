@@ -9,6 +9,7 @@ import pytest
 from medtwin.estimation import NO_TIME
 from medtwin.guard._behaviour import (
     BURST,
+    NO_SEQUENCE,
     RATE_PER_S,
     UNREGISTERED_BURST,
     UNREGISTERED_RATE_PER_S,
@@ -223,3 +224,15 @@ def test_unregistered_senders_share_buckets_by_key() -> None:
     assert res.allowed[keys == 1].all()
     with pytest.raises(ValueError, match="guard: token bucket needs rate > 0"):
         token_bucket(bucket_state(1), np.zeros(1, np.intp), times[:1], 0.0)
+
+
+def test_a_forged_packet_is_judged_on_its_arrival_and_signature_only() -> None:
+    state = behaviour_state(1)
+    t = np.arange(40, dtype=np.int64) * 60_000
+    state = behaviour_step(state, np.zeros(40, np.intp), t, t - 500, np.arange(40),
+                           np.full(40, 5), np.ones(40, bool)).state
+    forged = behaviour_step(state, np.zeros(1, np.intp), np.array([40 * 60_000]),
+                            np.array([40 * 60_000]), np.array([NO_SEQUENCE]),
+                            np.zeros(1, np.int64), np.zeros(1, bool))
+    assert not forged.alarms[0, Feature.SEQ_REGRESSION]
+    assert not forged.alarms[0, Feature.SKEW] and not forged.alarms[0, Feature.PAYLOAD]

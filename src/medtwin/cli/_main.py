@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,7 @@ from rich.table import Table
 from medtwin.access import Role, new_token
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
-from medtwin.domain import Device, DeviceStatus
+from medtwin.domain import Channel, Device, DeviceStatus
 from medtwin.errors import ConfigError, MedtwinError
 from medtwin.pipeline import Pipeline, WriterLock, verify_store
 from medtwin.store import Store
@@ -72,14 +73,23 @@ def demo(
     headless: Annotated[bool, typer.Option(help="Print progress lines instead of the live "
                                                 "table.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the virtual ward.")] = 7,
+    attack: Annotated[str | None, typer.Option(
+        "--attack", help="Attacks from the library, comma-separated, each on its own "
+                         "patient's CGM after 20 simulated minutes: bias, ramp, freeze, "
+                         "replay, noise, dropout, spike, time-shift (the device's data), "
+                         "flood, rogue-device, compromised-key (the device itself).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run a live site on 127.0.0.1 with a ward of virtual patients streaming signed packets
     in accelerated time; on exit, print the counts and verify the log."""
-    from medtwin.cli._demo import run_demo
+    from medtwin.cli._demo import parse_attacks, run_demo
 
+    try:
+        attacks = parse_attacks(attack) if attack is not None else ()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--attack") from None
     target = data_dir or Path("medtwin-data") / time.strftime("demo-%Y%m%d-%H%M%S")
-    result = run_demo(target, patients, speed, duration, headless, seed, console)
+    result = run_demo(target, patients, speed, duration, headless, seed, console, attacks)
     table = Table(title="demo summary")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -87,6 +97,8 @@ def demo(
                     ("packets rejected", result.rejected_packets),
                     ("readings accepted", result.counts["readings"]),
                     ("alerts raised", result.counts["alerts"]),
+                    ("guard findings", result.counts.get("findings", 0)),
+                    ("attack packets sent", result.attack_packets),
                     ("ledger size (records)", result.counts["leaves"])):
         table.add_row(what, str(n))
     console.print(table)
@@ -132,7 +144,8 @@ def replay(
             raise _fail(exc) from exc
     console.print(f"read {summary.lines} lines: {summary.readings} readings, "
                   f"{summary.unreadable} unreadable; accepted {summary.accepted}, refused "
-                  f"{summary.rejected}; alerts {summary.alerts}")
+                  f"{summary.rejected}; alerts {summary.alerts}; guard findings "
+                  f"{summary.findings}")
     for name, n in summary.written.items():
         console.print(f"  {out / name}: {n} resources")
 
@@ -143,15 +156,79 @@ def simulate(
     patients: Annotated[int, typer.Option(min=1, max=200, help="Virtual patients.")] = 3,
     hours: Annotated[float, typer.Option(min=0.1, max=72, help="Simulated hours.")] = 6.0,
     seed: Annotated[int, typer.Option(help="Seed of the virtual ward.")] = 7,
+    start: Annotated[str | None, typer.Option(
+        help="Time of the first minute, ISO 8601 with a timezone, e.g. 2026-01-01T08:00Z "
+             "(default: HOURS before now); with --seed it makes the file reproducible.")]
+    = None,
+    attack: Annotated[str | None, typer.Option(
+        "--attack", help="Attack one patient's channel: bias, ramp, freeze, replay, noise, "
+                         "dropout, spike or time-shift; the ground truth goes to "
+                         "OUT.truth.json.")] = None,
+    attack_channel: Annotated[str, typer.Option(
+        help="Channel attacked: its LOINC code or name, e.g. glucose, heart-rate.")]
+    = "glucose",
+    attack_start_h: Annotated[float | None, typer.Option(
+        help="Hours after the first reading when the attack starts (default: half way); it "
+             "lasts to the end.")] = None,
+    attack_size: Annotated[float | None, typer.Option(
+        help="Size in the channel's unit (bias, noise sigma, spike), its unit per minute "
+             "(ramp) or minutes (time-shift, replay lag); default: bias 40, ramp 1.5, noise "
+             "25, spike 80, time-shift 10, replay 0 (the hour just before).")] = None,
+    attack_patient: Annotated[str | None, typer.Option(
+        help="Patient attacked (default: the first, pt-0001).")] = None,
 ) -> None:
     """Write a virtual ward's readings (UVA/Padova glucose, vitals, carbs, insulin) as FHIR R4
-    NDJSON, e.g. as input for `medtwin replay`."""
-    from medtwin.cli._replay import simulate_ndjson
+    NDJSON, e.g. as input for `medtwin replay`; with --attack, one stream attacked."""
+    from medtwin.cli._replay import FileAttack, simulate_ndjson, truth_path
 
+    file_attack = None
+    if attack is not None:
+        file_attack = FileAttack(_data_attack_kind(attack), _channel(attack_channel),
+                                 attack_start_h, attack_size, attack_patient)
+    start_ms = _epoch_ms(start) if start is not None else int(time.time() * 1000) - int(
+        hours * 3_600_000)
     with console.status(f"simulating {patients} patients for {hours:g} h…"):
-        n = simulate_ndjson(out, patients, hours, seed, int(time.time() * 1000) - int(
-            hours * 3_600_000))
+        try:
+            n = simulate_ndjson(out, patients, hours, seed, start_ms, attack=file_attack)
+        except MedtwinError as exc:
+            raise _fail(exc) from exc
     console.print(f"wrote {n} resources to {out}")
+    if file_attack is not None:
+        console.print(f"attack {file_attack.kind}: ground truth in {truth_path(out)}")
+
+
+def _epoch_ms(text: str) -> int:
+    """Epoch ms of an ISO 8601 time with a timezone, else a usage error saying so."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise typer.BadParameter("not an ISO 8601 time with a timezone, e.g. "
+                                 "2026-01-01T08:00Z", param_hint="--start")
+    return int(when.timestamp() * 1000)
+
+
+def _data_attack_kind(kind: str) -> str:
+    """`kind` if it is a data attack, else a usage error listing them."""
+    from medtwin.sim import ATTACK_DATA_KINDS
+
+    if kind not in ATTACK_DATA_KINDS:
+        raise typer.BadParameter(f"unknown attack {kind!r} for a file; choose one of "
+                                 f"{', '.join(ATTACK_DATA_KINDS)}", param_hint="--attack")
+    return kind
+
+
+def _channel(name: str) -> Channel:
+    """The channel called `name` (LOINC code, or its name such as heart-rate), else a usage
+    error listing them."""
+    key = name.strip().lower().replace("-", "_")
+    for channel in Channel:
+        if name.strip() == channel.code or key == channel.name.lower():
+            return channel
+    raise typer.BadParameter(f"unknown channel {name!r}; choose one of "
+                             f"{', '.join(c.name.lower().replace('_', '-') for c in Channel)}",
+                             param_hint="--attack-channel")
 
 
 @app.command()

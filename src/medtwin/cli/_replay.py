@@ -12,21 +12,26 @@ reading is retried without that reading, so one bad line never hides its neighbo
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medtwin.clinical import RULES
 from medtwin.config import Settings
-from medtwin.domain import Channel, Reading, RejectReason
+from medtwin.domain import Channel, Finding, Reading, RejectReason
+from medtwin.errors import InvalidInputError
 from medtwin.estimation import FORECAST_HORIZONS_MIN
 from medtwin.fhir import (
     ImportBatch,
     alert_detected_issue,
     estimate_observation,
+    finding_detected_issue,
     forecast_observation,
     provenance,
     read_ndjson_file,
@@ -51,6 +56,7 @@ class ReplaySummary:
     rejected: int = 0
     unreadable: int = 0
     alerts: int = 0
+    findings: int = 0
     written: dict[str, int] = field(default_factory=dict)
 
 
@@ -93,6 +99,11 @@ def replay(input_path: Path, out_dir: Path, settings: Settings, validate: bool =
                             alert_detected_issue(a, f"alert-{outcome.leaf_index}-{i}",
                                                  _evidence_sources(p, a.rule))
                             for i, a in enumerate(outcome.alerts))
+                        summary.findings += len(outcome.findings)
+                        issues.extend(
+                            finding_detected_issue(f, f"guard-{outcome.leaf_index}-{i}",
+                                                   _implicated(p, f))
+                            for i, f in enumerate(outcome.findings))
                     else:
                         retry.extend(_refused(p, outcome, issues, summary))
                 pending = retry
@@ -139,15 +150,31 @@ def _evidence_sources(p: _Pending, rule_name: str) -> list[str]:
             if code in codes]
 
 
+def _implicated(p: _Pending, finding: Finding) -> list[str]:
+    """The inputs of a packet a guard finding is about: its channel's readings from when the
+    suspect pattern began to when it was raised; all inputs for a finding on the device."""
+    sub = p.submission
+    if finding.channel is None:
+        return list(p.sources)
+    times = sub.time_ms
+    on_channel = np.asarray(sub.codes, dtype=str) == finding.channel.code
+    window = (times >= min(finding.since_ms, finding.time_ms)) & (times <= finding.time_ms)
+    chosen = np.flatnonzero(on_channel & window)
+    if chosen.size == 0:
+        chosen = np.flatnonzero(on_channel)
+    return [p.sources[i] for i in chosen.tolist()] if chosen.size else list(p.sources)
+
+
 def _estimates(p: _Pending, outcome: Accepted, start: int) -> Iterator[dict[str, Any]]:
-    """The twin's estimate after each accepted measurement (inputs have none), and after
-    each CGM value the twin used, its glucose forecast at every horizon."""
+    """The twin's estimate after each accepted measurement (inputs and readings the guard held
+    have none), and after each CGM value the twin used, its glucose forecast at every
+    horizon."""
     sub = p.submission
     g = outcome.glucose
     for i, code in enumerate(sub.codes):
         channel = Channel.from_code(code)
-        if channel.is_input:
-            continue
+        if channel.is_input or not np.isfinite(outcome.estimates[i]):
+            continue  # inputs have no estimate; readings the guard held moved nothing
         yield estimate_observation(sub.patient_id, channel, float(outcome.estimates[i]),
                                    int(sub.time_ms[i]), [p.sources[i]],
                                    f"est-{start + i}-{outcome.leaf_index}")
@@ -183,24 +210,116 @@ def _refused(p: _Pending, outcome: Rejected, issues: list[dict[str, Any]],
     return (_Pending(rest, tuple(p.sources[i] for i in keep)),)
 
 
+@dataclass(frozen=True, slots=True)
+class FileAttack:
+    """A data attack written into a simulated file: `kind` (one of `ATTACK_DATA_KINDS`) on
+    `channel` of `patient_id` (None: the ward's first patient), from `start_h` hours after the
+    first reading (None: half way) to the end, of `size` in the units of `ATTACK_DEFAULT_SIZE`
+    (None: its default)."""
+
+    kind: str
+    channel: Channel = Channel.GLUCOSE
+    start_h: float | None = None
+    size: float | None = None
+    patient_id: str | None = None
+
+
+def truth_path(out: Path) -> Path:
+    """Where `simulate_ndjson` writes the ground truth of an attacked file: beside it."""
+    return out.with_name(out.name + ".truth.json")
+
+
 def simulate_ndjson(out: Path, patients: int, hours: float, seed: int, start_ms: int,
-                    deteriorating: float = 0.25) -> int:
-    """Write the readings of a virtual ward as FHIR R4 NDJSON (input for `replay`)."""
+                    deteriorating: float = 0.25, attack: FileAttack | None = None) -> int:
+    """Write the readings of a virtual ward as FHIR R4 NDJSON (input for `replay`); return how
+    many resources.
+
+    With an `attack`, one patient's channel stream is attacked (`medtwin.sim.attack_rows`), and
+    the ground truth (the attack and the references of the resources it changed or removed)
+    goes to `truth_path(out)` as JSON, so a replay's guard findings can be scored against it.
+    """
     from medtwin.fhir import insulin_administration, reading_observation
     from medtwin.sim import Ward
 
     ward = Ward(patients, start_ms - start_ms % 60_000, seed=seed, deteriorating=deteriorating)
-    resources: list[dict[str, Any]] = []
+    patient_of: list[str] = []
+    channels: list[Channel] = []
+    values: list[float] = []
+    times: list[int] = []
+    ids: list[str] = []
     for envelope in ward.advance(ward.start_ms + int(hours * 3_600_000)):
         packet = envelope["packet"]
         patient_id = _patient_of(ward, packet["device_id"])
         for k, r in enumerate(packet["readings"]):
-            reading = Reading(Channel.from_code(r["code"]), float(r["value"]), int(r["time"]))
-            rid = f"{packet['device_id']}-{packet['seq']}-{k}"
-            build = insulin_administration if reading.channel is Channel.INSULIN else (
-                reading_observation)
-            resources.append(build(patient_id, reading, rid))
+            patient_of.append(patient_id)
+            channels.append(Channel.from_code(r["code"]))
+            values.append(float(r["value"]))
+            times.append(int(r["time"]))
+            ids.append(f"{packet['device_id']}-{packet['seq']}-{k}")
+    time_col = np.asarray(times, dtype=np.int64)
+    value_col = np.asarray(values, dtype=np.float64)
+    keep = np.ones(time_col.shape, dtype=np.bool_)
+    if attack is not None:
+        time_col, value_col, keep = _attack_file(ward, attack, hours, seed, patient_of, channels,
+                                                 time_col, value_col, ids, out)
+    resources: list[dict[str, Any]] = []
+    for i in np.flatnonzero(keep).tolist():
+        reading = Reading(channels[i], float(value_col[i]), int(time_col[i]))
+        build = insulin_administration if reading.channel is Channel.INSULIN else (
+            reading_observation)
+        resources.append(build(patient_of[i], reading, ids[i]))
     return write_ndjson(out, resources)
+
+
+def _attack_file(ward: Any, attack: FileAttack, hours: float, seed: int, patient_of: list[str],
+                 channels: list[Channel], time_ms: npt.NDArray[np.int64],
+                 value: npt.NDArray[np.float64], ids: list[str], out: Path
+                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                            npt.NDArray[np.bool_]]:
+    """Apply `attack` to the rows of its stream; write the ground truth beside `out`."""
+    from medtwin.sim import ATTACK_DATA_KINDS, attack_of, attack_rows
+
+    if attack.kind not in ATTACK_DATA_KINDS:
+        raise InvalidInputError(f"simulate: --attack {attack.kind!r} does not change a file; "
+                                f"choose one of {', '.join(ATTACK_DATA_KINDS)}")
+    patient_ids = [p.patient_id for p in ward.patients]
+    patient_id = attack.patient_id or patient_ids[0]
+    if patient_id not in patient_ids:
+        raise InvalidInputError(f"simulate: no patient {patient_id!r} in the ward; choose one "
+                                f"of {patient_ids[0]} to {patient_ids[-1]}")
+    start_h = hours / 2 if attack.start_h is None else attack.start_h
+    if not 0 <= start_h < hours:
+        raise InvalidInputError(f"simulate: the attack must start within the {hours:g} "
+                                "simulated hours (--attack-start-h)")
+    start_ms = ward.start_ms + round(start_h * 3_600_000)
+    stream = (np.asarray(patient_of) == patient_id) & (
+        np.asarray([c.value for c in channels], dtype=np.int64) == attack.channel.value)
+    try:
+        spec = attack_of(attack.kind, attack.channel, start_ms, attack.size)
+        rows = attack_rows(spec, stream, time_ms, value, np.random.default_rng(seed))
+    except ValueError as exc:
+        raise InvalidInputError(f"simulate: {exc}") from None
+    resource = ("MedicationAdministration" if attack.channel is Channel.INSULIN
+                else "Observation")
+    truth = {
+        "attack": {"kind": attack.kind, "channel": attack.channel.code,
+                   "patient_id": patient_id, "start_ms": start_ms,
+                   "start": datetime.fromtimestamp(start_ms / 1000, UTC).isoformat(),
+                   "size": spec.size, "size_unit": _size_unit(attack.kind, attack.channel)},
+        "removed": attack.kind == "dropout",
+        "affected": [f"{resource}/{ids[i]}" for i in np.flatnonzero(rows.affected).tolist()],
+    }
+    truth_path(out).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+    return rows.time_ms, rows.value, rows.keep
+
+
+def _size_unit(kind: str, channel: Channel) -> str | None:
+    """The UCUM unit of an `Attack.size` of `kind` on `channel` (None: the kind has no size)."""
+    if kind in ("freeze", "dropout"):
+        return None
+    if kind in ("time-shift", "replay"):
+        return "ms"
+    return f"{channel.spec.ucum}/min" if kind == "ramp" else channel.spec.ucum
 
 
 def _patient_of(ward: Any, device_id: str) -> str:

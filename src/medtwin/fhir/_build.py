@@ -24,6 +24,7 @@ from medtwin.domain import (
     SNOMED,
     Alert,
     Channel,
+    Finding,
     Reading,
     RejectReason,
     Severity,
@@ -37,6 +38,8 @@ from medtwin.fhir._codes import (
     EVIDENCE_SYSTEM,
     FINDING_SYSTEM,
     GATE_SYSTEM,
+    GUARD_EXTENSION,
+    GUARD_SYSTEM,
     ID,
     METHOD_SYSTEM,
     OBSERVATION_CATEGORY,
@@ -53,6 +56,11 @@ DETECTED_ISSUE_SEVERITY: dict[Severity, str] = {
     Severity.MEDIUM: "moderate",
     Severity.LOW: "low",
 }
+#: Confidence from which a guard finding's DetectedIssue is `high` severity (a finding that
+#: quarantined its device is `high` whatever its confidence) ...
+GUARD_HIGH_CONFIDENCE = 0.9
+#: ... and from which it is `moderate`; below it `low`.
+GUARD_MODERATE_CONFIDENCE = 0.5
 #: Observation category of each channel (glucose is a laboratory value, meals are reported).
 _CATEGORY: dict[Channel, tuple[str, str]] = {
     **{c: ("vital-signs", "Vital Signs") for c in Channel},
@@ -179,14 +187,61 @@ def alert_detected_issue(
     if alert.summary:
         resource["detail"] = alert.summary
     if alert.evidence:
-        resource["evidence"] = [
-            {"code": [{
-                "coding": [{"system": EVIDENCE_SYSTEM,
-                            "code": _code(key, "DetectedIssue.evidence.code")}],
-                "text": _evidence_text(key, alert.evidence[key]),
-            }]}
-            for key in sorted(alert.evidence)
-        ]
+        resource["evidence"] = _evidence(alert.evidence)
+    return resource
+
+
+def finding_detected_issue(
+    finding: Finding, resource_id: str, implicated: Sequence[str]
+) -> dict[str, Any]:
+    """A preliminary DetectedIssue of a guard finding: its code in `GUARD_SYSTEM`, the readings
+    it implicates, the summary and its evidence (as `alert_detected_issue`).
+
+    Severity is `high` for a finding that quarantined its device or whose confidence reaches
+    `GUARD_HIGH_CONFIDENCE`, `moderate` from `GUARD_MODERATE_CONFIDENCE`, else `low`. What R4
+    has no element for travels in extensions `GUARD_EXTENSION` + `confidence` (decimal),
+    `detector`, `device` (string), `since` (dateTime), `quarantined` (boolean) and `channel`
+    (the channel's code; absent for a finding on a device's behaviour).
+    """
+    confidence = finding.confidence
+    if isinstance(confidence, bool) or not math.isfinite(confidence) or not (
+            0.0 <= confidence <= 1.0):
+        raise FhirError("DetectedIssue.extension[confidence]: not a number in [0, 1]")
+    if finding.quarantined or confidence >= GUARD_HIGH_CONFIDENCE:
+        severity = "high"
+    else:
+        severity = "moderate" if confidence >= GUARD_MODERATE_CONFIDENCE else "low"
+    code = _code(str(finding.code.value), "DetectedIssue.code")
+    extension: list[dict[str, Any]] = [
+        {"url": f"{GUARD_EXTENSION}confidence", "valueDecimal": float(confidence)},
+        {"url": f"{GUARD_EXTENSION}since",
+         "valueDateTime": _time(finding.since_ms, "DetectedIssue.extension[since]")},
+        {"url": f"{GUARD_EXTENSION}quarantined", "valueBoolean": bool(finding.quarantined)},
+    ]
+    for name, text in (("detector", finding.detector), ("device", finding.device_id)):
+        if text.strip():
+            extension.append({"url": f"{GUARD_EXTENSION}{name}", "valueString": text})
+    if finding.channel is not None:
+        spec = finding.channel.spec
+        extension.append({"url": f"{GUARD_EXTENSION}channel", "valueCodeableConcept": {
+            "coding": [{"system": spec.system, "code": spec.code, "display": spec.display}],
+            "text": spec.display}})
+    resource: dict[str, Any] = {
+        "resourceType": "DetectedIssue",
+        "id": _id(resource_id, "DetectedIssue.id"),
+        "extension": extension,
+        "status": "preliminary",
+        "code": {"coding": [{"system": GUARD_SYSTEM, "code": code}], "text": code},
+        "severity": severity,
+        "patient": _patient(finding.patient_id, "DetectedIssue.patient"),
+        "identifiedDateTime": _time(finding.time_ms, "DetectedIssue.identifiedDateTime"),
+    }
+    if implicated:
+        resource["implicated"] = _references(implicated, "DetectedIssue.implicated")
+    if finding.summary.strip():
+        resource["detail"] = finding.summary
+    if finding.evidence:
+        resource["evidence"] = _evidence(finding.evidence)
     return resource
 
 
@@ -356,6 +411,18 @@ def _time(time_ms: int, path: str) -> str:
         return format_time_ms(int(time_ms))
     except ValueError as exc:
         raise FhirError(f"{path}: {exc}") from None
+
+
+def _evidence(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """`DetectedIssue.evidence`: one entry per key, sorted, its value as canonical JSON."""
+    return [
+        {"code": [{
+            "coding": [{"system": EVIDENCE_SYSTEM,
+                        "code": _code(key, "DetectedIssue.evidence.code")}],
+            "text": _evidence_text(key, evidence[key]),
+        }]}
+        for key in sorted(evidence)
+    ]
 
 
 def _evidence_text(key: str, value: Any) -> str:

@@ -11,6 +11,10 @@ METHOD_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/method"
 FINDING_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/finding"
 GATE_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/gate"
 EVIDENCE_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/evidence"
+#: What the guard concluded about a stream or a device (`FindingCode` values).
+GUARD_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/guard-finding"
+#: Extensions of a guard finding's DetectedIssue; one definition each under this base.
+GUARD_EXTENSION = "https://medtwin.dev/fhir/StructureDefinition/guard-"
 ACTIVITY_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/provenance-activity"
 #: Components of a predicted value: its 95 % interval bounds and horizon.
 PREDICTION_SYSTEM = "https://medtwin.dev/fhir/CodeSystem/prediction"

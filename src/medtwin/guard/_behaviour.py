@@ -408,6 +408,8 @@ def behaviour_step(
     the device's previous authentic packet; (4) features; (5) z of each learned feature
     against the EW mean and variance before the packet, then learn from authentic, allowed
     packets; (6) rules; (7) the finding and its evidence, and since when the device alarms.
+    A packet with `sequence` `NO_SEQUENCE` (its claims were not read: a forged packet) is
+    judged on its arrival and signature only.
     """
     n_devices = state.seen.shape[0]
     if len(params.sd_floor) != N_LEARNED:
@@ -445,9 +447,11 @@ def behaviour_step(
     x[has_prev, Feature.RATE] = np.log(SECOND_MS / gap_ms[has_prev])
     x[has_prev, Feature.JITTER] = np.abs(transit - prev_transit)[has_prev]
     x[:, Feature.SKEW] = transit
-    forward = has_prev & (seq > prev_seq)
+    known = seq != NO_SEQUENCE        # unknown: a packet whose claims were not read (forged)
+    forward = has_prev & (seq > prev_seq) & known
     x[forward, Feature.SEQ_GAP] = (seq - prev_seq - 1)[forward]
     x[:, Feature.PAYLOAD] = size
+    x[~known, Feature.JITTER:] = np.nan
     # (5): EW mean and variance (West 1979), a running mean until 1 / weight packets.
     learn = np.isfinite(x) & (authentic & allowed)[:, None]
     step = learn.astype(np.int64)
@@ -479,7 +483,7 @@ def behaviour_step(
     alarms = np.zeros((n, N_FEATURES), bool)
     alarms[:, :N_LEARNED] = np.nan_to_num(sided, nan=-np.inf) > params.z_threshold
     # (6): rules. Sequence regressions; decayed signature failures; the bucket.
-    back = has_prev & (seq <= prev_seq)
+    back = has_prev & (seq <= prev_seq) & known
     alarms[:, Feature.SEQ_REGRESSION] = back
     prev_any = _shift(arrival, start, state.last_packet_ms[dev])
     decay = np.where(

@@ -19,9 +19,9 @@ one patient); a *stream* is one measured channel of a source. Per batch the pipe
 4. `GuardBank.behaviour`: device-behaviour intrusion detection on signed packets' metadata.
 
 Everything is batched: per reading and per packet as array passes, Python loops only over
-the few findings raised (their words come from `_explain`). State is proposed, then applied when the batch is durable; results
-do not depend on how readings were cut into batches (up to `REPEAT_MS` de-duplication of
-findings, which is by data time).
+the few findings raised (their words come from `_explain`). State is proposed, then applied
+when the batch is durable; results do not depend on how readings were cut into batches (up
+to `REPEAT_MS` de-duplication of findings, which is by data time).
 """
 
 from __future__ import annotations

@@ -2,6 +2,14 @@
 packets, UVA/Padova glucose patients, vectorized vital signs, forged or replayed packets, and
 an attack and fault library for attacked streams."""
 
+from medtwin.sim._attacked_ndjson import (
+    ATTACK_DATA_KINDS,
+    ATTACK_DEFAULT_SIZE,
+    AttackedRows,
+    attack_of,
+    attack_rows,
+    resigned_envelope,
+)
 from medtwin.sim._attacks import (
     ATTACK_KINDS,
     Attack,
@@ -40,9 +48,12 @@ from medtwin.sim._vitals import (
 from medtwin.sim._ward import Ward, WardPatient
 
 __all__ = [
+    "ATTACK_DATA_KINDS",
+    "ATTACK_DEFAULT_SIZE",
     "ATTACK_KINDS",
     "Attack",
     "AttackResult",
+    "AttackedRows",
     "AttackedStream",
     "DeviceRegistration",
     "GlucosePatient",
@@ -54,6 +65,8 @@ __all__ = [
     "Ward",
     "WardPatient",
     "apply_attack",
+    "attack_of",
+    "attack_rows",
     "bias_attack",
     "cohort_names",
     "compromised_key_envelopes",
@@ -66,6 +79,7 @@ __all__ = [
     "ramp_attack",
     "replay_attack",
     "replayed_envelope",
+    "resigned_envelope",
     "rogue_device",
     "rogue_envelopes",
     "spike_attack",
