@@ -40,6 +40,8 @@ def test_a_flooding_device_is_throttled_while_another_is_served(
         make_device: Callable[..., DeviceSim]) -> None:
     other = make_device("vit-2", "pt-1")
     pipeline.add_device(other.device)
+    # its first authentic packet vouches for its address; then it has the device budget
+    assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
     burst = [client.post("/v1/packets", json=device.envelope(device.vitals()))
              for _ in range(int(BURST))]
     assert [r.status_code for r in burst] == [200] * int(BURST)
@@ -62,17 +64,18 @@ def test_a_flooding_device_is_throttled_while_another_is_served(
 def test_a_rogue_inventing_device_ids_is_throttled_by_its_address(
         client: TestClient, pipeline: Pipeline, device: DeviceSim,
         make_device: Callable[..., DeviceSim]) -> None:
+    # the registered device at the same address, once vouched for, keeps a bucket of its own
+    assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
     rogues = [make_device(f"rogue-{i}", "pt-1") for i in range(int(UNREGISTERED_BURST) + 5)]
     replies = [client.post("/v1/packets", json=r.envelope(r.vitals())) for r in rogues]
     n = int(UNREGISTERED_BURST)
-    assert [r.status_code for r in replies] == [401] * n + [429] * 5
-    assert _logged(pipeline)[1] == n               # only the burst was refused and logged
+    assert [r.status_code for r in replies] == [401] * (n - 1) + [429] * 6
+    assert _logged(pipeline)[1] == n - 1           # only the burst was refused and logged
     assert "register the device" in replies[-1].json()["detail"].lower()
     garbage = client.post("/v1/packets", content=b"not json",
                           headers={"Content-Type": "application/json"})
     assert garbage.status_code == 429              # unreadable bodies share the same bucket
-    assert _limiter(client).throttled() == {"unregistered:10.0.0.1": 6}
-    # the registered device at the same address has a bucket of its own
+    assert _limiter(client).throttled() == {"unregistered:10.0.0.1": 7}
     assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
 
 
@@ -86,7 +89,7 @@ def test_each_address_has_its_own_unregistered_bucket() -> None:
 
 def test_a_throttled_device_is_served_again_once_tokens_refill(
         client: TestClient, device: DeviceSim, clock: FakeClock) -> None:
-    for _ in range(int(BURST)):
+    for _ in range(int(BURST) + 1):            # the first vouches, then a device's burst
         assert client.post("/v1/packets", json=device.envelope(device.vitals())).status_code == 200
     refused = client.post("/v1/packets", json=device.envelope(device.vitals()))
     assert refused.status_code == 429
@@ -98,6 +101,7 @@ def test_tokens_refill_at_the_rate_up_to_the_burst() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock, RegisteredDevices(lambda: ["dev-a"]))
     limiter.registry.refresh()
+    limiter.vouch("dev-a", "10.0.0.1")
     n = int(BURST)
     first = limiter.take(["dev-a"] * (n + 3), "10.0.0.1")
     assert first[:n] == [None] * n
@@ -171,6 +175,18 @@ def test_a_device_registered_after_start_gets_the_device_budget(
     replies = [client.post("/v1/packets", json=late.envelope(late.vitals()))
                for _ in range(int(UNREGISTERED_BURST) + 1)]
     assert {r.status_code for r in replies} == {200}
+
+
+def test_claiming_a_registered_id_from_elsewhere_gains_nothing() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock, RegisteredDevices(lambda: ["dev-a"]))
+    limiter.registry.refresh()
+    limiter.vouch("dev-a", "10.0.0.1")             # the real device's address
+    n = int(UNREGISTERED_BURST)
+    forger = limiter.take(["dev-a"] * (n + 5), "10.6.6.6")
+    assert forger[:n] == [None] * n
+    assert all(t is not None and t.sender == "unregistered:10.6.6.6" for t in forger[n:])
+    assert limiter.take(["dev-a"] * int(BURST), "10.0.0.1") == [None] * int(BURST)
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(0.0, 10.0), (1.0, 0.5), (float("nan"), 10.0)])

@@ -185,21 +185,53 @@ def test_a_masking_bias_is_called_spoofing(site: Site, day: tuple[np.ndarray, ..
     masked = cgm.copy()
     masked[200:] = np.minimum(cgm[200:] + 40.0, 175.0)
     site.feed(masked[np.newaxis], carbs, insulin, 0, 260)
-    assert any(f.code is not FindingCode.UNEXPLAINED_CHANGE and f.channel is Channel.GLUCOSE
+    assert any(f.code is FindingCode.SPOOFING_SUSPECTED and f.channel is Channel.GLUCOSE
                for o in site.outcomes[200:] for f in o.findings)
+
+
+def _wobbly(device: DeviceSim, rng: np.random.Generator, time_ms: int | None = None
+            ) -> list[Reading]:
+    """Normal vitals with a monitor's wobble (a flat line would be a frozen sensor)."""
+    return device.vitals(hr=round(72 + rng.normal(0, 2)), spo2=round(97 + rng.normal(0, 1)),
+                         rr=round(16 + rng.normal(0, 1)), sbp=round(120 + rng.normal(0, 3)),
+                         temp=round(37 + rng.normal(0, 0.1), 1), time_ms=time_ms)
 
 
 def test_a_flooding_device_is_found_and_quarantined(pipeline: Pipeline, device: DeviceSim,
                                                     clock: FakeClock) -> None:
+    rng = np.random.default_rng(5)
     for _ in range(40):                           # its usual: one packet a minute
         clock.advance(60)
-        pipeline.process([device.submit(device.vitals())])
+        pipeline.process([device.submit(_wobbly(device, rng))])
     clock.advance(60)
-    flood = [device.submit(device.vitals()) for _ in range(80)]
+    flood = [device.submit(_wobbly(device, rng, clock() - (80 - k) * 500)) for k in range(80)]
     outcomes = pipeline.process(flood)
     found = [f for o in outcomes if isinstance(o, Accepted) for f in o.findings]
     assert any(f.code is FindingCode.DEVICE_BEHAVIOUR and f.quarantined for f in found)
     assert next(d.status for d in pipeline.devices()) is DeviceStatus.QUARANTINED
+    # from the convicting packet on, the flood moves nothing, even inside this batch
+    convicted = next(k for k, o in enumerate(outcomes) if isinstance(o, Accepted)
+                     and any(f.quarantined for f in o.findings))
+    assert all(o.held.all() for o in outcomes[convicted:] if isinstance(o, Accepted))
+    assert not any(o.held.any() for o in outcomes[:convicted] if isinstance(o, Accepted))
+
+
+def test_forged_packets_never_count_against_the_device_they_name(
+        pipeline: Pipeline, device: DeviceSim, clock: FakeClock,
+        make_device: Callable[..., DeviceSim]) -> None:
+    forger = make_device("vit-1", "pt-1", seed="someone else's key")
+    rng = np.random.default_rng(6)
+    for _ in range(40):
+        clock.advance(60)
+        pipeline.process([device.submit(_wobbly(device, rng))])
+    for _ in range(20):
+        clock.advance(5)
+        pipeline.process([forger.submit(forger.vitals(spo2=99.0), seq=device.next_seq)])
+    assert next(d.status for d in pipeline.devices()) is DeviceStatus.ACTIVE
+    assert not pipeline.findings()
+    clock.advance(60)
+    (o,) = pipeline.process([device.submit(device.vitals(spo2=85.0, hr=130.0))])
+    assert isinstance(o, Accepted) and not o.held.any()
 
 
 def _vitals_hour(pipeline: Pipeline, device: DeviceSim, clock: FakeClock, minutes: int,

@@ -170,3 +170,26 @@ def test_records_come_back_in_leaf_order(pipeline: Pipeline, device: DeviceSim,
     assert len(pipeline.store.leaf_hashes()) == 5
     head = pipeline.store.latest_head()
     assert head is not None and head.size == 5
+
+
+def test_a_store_from_before_release_reasons_opens(tmp_path: Path) -> None:
+    """A database written before registrations had a reason gets the column on open."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE patients (patient_id VARCHAR(64) PRIMARY KEY, created_at_ms "
+                 "BIGINT NOT NULL, wrapped_key BLOB NOT NULL, kek_id VARCHAR(64) NOT NULL)")
+    conn.execute("CREATE TABLE registrations (leaf_index BIGINT PRIMARY KEY, device_id "
+                 "VARCHAR(64) NOT NULL, patient_id VARCHAR(64) NOT NULL, suite VARCHAR(32) "
+                 "NOT NULL, public_key BLOB NOT NULL, status VARCHAR(16) NOT NULL, time_ms "
+                 "BIGINT NOT NULL)")
+    conn.execute("INSERT INTO patients VALUES ('pt-1', 0, x'00', 'k')")
+    conn.execute("INSERT INTO registrations VALUES (0, 'd-1', 'pt-1', 'ed25519', x'01', "
+                 "'active', 5)")
+    conn.commit()
+    conn.close()
+    store = Store(url)
+    try:
+        (reg,) = store.registrations()
+        assert (reg.device_id, reg.reason) == ("d-1", "")
+    finally:
+        store.close()

@@ -179,11 +179,13 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         body, size = await _read_capped(request, MAX_PACKET_BYTES)
         submission = (SignedSubmission.from_bytes(body) if size <= MAX_PACKET_BYTES
                       else SignedSubmission(None, size))
-        throttled = await limiter.admit(submission.envelope, address_of(request))
+        address = address_of(request)
+        throttled = await limiter.admit(submission.envelope, address)
         if throttled is not None:  # answered here: a flood never reaches the gate or log
             return throttled_response(throttled)
         outcome = await batcher.submit(submission)
         if isinstance(outcome, Accepted):
+            limiter.vouch(outcome.device_id, address)
             return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,
                                  "device_id": outcome.device_id, "seq": outcome.seq,
                                  "readings": outcome.n_readings,

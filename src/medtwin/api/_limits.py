@@ -2,12 +2,12 @@
 its packets reach the gate, so the site keeps serving everyone else.
 
 Every packet spends a token from one bucket (`medtwin.guard.token_bucket`):
-- a registered device's packet, from the bucket of (device id, sender address), with the
-  device budget (`DEVICE_RATE_PER_S`, bursts of `DEVICE_BURST`). The address is part of the
-  key so a sender that claims a registered device's id from elsewhere cannot spend that
-  device's budget;
-- anything else (an unregistered or invented device id, a body that does not parse), from the
-  bucket of the sender address, with the unregistered budget: inventing ids gains nothing.
+- a registered device's packet from an address that has delivered an authentic packet of it
+  (`RateLimiter.vouch`), from the bucket of (device id, address), with the device budget
+  (`DEVICE_RATE_PER_S`, bursts of `DEVICE_BURST`);
+- anything else (an unregistered or invented id, a registered id from an address not yet
+  vouched for, a body that does not parse), from the bucket of the address, with the
+  unregistered budget: inventing ids, or claiming a real one, gains nothing.
 A throttled packet takes no token, writes nothing to the log and is only counted.
 """
 
@@ -142,6 +142,18 @@ class RateLimiter:
         self._burst = np.zeros(0)
         self._now_ms = NO_TIME
         self._throttled: OrderedDict[str, int] = OrderedDict()
+        self._vouched: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def vouch(self, device_id: str, address: str) -> None:
+        """Note that `address` delivered an authentic packet of `device_id`: from now on its
+        packets claiming that device spend the device's budget. Until then they spend the
+        unregistered budget of the address, so a forger who knows a device's id gains
+        nothing by claiming it."""
+        with self._lock:
+            self._vouched[(device_id, address)] = None
+            self._vouched.move_to_end((device_id, address))
+            if len(self._vouched) > self.max_senders:
+                self._vouched.popitem(last=False)
 
     async def admit(self, envelope: Any, address: str) -> Throttled | None:
         """The limit on one request's packet: None if it may go on to the gate. An id the
@@ -154,10 +166,11 @@ class RateLimiter:
     def take(self, device_ids: Sequence[str | None], address: str) -> list[Throttled | None]:
         """Spend a token per packet claiming `device_ids` (None: no readable id) from
         `address`, in order; None for each allowed packet, `Throttled` for each refused."""
-        registered = [d is not None and d in self.registry for d in device_ids]
-        keys: list[_Key] = [(d if r else None, address)
-                            for d, r in zip(device_ids, registered, strict=True)]
         with self._lock:
+            registered = [d is not None and d in self.registry
+                          and (d, address) in self._vouched for d in device_ids]
+            keys: list[_Key] = [(d if r else None, address)
+                                for d, r in zip(device_ids, registered, strict=True)]
             now = self._now_ms = max(self._now_ms, int(self.clock()))
             pinned = set(keys)
             slots = np.array([self._slot(k, r, now, pinned)

@@ -134,9 +134,6 @@ class FindingCode(enum.StrEnum):
     #: the device (or a sender using its name) behaves unlike itself: flood, jitter,
     #: sequence games, bursts of bad signatures, clock jumps
     DEVICE_BEHAVIOUR = "device-behaviour"
-    #: the readings move towards danger faster than the twin expected, with no sign of
-    #: manipulation: treated as real physiology (the clinical rules alert on it)
-    UNEXPLAINED_CHANGE = "unexplained-change"
 
 
 #: Codes that say a device may be compromised; a confident one quarantines the device.

@@ -15,7 +15,7 @@ import numpy as np
 from medtwin.domain import N_CHANNELS, Channel
 from medtwin.guard._behaviour import Feature
 from medtwin.guard._consistency import Coherence, CoherenceRule
-from medtwin.guard._patterns import FROZEN_MIN_MS, MAX_RATE_PER_MIN
+from medtwin.guard._patterns import FROZEN_MIN_MS, FROZEN_RUN_P, MAX_RATE_PER_MIN
 from medtwin.guard._residuals import CUSUM_THRESHOLD
 
 REPLAY_NAME = "replayed-segment"
@@ -75,8 +75,11 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                    f"min ({int(a.run_readings[i])} readings)")
         evidence = {"observed": f"{v:g} {unit} unchanged since {clock(since)}",
                     "expected": "readings that vary as a living patient's do",
-                    "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged",
-                    "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min",
+                    "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged; a run this "
+                                 f"long has chance {a.chance[i]:.1e} for this sensor (it "
+                                 f"repeats {100 * a.repeat_share[i]:.0f} % of its values)",
+                    "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min and chance "
+                                 f"below {FROZEN_RUN_P:g}",
                     "since": clock(since),
                     "would_clear": "a change of at least the channel's resolution "
                                    "within the threshold"}
@@ -147,23 +150,17 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
 
 
 def explain_residual(channel: Channel, value: float, innovation: float, innovation_var: float,
-                     up: bool, spoofing: bool, since: int, tests: list[str]
-                     ) -> tuple[str, Evidence]:
-    """The sentence and evidence of a residual episode: readings that ran `up` (or down)
-    against the twin's prediction, called spoofing suspected or unexplained."""
+                     up: bool, since: int, tests: list[str]) -> tuple[str, Evidence]:
+    """The sentence and evidence of a residual episode called spoofing suspected: readings
+    that ran `up` (or down) against the twin's prediction and would mask danger."""
     sd = float(np.sqrt(innovation_var))
     expected = value - innovation
     unit = channel.spec.unit_display
     name = channel_name(channel)
     side = "above" if up else "below"
-    if spoofing:
-        summary = (f"{name} readings have run {side} what the twin expects from the "
-                   f"patient's other data since {clock(since)} ({value:g} vs "
-                   f"{expected:.0f} {unit}): they would mask the patient's course")
-    else:
-        summary = (f"{name} {value:g} {unit} is {side} what the twin expected "
-                   f"({expected:.0f} {unit}) with no sign of manipulation: treated as the "
-                   "patient's own course; confirm at the bedside")
+    summary = (f"{name} readings have run {side} what the twin expects from the patient's "
+               f"other data since {clock(since)} ({value:g} vs {expected:.0f} {unit}): they "
+               "would mask the patient's course")
     return summary, {
         "observed": f"{value:g} {unit}",
         "expected": f"{expected:.1f} {unit} (95 % {expected - 1.96 * sd:.1f} to "

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin.domain import COMPROMISE_CODES, N_CHANNELS, Channel, Finding, FindingCode
-from medtwin.estimation import NO_TIME, segmented_cummax
+from medtwin.estimation import NO_TIME, linear_recurrence, segmented_cummax
 from medtwin.guard._behaviour import (
     BehaviourResult,
     BehaviourState,
@@ -88,6 +88,10 @@ Index = npt.NDArray[np.intp]
 HISTORY = 288
 #: A stream raises the same finding code at most once per this much data time.
 REPEAT_MS = 30 * 60_000
+#: Innovations are judged against their stream's running mean NIS (weight per reading: about
+#: the last 100 readings, 8 h of 5-min CGM), each NIS capped at 25 (5 SD) in that mean.
+SCALE_WEIGHT = 0.01
+NIS_SCALE_CAP = 25.0
 #: A finding of a `COMPROMISE_CODES` code at least this confident quarantines its source.
 QUARANTINE_CONFIDENCE = 0.9
 _CODES = tuple(FindingCode)
@@ -154,7 +158,6 @@ SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED, INCOHERENT
 #: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
 #: convict a source.
 RESIDUAL_BOTH = Detector(RESIDUAL_NAME, FindingCode.SPOOFING_SUSPECTED, 0.8, False)
-UNEXPLAINED = Detector(RESIDUAL_NAME, FindingCode.UNEXPLAINED_CHANGE, 0.5, False)
 #: behaviour rules need no learning; learned features fire on a z beyond their threshold
 BEHAVIOUR_RULE = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.95, False)
 BEHAVIOUR_LEARNED = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.8, False)
@@ -163,8 +166,9 @@ BEHAVIOUR_LEARNED = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.8, 
 class GuardState(NamedTuple):
     """Per stream (source * N_CHANNELS + channel): the recent history, oldest first
     (`hist_count` valid values left-aligned), the time of its latest reading and whether that
-    was held, the level of its current residual episode (0 none, 1 unexplained, 2 spoofing
-    suspected), the tests' state, and when each code was last raised; per source: blocked,
+    was held, the level of its current residual episode (0 none, 1 the patient's own course,
+    2 spoofing suspected), the running scale of its innovations (`SCALE_WEIGHT`), the tests'
+    state, and when each code was last raised; per source: blocked,
     behaviour state and when it last raised a behaviour finding.
     """
 
@@ -174,6 +178,7 @@ class GuardState(NamedTuple):
     last_time: IntArray
     last_held: BoolArray
     episode_level: npt.NDArray[np.int8]
+    nis_scale: FloatArray
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -187,7 +192,7 @@ def guard_state(n_sources: int) -> GuardState:
     n = n_sources * N_CHANNELS
     return GuardState(np.zeros((n, HISTORY), np.int64), np.zeros((n, HISTORY)),
                       np.zeros(n, np.int64), np.full(n, NO_TIME, np.int64), np.zeros(n, bool),
-                      np.zeros(n, np.int8), window_state(n), cusum_state(n),
+                      np.zeros(n, np.int8), np.ones(n), window_state(n), cusum_state(n),
                       np.full((n, len(_CODES)), NO_TIME, np.int64), np.zeros(n_sources, bool),
                       behaviour_state(n_sources), np.full((n_sources, 2), NO_TIME, np.int64))
 
@@ -205,6 +210,7 @@ def _grow(state: GuardState, n_sources: int) -> GuardState:
         put(fresh.hist_time, state.hist_time, k), put(fresh.hist_value, state.hist_value, k),
         put(fresh.hist_count, state.hist_count, k), put(fresh.last_time, state.last_time, k),
         put(fresh.last_held, state.last_held, k), put(fresh.episode_level, state.episode_level, k),
+        put(fresh.nis_scale, state.nis_scale, k),
         WindowState(put(fresh.window.recent, state.window.recent, k)),
         CusumState(*(put(f, c, k) for f, c in zip(fresh.cusum, state.cusum, strict=True))),
         put(fresh.last_raised, state.last_raised, k), put(fresh.blocked, state.blocked, old),
@@ -254,6 +260,7 @@ class Judgement:
     newly_blocked: Index
     alarm_streams: Index
     level_after: npt.NDArray[np.int8]
+    scale_after: FloatArray
     window: WindowState
     cusum: CusumState
     last_raised: IntArray
@@ -307,6 +314,8 @@ class GuardBank:
         st.window.recent[streams] = fresh_w.recent
         for current, new in zip(st.cusum, fresh_c, strict=True):
             current[streams] = new
+        st.nis_scale[streams] = 1.0
+        st.episode_level[streams] = 0
 
     # (1) before the twin ----------------------------------------------------------------
 
@@ -400,12 +409,17 @@ class GuardBank:
         de-duplication (of `behaviour`'s drafts too) and quarantine; pure (the state moves
         on `apply`)."""
         st = self._state
-        usable = ~screen.held & np.isfinite(innovation) & np.isfinite(innovation_var)
+        usable = (~screen.held & np.isfinite(innovation) & np.isfinite(innovation_var)
+                  & (innovation_var > 0))
         idx = np.flatnonzero(usable)
         idx = idx[np.lexsort((idx, screen.stream[idx]))]
         stream = screen.stream[idx]
-        win = window_test(st.window, stream, innovation[idx], innovation_var[idx])
-        cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], innovation_var[idx])
+        # Self-normalized innovations: a twin whose innovations run wider than it believes
+        # (a patient the model fits loosely) is judged against its own recent spread.
+        var, scale_after = _scaled_variance(st.nis_scale, stream, innovation[idx],
+                                            innovation_var[idx])
+        win = window_test(st.window, stream, innovation[idx], var)
+        cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], var)
         alarm = win.alarm | cus.alarm
         level = _residual_level(alarm, win.alarm & cus.alarm, cus.alarm, cus.direction,
                                 innovation[idx], value[idx], channel[idx].astype(np.intp))
@@ -423,12 +437,14 @@ class GuardBank:
         last = np.ones(stream.size, dtype=bool)
         last[:-1] = stream[1:] != stream[:-1]
         drafts = list(screen.drafts)
-        for j in np.flatnonzero(rises):
+        # A run the guard takes for the patient's own course (level 1) raises nothing: the
+        # clinical rules alert on it; only an escalation to spoofing suspected is a finding.
+        for j in np.flatnonzero(rises & (level == 2)):
             i = int(idx[j])
             drafts.append(_residual_draft(int(stream[j]), i, Channel(int(channel[i])),
                                           float(value[i]), int(time_ms[i]),
-                                          float(innovation[i]), float(innovation_var[i]),
-                                          win, cus, int(j), int(level[j])))
+                                          float(innovation[i]), float(var[j]),
+                                          win, cus, int(j)))
         kept, last_raised = _deduplicate([*drafts, *behaviour], st.last_raised,
                                          st.behaviour_raised)
         newly = sorted({d.source for d in kept if d.detector.code in COMPROMISE_CODES
@@ -436,7 +452,7 @@ class GuardBank:
                         and not st.blocked[d.source]})
         return Judgement(tuple(kept), np.array(newly, np.intp), stream[last],
                          np.where(alarm[last], running[last], 0).astype(np.int8),
-                         win.state, cus.state, last_raised)
+                         scale_after[last], win.state, cus.state, last_raised)
 
     # (4) device behaviour ---------------------------------------------------------------
 
@@ -486,6 +502,7 @@ class GuardBank:
         st.hist_count[screen.rows] = screen.hist_count
         st.blocked[np.array(sorted(quarantined), np.intp)] = True
         st.episode_level[judgement.alarm_streams] = judgement.level_after
+        st.nis_scale[judgement.alarm_streams] = judgement.scale_after
         self._state = st._replace(
             window=judgement.window, cusum=judgement.cusum,
             last_raised=judgement.last_raised,
@@ -495,10 +512,13 @@ class GuardBank:
     def held_channels(self, patient_id: str) -> set[Channel]:
         """The channels whose latest reading for this patient (from any of their sources)
         was held from the twin."""
-        sources = [i for (p, _), i in self._sources.items() if p == patient_id]
-        if not sources:
+        patient = self._patients.get(patient_id)
+        if patient is None:
             return set()
-        streams = np.array(sources, np.intp)[:, None] * N_CHANNELS + np.arange(N_CHANNELS)
+        sources = np.flatnonzero(self._patient_of[:len(self._sources)] == patient)
+        if sources.size == 0:
+            return set()
+        streams = sources[:, None] * N_CHANNELS + np.arange(N_CHANNELS)
         times = self._state.last_time[streams]
         newest = np.argmax(times, axis=0)
         held = self._state.last_held[streams[newest, np.arange(N_CHANNELS)]]
@@ -600,12 +620,28 @@ def _residual_level(alarm: BoolArray, both: BoolArray, cusum: BoolArray,
     return np.where(alarm, np.where(masking, 2, 1), 0).astype(np.int64)
 
 
+def _scaled_variance(scale: FloatArray, stream: Index, innovation: FloatArray,
+                     innovation_var: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Each reading's innovation variance inflated by its stream's running mean NIS before
+    it (never deflated; NIS capped at `NIS_SCALE_CAP`, so an attack barely moves it), and the
+    running mean after each reading. Readings sorted by stream."""
+    if stream.size == 0:
+        return innovation_var.copy(), np.zeros(0)
+    start = np.maximum.accumulate(np.where(
+        np.concatenate(([True], stream[1:] != stream[:-1])), np.arange(stream.size), 0))
+    nis = np.minimum(innovation ** 2 / innovation_var, NIS_SCALE_CAP)
+    w = np.full(stream.size, SCALE_WEIGHT)
+    after = linear_recurrence(1.0 - w, w * nis, scale[stream], start.astype(np.intp))
+    before = np.where(start == np.arange(stream.size), scale[stream], np.roll(after, 1))
+    return innovation_var * np.maximum(before, 1.0), after
+
+
 def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms: int,
                     innovation: float, innovation_var: float, win: Any, cus: Any,
-                    j: int, level: int) -> Draft:
-    """The draft of a residual alarm of `level` on reading `i` (`j` in the tests' order)."""
+                    j: int) -> Draft:
+    """The draft of a residual spoofing alarm on reading `i` (`j` in the tests' order)."""
     up = bool(cus.direction[j] > 0) if cus.alarm[j] else innovation > 0
-    det = RESIDUAL_BOTH if level == 2 else UNEXPLAINED
+    det = RESIDUAL_BOTH
     since = int(cus.since_ms[j]) if cus.alarm[j] and cus.since_ms[j] != NO_TIME else time_ms
     tests = []
     if win.alarm[j]:
@@ -614,7 +650,7 @@ def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms
     if cus.alarm[j]:
         tests.append(f"CUSUM {cus.statistic[j]:.1f} > {cus.threshold[j]:.2f}")
     summary, evidence = explain_residual(channel, value, innovation, innovation_var, up,
-                                         det is RESIDUAL_BOTH, since, tests)
+                                         since, tests)
     return Draft(stream // N_CHANNELS, i, -1, det, channel, time_ms, since, summary, evidence)
 
 

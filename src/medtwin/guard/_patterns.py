@@ -54,6 +54,16 @@ RESOLUTION = _per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
 FROZEN_MIN_MS = _per_channel(
     {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS}, np.inf
 )
+#: A run is also judged against the sensor's own flatness: with p the share of its readings
+#: (over the `FROZEN_BASE_READINGS` before the run) that repeated the previous value, a run
+#: of k equal values has probability p**(k-1) by chance; it alarms only below
+#: `FROZEN_RUN_P`, so a smooth sensor's plateaus are not called stuck.
+FROZEN_RUN_P = 1e-4
+FROZEN_BASE_READINGS = 288
+#: Values a device reports at its limits ("LOW" / "HIGH" on a CGM: 40 and 400 mg/dL) stay
+#: put while the patient is beyond them: a run there is not a stuck sensor.
+REPORTING_LOW = _per_channel({Channel.GLUCOSE: 40.0}, -np.inf)
+REPORTING_HIGH = _per_channel({Channel.GLUCOSE: 400.0}, np.inf)
 
 #: Fastest change per minute a living patient shows, sustained over `RATE_SPAN_MS`.
 #: Glucose: physiological rates rarely exceed 3-4 mg/dL/min (Kovatchev et al. 2005, Diabetes
@@ -130,6 +140,10 @@ class FrozenAlarm(NamedTuple):
     """time of the first reading of the run"""
     run_readings: Ints
     """readings in the run so far"""
+    repeat_share: Floats
+    """share of the sensor's readings before the run that repeated the previous value"""
+    chance: Floats
+    """probability of a run this long by chance at that share"""
 
 
 class ReplayAlarm(NamedTuple):
@@ -215,7 +229,9 @@ def frozen_values(
     min_duration_ms: npt.ArrayLike | None = None,
 ) -> FrozenAlarm:
     """Readings whose value has stayed within the channel's `RESOLUTION` of the previous one
-    for at least `min_duration_ms` (default the channel's `FROZEN_MIN_MS`)."""
+    for at least `min_duration_ms` (default the channel's `FROZEN_MIN_MS`), in a run too long
+    for this sensor to make by chance (`FROZEN_RUN_P`; the share of repeats is counted over
+    the `FROZEN_BASE_READINGS` before the run, with one repeat and one change assumed)."""
     seg = segment_starts(stream)
     n = stream.shape[0]
     index = np.arange(n)
@@ -232,13 +248,21 @@ def frozen_values(
         if min_duration_ms is None
         else np.broadcast_to(np.asarray(min_duration_ms, dtype=np.float64), (n,))
     )
-    alarm = duration >= threshold
+    repeats = np.concatenate(([0], np.cumsum(~moved & (index != seg))))
+    base_lo = np.maximum(seg, run_start - FROZEN_BASE_READINGS)
+    share = (repeats[run_start] - repeats[base_lo] + 1.0) / (run_start - base_lo + 2.0)
+    run_readings = index - run_start + 1
+    chance = share ** (run_readings - 1)
+    at_limit = (value <= REPORTING_LOW[channel]) | (value >= REPORTING_HIGH[channel])
+    alarm = (duration >= threshold) & (chance < FROZEN_RUN_P) & ~at_limit
     return FrozenAlarm(
         alarm,
         duration,
         np.asarray(threshold, dtype=np.float64),
         time_ms[run_start].astype(np.int64),
-        (index - run_start + 1),
+        run_readings,
+        share,
+        chance,
     )
 
 

@@ -41,7 +41,6 @@ from medtwin.domain import (
     Patient,
     Provenance,
     ReadingBatch,
-    RejectReason,
     TwinState,
 )
 from medtwin.errors import (
@@ -66,7 +65,6 @@ from medtwin.estimation import (
     identify_history,
 )
 from medtwin.guard import (
-    NO_SEQUENCE,
     QUARANTINE_CONFIDENCE,
     BehaviourState,
     Draft,
@@ -148,17 +146,19 @@ Outcome = Accepted | Rejected
 
 
 class PacketMeta(NamedTuple):
-    """Metadata of the signed packets of a batch for device-behaviour detection, per packet:
-    its index among the batch's verdicts, guard source, arrival and send times, sequence
-    number, payload size (readings) and whether its signature verified."""
+    """Metadata of the admitted device-signed packets of a batch for device-behaviour
+    detection, per packet: its index among the batch's verdicts and among its admitted
+    packets, guard source, arrival and send times, sequence number and payload size
+    (readings). Refused packets are not in it: unauthenticated input never counts against the
+    device it names (the gate refuses and logs each one)."""
 
     verdict: npt.NDArray[np.intp]
+    packet: npt.NDArray[np.intp]
     source: npt.NDArray[np.intp]
     arrival_ms: npt.NDArray[np.int64]
     send_ms: npt.NDArray[np.int64]
     sequence: npt.NDArray[np.int64]
     payload: npt.NDArray[np.int64]
-    signature_ok: npt.NDArray[np.bool_]
 
 
 class _Step(NamedTuple):
@@ -319,25 +319,19 @@ class Pipeline:
             return outcomes
 
     def _packet_meta(self, verdicts: Sequence[Verdict], now: int) -> PacketMeta:
-        """Behaviour metadata of the batch's device-signed packets: admitted ones, and those
-        refused for a bad signature under a registered device's name."""
-        rows: list[tuple[int, int, int, int, int, bool]] = []
-        for k, v in enumerate(verdicts):
-            if isinstance(v, Admitted):
-                p = v.packet
-                if p.provenance is Provenance.DEVICE_SIGNED:
-                    rows.append((k, self.guard.source(p.patient_id, p.device_id), p.sent_at_ms,
-                                 p.seq, len(p.readings), True))
-            elif (v.rejection.reason is RejectReason.BAD_SIGNATURE
-                  and v.device_id in self._devices):
-                device = self._devices[v.device_id]
-                rows.append((k, self.guard.source(device.patient_id, device.device_id), now,
-                             NO_SEQUENCE, 0, False))
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 6
-        return PacketMeta(np.array(cols[0], np.intp), np.array(cols[1], np.intp),
-                          np.full(len(rows), now, np.int64), np.array(cols[2], np.int64),
-                          np.array(cols[3], np.int64), np.array(cols[4], np.int64),
-                          np.array(cols[5], bool))
+        """Behaviour metadata of the batch's admitted device-signed packets."""
+        admitted = [(k, v.packet) for k, v in enumerate(verdicts) if isinstance(v, Admitted)]
+        signed = [(k, a, p) for a, (k, p) in enumerate(admitted)
+                  if p.provenance is Provenance.DEVICE_SIGNED]
+        return PacketMeta(
+            np.array([k for k, _, _ in signed], np.intp),
+            np.array([a for _, a, _ in signed], np.intp),
+            np.array([self.guard.source(p.patient_id, p.device_id) for _, _, p in signed],
+                     np.intp),
+            np.full(len(signed), now, np.int64),
+            np.array([p.sent_at_ms for _, _, p in signed], np.int64),
+            np.array([p.seq for _, _, p in signed], np.int64),
+            np.array([len(p.readings) for _, _, p in signed], np.int64))
 
     # Steps ----------------------------------------------------------------------------------
 
@@ -370,7 +364,7 @@ class Pipeline:
         arrival = np.repeat(np.arange(len(packets), dtype=np.int64), sizes)
         behaviour, behaviour_drafts = (
             self.guard.behaviour(meta.source, meta.arrival_ms, meta.send_ms, meta.sequence,
-                                 meta.payload, meta.signature_ok)
+                                 meta.payload, np.ones(meta.source.size, bool))
             if meta.source.size else (None, ()))
         screen = self.guard.screen(source, channel, value, time_ms)
         held = screen.held
@@ -382,9 +376,8 @@ class Pipeline:
                                          update.innovation, update.innovation_var,
                                          behaviour_drafts)
             later = np.zeros(n, dtype=bool)
-            for draft in judgement.drafts:
-                if draft.source in judgement.newly_blocked and draft.reading >= 0:
-                    later |= (source == draft.source) & (np.arange(n) > draft.reading)
+            for src, after in self._convicted_from(judgement, meta, sizes).items():
+                later |= (source == src) & (np.arange(n) > after)
             if not (later & ~held).any():
                 break
             held = held | later
@@ -403,6 +396,23 @@ class Pipeline:
         return _Step(update, rules.active, alerts, held, screen, judgement,
                      None if behaviour is None else behaviour.state, findings,
                      frozenset(quarantined), meta)
+
+    def _convicted_from(self, judgement: Judgement, meta: PacketMeta, sizes: Sequence[int]
+                        ) -> dict[int, int]:
+        """Per newly convicted source, the last reading that still moves the twin: the one
+        its first convicting finding was raised on (or, for device behaviour, the reading
+        before the convicting packet's)."""
+        starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        blocked = set(judgement.newly_blocked.tolist())
+        after: dict[int, int] = {}
+        for draft in judgement.drafts:
+            if (draft.source not in blocked or draft.detector.code not in COMPROMISE_CODES
+                    or draft.detector.confidence < QUARANTINE_CONFIDENCE):
+                continue
+            at = (draft.reading if draft.reading >= 0
+                  else int(starts[meta.packet[draft.packet]]) - 1)
+            after[draft.source] = min(after.get(draft.source, at), at)
+        return after
 
     def _findings(self, drafts: Sequence[Draft], newly_blocked: set[int]
                   ) -> tuple[list[tuple[Draft, Finding]], set[int]]:
@@ -895,14 +905,14 @@ class Pipeline:
         """Behaviour metadata of a stored batch's device-signed packets."""
         signed = [(k, r) for k, r in enumerate(batch)
                   if r.provenance == Provenance.DEVICE_SIGNED.value]
+        index = np.array([k for k, _ in signed], np.intp)
         return PacketMeta(
-            np.array([k for k, _ in signed], np.intp),
+            index, index,
             np.array([self.guard.source(r.patient_id, r.device_id) for _, r in signed], np.intp),
             np.array([r.received_at_ms for _, r in signed], np.int64),
             np.array([r.sent_at_ms for _, r in signed], np.int64),
             np.array([r.seq for _, r in signed], np.int64),
-            np.array([r.n_readings for _, r in signed], np.int64),
-            np.ones(len(signed), bool))
+            np.array([r.n_readings for _, r in signed], np.int64))
 
     def _open_readings(self, rec: PacketRecord) -> ReadingBatch:
         try:

@@ -9,7 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medtwin.domain import Device, DeviceStatus
@@ -48,8 +60,18 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             t.metadata.create_all(self.engine)
+            self._upgrade()
         except SQLAlchemyError as exc:
             raise StoreError(f"store: cannot open database: {type(exc).__name__}") from exc
+
+    def _upgrade(self) -> None:
+        """Bring a store written by an earlier medtwin up to this schema: columns added
+        since are added with their defaults (tables added since are created above)."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("registrations")}
+        if "reason" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE registrations ADD COLUMN reason TEXT "
+                                  "NOT NULL DEFAULT ''"))
 
     def close(self) -> None:
         self.engine.dispose()
