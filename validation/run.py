@@ -15,7 +15,10 @@ truth: the simulator's plasma glucose (Gp/Vg). Steps:
     n under each therapy (the carbs and insulin the altered run delivered), against the
     simulator's altered run;
 (3) ReplayBG on the same what-if task for the first `--replaybg-patients` patients;
-(4) write docs/validation.md and docs/validation/*.png (with --quick:
+(4) the guard: attacks on simglucose and virtual vitals records, medtwin's findings against
+    two baselines (`guard.py`; full: 30 patients, 4 days, 100 attacks per kind; --quick: 3
+    patients, 2 days, 3 per kind);
+(5) write docs/validation.md and docs/validation/*.png (with --quick:
     build/validation-quick/, so the full report is never overwritten by a quick one).
 """
 
@@ -41,6 +44,7 @@ warnings.filterwarnings("ignore", category=UserWarning)
 import cohort as co  # noqa: E402
 import twin as tw  # noqa: E402
 
+import guard as gd  # noqa: E402
 from medtwin.estimation import GlucoseFilterState, GlucoseNoise  # noqa: E402
 from medtwin.physiology import GlucoseParams, GlucoseState  # noqa: E402
 
@@ -300,7 +304,8 @@ def plots(res: dict[str, Any], w: dict[str, Any], records: list[co.PatientRecord
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="1 adult + 1 adolescent, 2 days, no ReplayBG (about a minute)")
+                    help="1 adult + 1 adolescent, 2 days, no ReplayBG; the guard on 3 patients "
+                         "(about two minutes)")
     ap.add_argument("--replaybg-patients", type=int, default=2,
                     help="patients (adult#001, adolescent#001, adult#002, ...) given to "
                          "ReplayBG in full mode; 0 skips it")
@@ -374,7 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if rbg_note:
         print("(3) " + rbg_note)
 
-    print("(4) writing the report ...", flush=True)
+    print("(4) the guard ...", flush=True)
+    guard_text = gd.report(gd.run(quick=args.quick, seed=args.seed, cache=Path(args.cache)),
+                           heading="## 5.")
+    print("(5) writing the report ...", flush=True)
     out = Path(args.out) if args.out else (
         ROOT / "build" / "validation-quick" / "validation.md" if args.quick
         else ROOT / "docs" / "validation.md")
@@ -382,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     fig_dir = out.parent / "validation"
     files = plots(res, w, records, rbg, fig_dir)
     text = report(args, records, days, res, w, rbg, rbg_note, groups, t_sim, files,
-                  time.perf_counter() - started, out)
+                  time.perf_counter() - started, out, guard_text)
     out.write_text(text)
     print(text)
     return 0
@@ -391,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, records: list[co.PatientRecord], days: int,
            res: dict[str, Any], w: dict[str, Any], rbg: dict[str, Any], rbg_note: str,
            groups: dict[str, np.ndarray], t_sim: float, files: list[str], total_s: float,
-           out: Path) -> str:
+           out: Path, guard_text: str = "") -> str:
     cmd = ".venv/bin/python validation/run.py" + (" --quick" if args.quick else "")
     if not args.quick and args.replaybg_patients != 2:
         cmd += f" --replaybg-patients {args.replaybg_patients}"
@@ -491,6 +499,7 @@ def report(args: argparse.Namespace, records: list[co.PatientRecord], days: int,
         ]
     else:
         lines.append(rbg_note)
+    lines += ["", guard_text] if guard_text else []
     lines += [
         "",
         "## Notes",
@@ -514,9 +523,11 @@ def report(args: argparse.Namespace, records: list[co.PatientRecord], days: int,
         "## Reproduce",
         "",
         "```",
-        "make validate-quick   # about a minute: 2 patients, 2 days, no ReplayBG (in CI; report "
-        "in build/validation-quick/)",
-        "make validate         # full: 20 patients, 3 days, ReplayBG on 2 (cached)",
+        "make validate-quick   # about two minutes: 2 patients, 2 days, no ReplayBG, the guard "
+        "on 3 patients (in CI; report in build/validation-quick/)",
+        "make validate         # full: 20 patients, 3 days, ReplayBG on 2 (cached), the guard "
+        "on 30 + 30 patients",
+        "python validation/guard.py   # the guard's section alone (build/validation-guard/)",
         "```",
         "",
     ]
