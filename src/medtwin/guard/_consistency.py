@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from medtwin.domain import N_CHANNELS, Channel
 from medtwin.estimation import NO_TIME
+from medtwin.guard._patterns import per_channel
 
 Bools = npt.NDArray[np.bool_]
 Floats = npt.NDArray[np.float64]
@@ -61,20 +62,13 @@ PAIR_TOLERANCE_MS = 60_000
 AGREEMENT_SIGMAS = 3.0
 
 
-def _per_channel(values: dict[Channel, float], default: float) -> Floats:
-    table = np.full(N_CHANNELS, default, dtype=np.float64)
-    for ch, v in values.items():
-        table[int(ch)] = v
-    return table
-
-
 #: Default SD of one device's error per channel, including what physiology changes within
 #: `PAIR_TOLERANCE_MS`. HR: wrist PPG against ECG at rest errs by a few /min (Bent et al.
 #: 2020, npj Digit Med 3:18), 3 /min. SpO2: pulse oximeters must reach A_rms <= 3 % (ISO
 #: 80601-2-61; FDA 2013 guidance), 2 %. RR: impedance and PPG-derived RR, 2 /min. BP: cuffs
 #: validated to a mean difference <= 5 and SD <= 8 mmHg (ISO 81060-2), 6 mmHg. Temperature:
 #: 0.2 °C. Glucose: CGMs with a MARD of ~10 %, 12 mg/dL. Inputs are not measured: inf.
-DEVICE_NOISE_SD = _per_channel(
+DEVICE_NOISE_SD = per_channel(
     {
         Channel.GLUCOSE: 12.0,
         Channel.HEART_RATE: 3.0,
@@ -99,7 +93,7 @@ COMPANION_MAX_AGE_MS = 5 * MINUTE_MS
 #: "Unchanged" band of each companion around its baseline: beyond it the channel has
 #: responded. About 3 SD of resting variation (HR ~3 /min, RR ~1 /min, SpO2 ~1 %, SBP ~4 mmHg)
 #: plus the daily rhythm (HR +-5, RR +-0.8, SBP +-5; Degaute et al. 1991, Hypertension 18:199).
-UNCHANGED_BAND = _per_channel(
+UNCHANGED_BAND = per_channel(
     {
         Channel.HEART_RATE: 10.0,
         Channel.RESP_RATE: 3.0,

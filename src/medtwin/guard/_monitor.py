@@ -67,6 +67,7 @@ from medtwin.guard._patterns import (
     frozen_values,
     impossible_rates,
     noise_bursts,
+    per_channel,
     replayed_windows,
     timestamp_games,
 )
@@ -98,34 +99,27 @@ _CODES = tuple(FindingCode)
 _CODE_INDEX = {c: i for i, c in enumerate(_CODES)}
 
 
-def _per_channel(values: dict[Channel, float], default: float) -> FloatArray:
-    out = np.full(N_CHANNELS, default)
-    for channel, value in values.items():
-        out[int(channel)] = value
-    return out
-
-
 #: Below these values a reading lower than the twin expected is heading towards clinical
 #: danger (hypoglycaemia, bradycardia, hypoxaemia, bradypnoea, hypotension, hypothermia) ...
-DANGER_BELOW = _per_channel({
+DANGER_BELOW = per_channel({
     Channel.GLUCOSE: 180.0, Channel.HEART_RATE: 60.0, Channel.SPO2: 97.0,
     Channel.RESP_RATE: 12.0, Channel.SYSTOLIC_BP: 110.0, Channel.DIASTOLIC_BP: 60.0,
     Channel.TEMPERATURE: 36.0}, -np.inf)
 #: ... and above these, a reading higher than expected is (hyperglycaemia, tachycardia,
 #: tachypnoea, hypertension, fever). Such a change is never called spoofing on residual
 #: evidence alone: a real deterioration must reach the clinical rules.
-DANGER_ABOVE = _per_channel({
+DANGER_ABOVE = per_channel({
     Channel.GLUCOSE: 250.0, Channel.HEART_RATE: 90.0, Channel.RESP_RATE: 20.0,
     Channel.SYSTOLIC_BP: 160.0, Channel.DIASTOLIC_BP: 100.0, Channel.TEMPERATURE: 37.5},
     np.inf)
 #: A residual alarm is called spoofing only when the reading looks reassuring: inside these
 #: ranges (a value outside them alerts clinically whatever the guard thinks) and not heading
 #: towards danger. A sick patient's course that the model does not follow is not spoofing.
-NORMAL_LOW = _per_channel({
+NORMAL_LOW = per_channel({
     Channel.GLUCOSE: 70.0, Channel.HEART_RATE: 50.0, Channel.SPO2: 92.0,
     Channel.RESP_RATE: 9.0, Channel.SYSTOLIC_BP: 100.0, Channel.DIASTOLIC_BP: 50.0,
     Channel.TEMPERATURE: 35.5}, -np.inf)
-NORMAL_HIGH = _per_channel({
+NORMAL_HIGH = per_channel({
     Channel.GLUCOSE: 180.0, Channel.HEART_RATE: 110.0, Channel.RESP_RATE: 20.0,
     Channel.SYSTOLIC_BP: 200.0, Channel.DIASTOLIC_BP: 110.0, Channel.TEMPERATURE: 38.5},
     np.inf)

@@ -33,7 +33,8 @@ MINUTE_MS = 60_000
 MAD_TO_SD = 1.482602218505602
 
 
-def _per_channel(values: dict[Channel, float], default: float) -> Floats:
+def per_channel(values: dict[Channel, float], default: float) -> Floats:
+    """A table indexed by channel: `values` where given, `default` elsewhere."""
     table = np.full(N_CHANNELS, default, dtype=np.float64)
     for ch, v in values.items():
         table[int(ch)] = v
@@ -43,7 +44,7 @@ def _per_channel(values: dict[Channel, float], default: float) -> Floats:
 #: Reporting resolution per channel: two values closer than this are "the same" reading.
 #: CGMs and monitors report glucose (mg/dL), HR, SpO2, RR and BP as integers; body
 #: thermometers to 0.1 °C.
-RESOLUTION = _per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
+RESOLUTION = per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
 
 #: How long a value may stay within `RESOLUTION` of itself before it counts as stuck (ms).
 #: CGM noise and physiology move glucose every 5-min reading; 30 min of repeats is a frozen
@@ -51,7 +52,7 @@ RESOLUTION = _per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
 #: (a paced rhythm can sit at the pacing rate for hours: raise it for paced patients).
 #: SpO2 pins at 99-100 % on oxygen, RR at the ventilator rate, temperature and cuff BP change
 #: little for hours at their resolution: not checked (inf).
-FROZEN_MIN_MS = _per_channel(
+FROZEN_MIN_MS = per_channel(
     {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS}, np.inf
 )
 #: A run is also judged against the sensor's own flatness: with p the share of its readings
@@ -62,8 +63,8 @@ FROZEN_RUN_P = 1e-4
 FROZEN_BASE_READINGS = 288
 #: Values a device reports at its limits ("LOW" / "HIGH" on a CGM: 40 and 400 mg/dL) stay
 #: put while the patient is beyond them: a run there is not a stuck sensor.
-REPORTING_LOW = _per_channel({Channel.GLUCOSE: 40.0}, -np.inf)
-REPORTING_HIGH = _per_channel({Channel.GLUCOSE: 400.0}, np.inf)
+REPORTING_LOW = per_channel({Channel.GLUCOSE: 40.0}, -np.inf)
+REPORTING_HIGH = per_channel({Channel.GLUCOSE: 400.0}, np.inf)
 
 #: Fastest change per minute a living patient shows, sustained over `RATE_SPAN_MS`.
 #: Glucose: physiological rates rarely exceed 3-4 mg/dL/min (Kovatchev et al. 2005, Diabetes
@@ -78,7 +79,7 @@ REPORTING_HIGH = _per_channel({Channel.GLUCOSE: 400.0}, np.inf)
 #: Polderman & Herold 2009, Crit Care Med 37:1101), so 1 °C/min is 10x that. RR and BP
 #: change abruptly (apnoea, arrhythmia, cuff re-inflation): 60 /min and 150 mmHg per minute.
 #: Inputs (carbohydrates, insulin) are doses, not signals: not checked (inf).
-MAX_RATE_PER_MIN = _per_channel(
+MAX_RATE_PER_MIN = per_channel(
     {
         Channel.GLUCOSE: 10.0,
         Channel.HEART_RATE: 150.0,
