@@ -12,10 +12,9 @@ one patient); a *stream* is one measured channel of a source. Per batch the pipe
 2. the twin proposes its update from the readings not held;
 3. `GuardBank.judge`: windowed chi-square and CUSUM tests on the twin's innovations, the
    classification of every alarm (`FindingCode`) with a confidence, and per source whether
-   it is now blocked. A residual alarm that moves towards clinical danger with no sign of
-   manipulation is `unexplained-change`: physiology until shown otherwise, never held and
-   never a reason to quarantine, so a real fall into hypoglycaemia reaches the clinical
-   rules;
+   it is now blocked. A residual run that moves towards clinical danger, or sits outside a
+   reassuring range, is taken for physiology: no finding, never held, never a reason to
+   quarantine, so a real fall into hypoglycaemia reaches the clinical rules;
 4. `GuardBank.behaviour`: device-behaviour intrusion detection on signed packets' metadata.
 
 Everything is batched: per reading and per packet as array passes, Python loops only over
@@ -418,7 +417,7 @@ class GuardBank:
         level = _residual_level(alarm, win.alarm & cus.alarm, cus.alarm, cus.direction,
                                 innovation[idx], value[idx], channel[idx].astype(np.intp))
         # One finding per episode (a run of alarms) and level: at its onset, and again if it
-        # escalates from unexplained to spoofing suspected.
+        # escalates from the patient's own course to spoofing suspected.
         first = np.ones(stream.size, dtype=bool)
         first[1:] = stream[1:] != stream[:-1]
         change = first.copy()
@@ -604,7 +603,7 @@ def _residual_level(alarm: BoolArray, both: BoolArray, cusum: BoolArray,
                     value: FloatArray, channel: Index) -> IntArray:
     """Per tested reading: 0 no residual alarm; 2 spoofing suspected: both tests fire on
     readings that look reassuring and run away from danger (they would mask it); 1
-    unexplained otherwise (the patient's own course until shown otherwise). The side is the
+    otherwise (the patient's own course until shown otherwise: no finding). The side is the
     CUSUM's where it fired (a run), else the reading's."""
     up = np.where(cusum, direction > 0, innovation > 0)
     towards = ((~up & (value < DANGER_BELOW[channel]))
