@@ -92,6 +92,9 @@ REPEAT_MS = 30 * 60_000
 #: the last 100 readings, 8 h of 5-min CGM), each NIS capped at 25 (5 SD) in that mean.
 SCALE_WEIGHT = 0.01
 NIS_SCALE_CAP = 25.0
+#: A residual run is called spoofing only once its CUSUM has run this long (data time): a
+#: stretch the model briefly does not follow (an activity bout, a meal's peak) is not.
+SUSTAINED_MS = 30 * 60_000
 #: A finding of a `COMPROMISE_CODES` code at least this confident quarantines its source.
 QUARANTINE_CONFIDENCE = 0.9
 _CODES = tuple(FindingCode)
@@ -414,8 +417,10 @@ class GuardBank:
         win = window_test(st.window, stream, innovation[idx], var)
         cus = cusum_test(st.cusum, stream, time_ms[idx], innovation[idx], var)
         alarm = win.alarm | cus.alarm
-        level = _residual_level(alarm, win.alarm & cus.alarm, cus.alarm, cus.direction,
-                                innovation[idx], value[idx], channel[idx].astype(np.intp))
+        sustained = (cus.since_ms != NO_TIME) & (time_ms[idx] - cus.since_ms >= SUSTAINED_MS)
+        level = _residual_level(alarm, win.alarm & cus.alarm & sustained, cus.alarm,
+                                cus.direction, innovation[idx], value[idx],
+                                channel[idx].astype(np.intp))
         # One finding per episode (a run of alarms) and level: at its onset, and again if it
         # escalates from the patient's own course to spoofing suspected.
         first = np.ones(stream.size, dtype=bool)

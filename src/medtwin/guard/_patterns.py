@@ -106,12 +106,12 @@ REPLAY_MIN_VARIATION = 2.0
 #: itself without anyone replaying it.
 REPLAY_MIN_DISTINCT = 3
 
-#: Noise bursts: window of first differences (12 values: 1 h of 5-min CGM) and the ratio of
-#: its robust (MAD) variance over the stream's usual that alarms (SD 3x usual). Both are
-#: medians, so a single step or spike moves neither; for white noise the window's MAD-based
-#: SD exceeds 3x the true SD with negligible probability for 11 differences.
+#: Noise bursts: window of 12 values (1 h of 5-min CGM) and the ratio of its robust (MAD)
+#: variance of second differences over the stream's usual that alarms (SD 4x usual). Both
+#: are medians, so a single step or spike moves neither; a MAD over 10 values is itself
+#: noisy (and real sensors' noise heavy-tailed), hence 4x rather than 3x.
 NOISE_WINDOW = 12
-NOISE_RATIO = 9.0
+NOISE_RATIO = 16.0
 #: A stream is judged for noise once it has this many windows of history: its usual
 #: variance is a median over them.
 NOISE_MIN_HISTORY = 3
