@@ -67,9 +67,9 @@ def test_a_flat_line_is_held_but_quarantines_nobody() -> None:
     values = _stream(120)
     values[60:80] = values[60]
     found, held = _run(values, np.zeros(values.size), 10)
-    assert [f[0] for f in found] == [FindingCode.SENSOR_FAULT]
-    assert not found[0][2]
-    assert held[67:80].all() and not held[80:].any()
+    assert {f[0] for f in found} == {FindingCode.SENSOR_FAULT}
+    assert not any(f[2] for f in found)
+    assert held[67:80].all() and not held[85:].any()
 
 
 def test_residual_runs_are_one_finding_per_episode_and_never_quarantine() -> None:
@@ -107,3 +107,14 @@ def test_a_straight_ramp_is_not_a_replay_of_itself() -> None:
     found, held = _run(values, np.zeros(values.size), 10)
     assert FindingCode.REPLAY not in {f[0] for f in found}
     assert not held.any()
+
+
+def test_a_sudden_offset_is_a_level_jump_and_a_curve_is_not() -> None:
+    values = _stream(120)
+    values[70:] += 40.0                                    # an offset added to the sensor
+    found, _ = _run(values, np.zeros(values.size), 10)
+    jumps = [f for f in found if f[0] is FindingCode.SENSOR_FAULT]
+    assert jumps and (jumps[0][1] - T0) // STEP == 72     # the third reading at the new level
+    curve = np.round(120 + 60 / (1 + np.exp(-(np.arange(120) - 70) / 3.0)))   # a fast rise
+    found, held = _run(curve + _stream(120) - 130, np.zeros(120), 10)
+    assert not found and not held.any()

@@ -15,13 +15,14 @@ import numpy as np
 from medtwin.domain import N_CHANNELS, Channel
 from medtwin.guard._behaviour import Feature
 from medtwin.guard._consistency import Coherence, CoherenceRule
-from medtwin.guard._patterns import FROZEN_MIN_MS, FROZEN_RUN_P, MAX_RATE_PER_MIN
+from medtwin.guard._patterns import FROZEN_MIN_MS, FROZEN_RUN_P, JUMP_STEADY, MAX_RATE_PER_MIN
 from medtwin.guard._residuals import CUSUM_THRESHOLD
 
 REPLAY_NAME = "replayed-segment"
 FROZEN_NAME = "frozen-value"
 NOISE_NAME = "noise-burst"
 RATE_NAME = "impossible-rate"
+JUMP_NAME = "level-jump"
 DUPLICATE_NAME = "conflicting-timestamp"
 AGREEMENT_NAME = "device-agreement"
 COHERENCE_NAME = "physiological-coherence"
@@ -93,6 +94,20 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                     "statistic": f"variance ratio {a.statistic[i]:.1f}",
                     "threshold": f"{a.threshold[i]:g}", "since": clock(since),
                     "would_clear": f"a variance ratio at most {a.threshold[i]:g}"}
+    elif detector == JUMP_NAME:
+        a = alarms[JUMP_NAME]
+        since = int(a.since_ms[i])
+        summary = (f"{name} jumped {a.statistic[i]:+.0f} {unit} in one step at "
+                   f"{clock(since)} and stayed there: an offset, not a physiological change")
+        evidence = {"observed": f"a step of {a.statistic[i]:+.0f} {unit} between steady "
+                                f"levels (spread {a.spread[i]:.0f} {unit})",
+                    "expected": "changes along a curve, at most a few {unit} per minute"
+                                .replace("{unit}", unit),
+                    "statistic": f"|step| {abs(a.statistic[i]):.0f} {unit}",
+                    "threshold": f"{a.threshold[i]:g} {unit} and {JUMP_STEADY:g}x the "
+                                 "spread on either side",
+                    "since": clock(since),
+                    "would_clear": "a smaller step, or a change spread over several readings"}
     elif detector == RATE_NAME:
         a = alarms[RATE_NAME]
         since = int(a.since_ms[i])

@@ -54,6 +54,7 @@ from medtwin.guard._explain import (
     COHERENCE_NAME,
     DUPLICATE_NAME,
     FROZEN_NAME,
+    JUMP_NAME,
     NOISE_NAME,
     RATE_NAME,
     REPLAY_NAME,
@@ -65,6 +66,7 @@ from medtwin.guard._explain import (
 from medtwin.guard._patterns import (
     frozen_values,
     impossible_rates,
+    level_jumps,
     noise_bursts,
     per_channel,
     replayed_windows,
@@ -144,11 +146,12 @@ DUPLICATE = Detector(DUPLICATE_NAME, FindingCode.SPOOFING_SUSPECTED, 0.8, True)
 FROZEN = Detector(FROZEN_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
 NOISE = Detector(NOISE_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
 RATE = Detector(RATE_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
+JUMP = Detector(JUMP_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
 #: a vital sign far from the patient's usual while the channels that would respond do not:
 #: more often a displaced probe than a lie, and never held (NEWS2 alerts on it regardless)
 INCOHERENT = Detector(COHERENCE_NAME, FindingCode.SENSOR_FAULT, 0.7, False)
 #: screening detectors, strongest first: a reading is explained by the first that fired
-SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, DISPUTED, INCOHERENT)
+SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, JUMP, DISPUTED, INCOHERENT)
 #: Residual evidence alone never quarantines: a model that does not follow a patient's real
 #: course (a recovery, a deterioration) looks the same to it as masking data does. Only
 #: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
@@ -347,6 +350,7 @@ class GuardBank:
             FROZEN_NAME: frozen_values(s64, f_time, f_value, f_channel),
             NOISE_NAME: noise_bursts(s64, f_time, f_value, f_channel),
             RATE_NAME: impossible_rates(s64, f_time, f_value, f_channel),
+            JUMP_NAME: level_jumps(s64, f_time, f_value, f_channel),
         }
         stamps = timestamp_games(s64, f_time, f_value, f_channel)
         agree = _agreement(f_stream, f_time, f_value, f_channel, self._patient_of)

@@ -66,6 +66,16 @@ FROZEN_BASE_READINGS = 288
 REPORTING_LOW = per_channel({Channel.GLUCOSE: 40.0}, -np.inf)
 REPORTING_HIGH = per_channel({Channel.GLUCOSE: 400.0}, np.inf)
 
+#: Level jumps (`level_jumps`): a step of at least `JUMP_MIN` between consecutive readings
+#: at most `JUMP_MAX_GAP_MS` apart, with the `JUMP_SIDE` readings on each side steady
+#: (spread below the jump / `JUMP_STEADY`). Glucose: 20 mg/dL in one CGM interval is
+#: 4-7 mg/dL/min, beyond the 3-4 mg/dL/min of the fastest real change, and a real change
+#: does not stop dead on both sides.
+JUMP_MIN = per_channel({Channel.GLUCOSE: 25.0}, np.inf)
+JUMP_MAX_GAP_MS = 6 * MINUTE_MS
+JUMP_SIDE = 3
+JUMP_STEADY = 4.0
+
 #: Fastest change per minute a living patient shows, sustained over `RATE_SPAN_MS`.
 #: Glucose: physiological rates rarely exceed 3-4 mg/dL/min (Kovatchev et al. 2005, Diabetes
 #: Care 28:1231; CGM trend arrows top out at > 3 mg/dL/min, Klonoff & Kerr 2017, J Diabetes
@@ -181,6 +191,21 @@ class NoiseAlarm(NamedTuple):
     """time of the window's first reading"""
     usual_sd: Floats
     """the stream's usual SD of first differences (robust, from second differences)"""
+
+
+class JumpAlarm(NamedTuple):
+    """Level jumps, per reading (n_readings,): the alarm is raised on the last of the
+    `JUMP_SIDE` readings at the new level."""
+
+    alarm: Bools
+    statistic: Floats
+    """the jump: median of the readings from the step on minus median of those before"""
+    threshold: Floats
+    """the channel's `JUMP_MIN`"""
+    since_ms: Ints
+    """time of the first reading at the new level"""
+    spread: Floats
+    """the larger of the two sides' largest distance from their median"""
 
 
 class RateAlarm(NamedTuple):
@@ -434,6 +459,42 @@ def _composite_key(rank: Ints, time_ms: Ints) -> tuple[Ints, int, int]:
     if (int(rank[-1]) + 1) * span >= 2**62:
         raise ValueError("rate: time range too wide for the batch's number of streams")
     return rank * span + (time_ms - t0), t0, span
+
+
+def level_jumps(stream: Ints, time_ms: Ints, value: Floats, channel: Ints) -> JumpAlarm:
+    """Readings that end `JUMP_SIDE` readings at a new level, steady, reached in one step
+    from a steady old one: a jump of at least the channel's `JUMP_MIN` between consecutive
+    readings at most `JUMP_MAX_GAP_MS` apart, and `JUMP_STEADY` times larger than either
+    side's spread. Physiology moves glucose along a curve; an offset added to a sensor moves
+    it in a step."""
+    n = stream.shape[0]
+    side = JUMP_SIDE
+    alarm = np.zeros(n, bool)
+    jump = np.full(n, np.nan)
+    spread = np.full(n, np.nan)
+    since = np.full(n, -1, np.int64)
+    threshold = JUMP_MIN[channel] if n else np.zeros(0)
+    if n < 2 * side:
+        return JumpAlarm(alarm, jump, threshold, since, spread)
+    seg = segment_starts(stream)
+    win = sliding_window_view(value, 2 * side)          # row r: readings r .. r + 2 side - 1
+    ends = np.arange(2 * side - 1, n)
+    before, after = win[:, :side], win[:, side:]
+    b_med = np.median(before, axis=1)
+    a_med = np.median(after, axis=1)
+    spread_r = np.maximum(np.abs(before - b_med[:, None]).max(axis=1),
+                          np.abs(after - a_med[:, None]).max(axis=1))
+    step_at = ends - side + 1
+    gap = time_ms[step_at] - time_ms[step_at - 1]
+    whole = ends - 2 * side + 1 >= seg[ends]
+    size = a_med - b_med
+    hit = (whole & (gap <= JUMP_MAX_GAP_MS) & (np.abs(size) >= threshold[ends])
+           & (np.abs(size) >= JUMP_STEADY * spread_r))
+    jump[ends] = size
+    spread[ends] = spread_r
+    since[ends] = time_ms[step_at]
+    alarm[ends] = hit
+    return JumpAlarm(alarm, jump, threshold, since, spread)
 
 
 def impossible_rates(
