@@ -132,7 +132,7 @@ class FindingCode(enum.StrEnum):
     #: an earlier stretch of the stream sent again as if new
     REPLAY = "replay"
     #: the device (or a sender using its name) behaves unlike itself: flood, jitter,
-    #: sequence games, bursts of bad signatures, clock jumps
+    #: sequence games, clock jumps
     DEVICE_BEHAVIOUR = "device-behaviour"
 
 
