@@ -86,8 +86,9 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 Index = npt.NDArray[np.intp]
 
-#: Readings of each stream kept for the pattern detectors (a day of 5-minute CGM values).
-HISTORY = 288
+#: Readings of each stream kept for the pattern detectors: 12 h of one-minute vitals (a
+#: replayed hour from up to 6 h back is still in view), 2.5 days of 5-minute CGM.
+HISTORY = 720
 #: A stream raises the same finding code at most once per this much data time.
 REPEAT_MS = 30 * 60_000
 #: Innovations are judged against their stream's running mean NIS (weight per reading: about
