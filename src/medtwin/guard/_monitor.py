@@ -139,6 +139,11 @@ class Detector(NamedTuple):
     confidence: float
     holds: bool
 
+    @property
+    def convicts(self) -> bool:
+        """Whether its finding quarantines the source: a compromise code, confident."""
+        return self.code in COMPROMISE_CODES and self.confidence >= QUARANTINE_CONFIDENCE
+
 
 REPLAY = Detector(REPLAY_NAME, FindingCode.REPLAY, 0.99, True)
 OUTLIER = Detector(AGREEMENT_NAME, FindingCode.SPOOFING_SUSPECTED, 0.95, True)
@@ -271,6 +276,7 @@ class GuardBank:
 
     def __init__(self) -> None:
         self._sources: dict[tuple[str, str], int] = {}
+        self._names: list[tuple[str, str]] = []
         self._patients: dict[str, int] = {}
         self._patient_of = np.zeros(16, np.int64)
         self._state = guard_state(16)
@@ -288,12 +294,13 @@ class GuardBank:
             grown[:index] = self._patient_of[:index]
             self._patient_of = grown
         self._sources[key] = index
+        self._names.append(key)
         self._patient_of[index] = self._patients.setdefault(patient_id, len(self._patients))
         return index
 
     def source_names(self) -> list[tuple[str, str]]:
         """(patient id, device id) of every source, by index."""
-        return list(self._sources)
+        return list(self._names)
 
     def blocked(self, sources: Index) -> BoolArray:
         """Whether each source is blocked (quarantined)."""
@@ -450,9 +457,8 @@ class GuardBank:
                                           win, cus, int(j)))
         kept, last_raised = _deduplicate([*drafts, *behaviour], st.last_raised,
                                          st.behaviour_raised)
-        newly = sorted({d.source for d in kept if d.detector.code in COMPROMISE_CODES
-                        and d.detector.confidence >= QUARANTINE_CONFIDENCE
-                        and not st.blocked[d.source]})
+        newly = sorted({d.source for d in kept
+                        if d.detector.convicts and not st.blocked[d.source]})
         return Judgement(tuple(kept), np.array(newly, np.intp), stream[last],
                          np.where(alarm[last], running[last], 0).astype(np.int8),
                          scale_after[last], win.state, cus.state, last_raised)
@@ -530,7 +536,7 @@ class GuardBank:
 
     def finding(self, draft: Draft, quarantined: bool) -> Finding:
         """The finding a draft describes, named by patient and device."""
-        patient_id, device_id = self.source_names()[draft.source]
+        patient_id, device_id = self._names[draft.source]
         evidence = dict(draft.evidence)
         evidence["detector"] = draft.detector.name
         return Finding(patient_id, device_id, draft.detector.code, draft.channel,

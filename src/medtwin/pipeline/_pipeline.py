@@ -29,7 +29,6 @@ from medtwin.clinical import (
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import (
-    COMPROMISE_CODES,
     Alert,
     Channel,
     ChannelState,
@@ -65,7 +64,6 @@ from medtwin.estimation import (
     identify_history,
 )
 from medtwin.guard import (
-    QUARANTINE_CONFIDENCE,
     BehaviourState,
     Draft,
     GuardBank,
@@ -406,8 +404,7 @@ class Pipeline:
         blocked = set(judgement.newly_blocked.tolist())
         after: dict[int, int] = {}
         for draft in judgement.drafts:
-            if (draft.source not in blocked or draft.detector.code not in COMPROMISE_CODES
-                    or draft.detector.confidence < QUARANTINE_CONFIDENCE):
+            if draft.source not in blocked or not draft.detector.convicts:
                 continue
             at = (draft.reading if draft.reading >= 0
                   else int(starts[meta.packet[draft.packet]]) - 1)
@@ -416,16 +413,13 @@ class Pipeline:
 
     def _findings(self, drafts: Sequence[Draft], newly_blocked: set[int]
                   ) -> tuple[list[tuple[Draft, Finding]], set[int]]:
-        """The findings drafted for a batch; the first confident compromise finding of each
-        newly blocked source (behaviour's included) is the one that quarantines it."""
-        blocked = self.guard.blocked(np.arange(len(self.guard.source_names()), dtype=np.intp))
+        """The findings drafted for a batch; the first convicting finding of each newly
+        blocked source (behaviour's included) is the one that quarantines it."""
         quarantined: set[int] = set()
         out = []
         for draft in drafts:
-            convicts = (draft.detector.code in COMPROMISE_CODES
-                        and draft.detector.confidence >= QUARANTINE_CONFIDENCE
-                        and not blocked[draft.source] and draft.source not in quarantined
-                        and draft.source in newly_blocked)
+            convicts = (draft.detector.convicts and draft.source in newly_blocked
+                        and draft.source not in quarantined)
             if convicts:
                 quarantined.add(draft.source)
             out.append((draft, self.guard.finding(draft, convicts)))
