@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin.clinical._news2 import NEWS2_PARAMETERS, News2, news2_score
-from medtwin.domain import Alert, Channel, Severity
+from medtwin.domain import Alert, Channel, Severity, iso_second
 from medtwin.estimation import segmented_scan
 
 HYPO_LEVEL_1_MG_DL = 70.0
@@ -206,7 +206,7 @@ def _explain_news2(rule: Rule, patient_id: str, values: npt.NDArray[np.float64],
         "assumed": {"consciousness": "alert", "supplemental_oxygen": "air"},
         "expected": "NEWS2 0-4 with no single parameter scoring 3 (low clinical risk)",
         "channels": [c["code"] for c in contributions if c["points"] > 0],
-        "since": _iso(time_ms),
+        "since": iso_second(time_ms),
     }
     return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)
 
@@ -222,10 +222,6 @@ def _explain_glucose(rule: Rule, patient_id: str, glucose: float, time_ms: int) 
     evidence = {"statistic": "glucose estimate", "code": Channel.GLUCOSE.code, "unit": "mg/dL",
                 "observed": round(glucose, 1), "threshold": threshold, "no_alert_if": no_alert,
                 "expected": f"{HYPO_LEVEL_1_MG_DL:g}-{HYPER_MG_DL:g} mg/dL (no glucose alert)",
-                "channels": [Channel.GLUCOSE.code], "since": _iso(time_ms)}
+                "channels": [Channel.GLUCOSE.code], "since": iso_second(time_ms)}
     return Alert(patient_id, rule.name, rule.severity, time_ms, summary, evidence)
 
-
-def _iso(time_ms: int) -> str:
-    """A data time as ISO 8601 UTC to the second."""
-    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"

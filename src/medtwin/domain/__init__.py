@@ -29,6 +29,7 @@ from medtwin.domain._types import (
     Severity,
     TwinState,
     canonical_json,
+    iso_second,
     packet_signing_message,
     packet_wire,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "Severity",
     "TwinState",
     "canonical_json",
+    "iso_second",
     "packet_signing_message",
     "packet_wire",
 ]

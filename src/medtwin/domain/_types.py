@@ -165,6 +165,11 @@ class Finding:
     quarantined: bool = False
 
 
+def iso_second(time_ms: int) -> str:
+    """A data time (epoch ms) as ISO 8601 UTC to the second, for explanations."""
+    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"
+
+
 def canonical_json(obj: Any) -> bytes:
     """The one byte encoding that signatures and hashes cover: the JSON Canonicalization
     Scheme (RFC 8785), which any language can reproduce (sorted keys, no spaces, UTF-8,

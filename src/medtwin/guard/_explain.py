@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medtwin.domain import N_CHANNELS, Channel
+from medtwin.domain import N_CHANNELS, Channel, iso_second
 from medtwin.guard._behaviour import Feature
 from medtwin.guard._consistency import Coherence, CoherenceRule
 from medtwin.guard._patterns import FROZEN_MIN_MS, FROZEN_RUN_P, JUMP_STEADY, MAX_RATE_PER_MIN
@@ -39,11 +39,6 @@ FEATURE_TEXT = {
 }
 
 
-def clock(time_ms: int) -> str:
-    """A data time as ISO 8601 UTC to the second."""
-    return str(np.datetime64(int(time_ms), "ms").astype("datetime64[s]")) + "Z"
-
-
 def channel_name(channel: Channel) -> str:
     return channel.name.lower().replace("_", " ")
 
@@ -58,15 +53,15 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
     if detector == REPLAY_NAME:
         a = alarms[REPLAY_NAME]
         since, summary = int(a.since_ms[i]), (
-            f"{name} since {clock(int(a.since_ms[i]))} repeats the stretch recorded "
-            f"{clock(int(a.source_start_ms[i]))}-{clock(int(a.source_end_ms[i]))}, "
+            f"{name} since {iso_second(int(a.since_ms[i]))} repeats the stretch recorded "
+            f"{iso_second(int(a.source_start_ms[i]))}-{iso_second(int(a.source_end_ms[i]))}, "
             f"change for change (offset {a.offset[i]:+.1f} {unit})")
         evidence = {"observed": f"{v:g} {unit}",
                     "expected": "new readings, not a copy of an earlier stretch",
                     "statistic": f"largest difference from the earlier stretch "
                                  f"{a.statistic[i]:.2f} {unit}",
                     "threshold": f"{a.threshold[i]:.2f} {unit}",
-                    "since": clock(since),
+                    "since": iso_second(since),
                     "would_clear": "any change between readings differing from the "
                                    "earlier stretch by more than the threshold"}
     elif detector == FROZEN_NAME:
@@ -74,14 +69,14 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
         since = int(a.since_ms[i])
         summary = (f"{name} stuck at {v:g} {unit} for {a.statistic[i] / 60_000:.0f} "
                    f"min ({int(a.run_readings[i])} readings)")
-        evidence = {"observed": f"{v:g} {unit} unchanged since {clock(since)}",
+        evidence = {"observed": f"{v:g} {unit} unchanged since {iso_second(since)}",
                     "expected": "readings that vary as a living patient's do",
                     "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged; a run this "
                                  f"long has chance {a.chance[i]:.1e} for this sensor (it "
                                  f"repeats {100 * a.repeat_share[i]:.0f} % of its values)",
                     "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min and chance "
                                  f"below {FROZEN_RUN_P:g}",
-                    "since": clock(since),
+                    "since": iso_second(since),
                     "would_clear": "a change of at least the channel's resolution "
                                    "within the threshold"}
     elif detector == NOISE_NAME:
@@ -92,13 +87,13 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
         evidence = {"observed": f"variance of changes {a.statistic[i]:.1f}x usual",
                     "expected": f"changes with SD about {a.usual_sd[i]:.2f} {unit}",
                     "statistic": f"variance ratio {a.statistic[i]:.1f}",
-                    "threshold": f"{a.threshold[i]:g}", "since": clock(since),
+                    "threshold": f"{a.threshold[i]:g}", "since": iso_second(since),
                     "would_clear": f"a variance ratio at most {a.threshold[i]:g}"}
     elif detector == JUMP_NAME:
         a = alarms[JUMP_NAME]
         since = int(a.since_ms[i])
         summary = (f"{name} jumped {a.statistic[i]:+.0f} {unit} in one step at "
-                   f"{clock(since)} and stayed there: an offset, not a physiological change")
+                   f"{iso_second(since)} and stayed there: an offset, not a physiological change")
         evidence = {"observed": f"a step of {a.statistic[i]:+.0f} {unit} between steady "
                                 f"levels (spread {a.spread[i]:.0f} {unit})",
                     "expected": "changes along a curve, at most a few {unit} per minute"
@@ -106,7 +101,7 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                     "statistic": f"|step| {abs(a.statistic[i]):.0f} {unit}",
                     "threshold": f"{a.threshold[i]:g} {unit} and {JUMP_STEADY:g}x the "
                                  "spread on either side",
-                    "since": clock(since),
+                    "since": iso_second(since),
                     "would_clear": "a smaller step, or a change spread over several readings"}
     elif detector == RATE_NAME:
         a = alarms[RATE_NAME]
@@ -117,14 +112,14 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                     "expected": f"at most {MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
                     "statistic": f"{abs(a.statistic[i]):.1f} {unit}/min",
                     "threshold": f"{MAX_RATE_PER_MIN[int(ch)]:g} {unit}/min",
-                    "since": clock(since),
+                    "since": iso_second(since),
                     "would_clear": "a change within the physiological limit"}
     elif detector == COHERENCE_NAME:
         since = int(coherence.since_ms[i])
         rule = CoherenceRule(int(coherence.rule[i]))
         quiet = [Channel(c).name.lower().replace("_", " ") for c in range(N_CHANNELS)
                  if int(coherence.silent_channels[i]) >> c & 1]
-        summary = (f"{name} {v:g} {unit} since {clock(since)} while "
+        summary = (f"{name} {v:g} {unit} since {iso_second(since)} while "
                    f"{' and '.join(quiet) or 'the other vital signs'} stayed at the "
                    "patient's usual: check the sensor before treating")
         evidence = {"observed": f"{v:g} {unit}, with "
@@ -136,14 +131,14 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                     "statistic": f"{name} beyond {coherence.threshold[i]:g} {unit} "
                                  "with the companions' mean response under one band",
                     "threshold": f"{coherence.threshold[i]:g} {unit} for 15 min",
-                    "channels": ", ".join([name, *quiet]), "since": clock(since),
+                    "channels": ", ".join([name, *quiet]), "since": iso_second(since),
                     "would_clear": "a response of the companion channels, or the "
                                    "value back within its limit"}
     elif detector == DUPLICATE_NAME:
         since = t
-        summary = f"two different {name} values for the same time {clock(t)}"
+        summary = f"two different {name} values for the same time {iso_second(t)}"
         evidence = {"observed": f"{v:g} {unit} for a time already reported",
-                    "expected": "one value per time", "since": clock(t),
+                    "expected": "one value per time", "since": iso_second(t),
                     "statistic": "value differs from the earlier one",
                     "threshold": "half the channel's resolution",
                     "would_clear": "the same value, or a new time"}
@@ -159,7 +154,7 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
                     "statistic": f"|difference| {agree.statistic[i]:.1f} {unit}",
                     "threshold": f"{agree.threshold[i]:.1f} {unit}",
                     "channels": f"{name} from {others + 1} devices",
-                    "since": clock(since),
+                    "since": iso_second(since),
                     "would_clear": "agreement within the devices' combined noise"}
     return since, summary, evidence
 
@@ -174,7 +169,7 @@ def explain_residual(channel: Channel, value: float, innovation: float, innovati
     name = channel_name(channel)
     side = "above" if up else "below"
     summary = (f"{name} readings have run {side} what the twin expects from the patient's "
-               f"other data since {clock(since)} ({value:g} vs {expected:.0f} {unit}): they "
+               f"other data since {iso_second(since)} ({value:g} vs {expected:.0f} {unit}): they "
                "would mask the patient's course")
     return summary, {
         "observed": f"{value:g} {unit}",
@@ -184,7 +179,7 @@ def explain_residual(channel: Channel, value: float, innovation: float, innovati
         "threshold": f"chi-square false alarm 1e-4 per reading; CUSUM {CUSUM_THRESHOLD:g}",
         "channels": f"{name} vs the twin's model of the patient's other channels, meals "
                     "and insulin",
-        "since": clock(since),
+        "since": iso_second(since),
         "would_clear": f"readings within about {1.96 * sd:.1f} {unit} of the twin's "
                        "prediction, without a sustained one-sided run"}
 
@@ -196,4 +191,4 @@ def explain_behaviour(feature: Feature, observed: float, expected: float, statis
     return (f"the device's {what} is unlike its usual ({observed:.3g} vs {expected:.3g})",
             {"observed": f"{observed:.4g}", "expected": f"{expected:.4g}",
              "statistic": f"{what} {statistic:.3g}", "threshold": f"{threshold:.3g}",
-             "since": clock(since), "would_clear": f"{what} within the threshold"})
+             "since": iso_second(since), "would_clear": f"{what} within the threshold"})

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin.domain import COMPROMISE_CODES, N_CHANNELS, Channel, Finding, FindingCode
-from medtwin.estimation import NO_TIME, linear_recurrence, segmented_cummax
+from medtwin.estimation import NO_TIME, linear_recurrence, segment_starts, segmented_cummax
 from medtwin.guard._behaviour import (
     BehaviourResult,
     BehaviourState,
@@ -636,11 +636,10 @@ def _scaled_variance(scale: FloatArray, stream: Index, innovation: FloatArray,
     running mean after each reading. Readings sorted by stream."""
     if stream.size == 0:
         return innovation_var.copy(), np.zeros(0)
-    start = np.maximum.accumulate(np.where(
-        np.concatenate(([True], stream[1:] != stream[:-1])), np.arange(stream.size), 0))
+    start = segment_starts(stream.astype(np.int64))
     nis = np.minimum(innovation ** 2 / innovation_var, NIS_SCALE_CAP)
     w = np.full(stream.size, SCALE_WEIGHT)
-    after = linear_recurrence(1.0 - w, w * nis, scale[stream], start.astype(np.intp))
+    after = linear_recurrence(1.0 - w, w * nis, scale[stream], start)
     before = np.where(start == np.arange(stream.size), scale[stream], np.roll(after, 1))
     return innovation_var * np.maximum(before, 1.0), after
 
@@ -650,7 +649,6 @@ def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms
                     j: int) -> Draft:
     """The draft of a residual spoofing alarm on reading `i` (`j` in the tests' order)."""
     up = bool(cus.direction[j] > 0) if cus.alarm[j] else innovation > 0
-    det = RESIDUAL_BOTH
     since = int(cus.since_ms[j]) if cus.alarm[j] and cus.since_ms[j] != NO_TIME else time_ms
     tests = []
     if win.alarm[j]:
@@ -660,7 +658,8 @@ def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms
         tests.append(f"CUSUM {cus.statistic[j]:.1f} > {cus.threshold[j]:.2f}")
     summary, evidence = explain_residual(channel, value, innovation, innovation_var, up,
                                          since, tests)
-    return Draft(stream // N_CHANNELS, i, -1, det, channel, time_ms, since, summary, evidence)
+    return Draft(stream // N_CHANNELS, i, -1, RESIDUAL_BOTH, channel, time_ms, since, summary,
+                 evidence)
 
 
 def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raised: IntArray
