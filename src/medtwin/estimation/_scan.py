@@ -10,12 +10,13 @@ log2(n) passes over the whole batch, never a Python loop over elements.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Arrays = tuple[npt.NDArray[Any], ...]
+_Num = TypeVar("_Num", np.int64, np.float64)
 
 
 def segment_starts(key: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
@@ -46,11 +47,11 @@ def segmented_scan(values: Arrays, combine: Callable[[Arrays, Arrays], Arrays],
     return current
 
 
-def segmented_cummax(x: npt.NDArray[np.int64],
-                     segment_start: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
-    """Running maximum of `x` within segments."""
+def segmented_cummax(x: npt.NDArray[_Num], segment_start: npt.NDArray[np.intp]
+                     ) -> npt.NDArray[_Num]:
+    """Running maximum of `x` within segments, in `x`'s dtype."""
     (out,) = segmented_scan((x,), lambda a, b: (np.maximum(a[0], b[0]),), segment_start)
-    return out.astype(np.int64)
+    return out.astype(x.dtype)
 
 
 def linear_recurrence(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],

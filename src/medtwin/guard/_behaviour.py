@@ -49,7 +49,12 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from medtwin.estimation import NO_TIME, linear_recurrence, segment_starts, segmented_scan
+from medtwin.estimation import (
+    NO_TIME,
+    linear_recurrence,
+    segment_starts,
+    segmented_cummax,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -268,11 +273,6 @@ def _order(
     return np.lexsort((np.asarray(time_ms), key)).astype(np.intp)
 
 
-def _segmented_max(x: FloatArray, start: npt.NDArray[np.intp]) -> FloatArray:
-    (out,) = segmented_scan((x,), lambda a, b: (np.maximum(a[0], b[0]),), start)
-    return out
-
-
 def _bucket_sorted(
     state: BucketState,
     key: npt.NDArray[np.intp],
@@ -318,7 +318,7 @@ def _bucket_sorted(
         r = rate_per_ms[k_of]
         c = r * (time_ms[idx] - t0) - (np.arange(idx.size) - start)
         y = c + np.minimum(
-            tok[k_of] - r * (when[k_of] - t0), burst[k_of] - _segmented_max(c, start)
+            tok[k_of] - r * (when[k_of] - t0), burst[k_of] - segmented_cummax(c, start)
         )
         # (1): packets up to each key's first throttled one (or its end) are allowed.
         marker = np.where(y < 1.0 - TOKEN_EPS, np.arange(idx.size), idx.size)
