@@ -58,6 +58,12 @@ class Scenario(NamedTuple):
     attack_end_ms: int
     scored_from_ms: int
     end_ms: int
+    attack_changed: int = 0
+    """How many readings the attack changed, as the device reports them (0: its range or
+    resolution hid the attack, e.g. a freeze while the CGM reads LOW)."""
+    attack_at_limit: int = 0
+    """How many of those the device sent at the limit of its range (a CGM's LOW or HIGH):
+    there it reports only that the value is beyond, whatever the attack made of it."""
 
 
 class Training(NamedTuple):

@@ -250,10 +250,14 @@ def attack_scenarios(series: Sequence[Series], specs: Sequence[AttackSpec], per_
             t, v = observed[spec.channel]
             attack = Attack(spec.kind, spec.channel, start, spec.duration_ms, size)
             res = apply_attack(attack, t, v, rng=rng)
-            observed[spec.channel] = (res.time_ms, _device_format(spec.channel, res.value))
+            sent = _device_format(spec.channel, res.value)
+            changed = sent != _device_format(spec.channel, v)
+            at_limit = changed & np.isin(sent, DEVICE_RANGE[spec.channel])
+            observed[spec.channel] = (res.time_ms, sent)
             out.append(Scenario(f"atk{k:02d}-{i:04d}", s.base, observed,
                                 _cut(s.inputs, first, last), spec.channel, spec.label,
-                                start, start + spec.duration_ms, start, last))
+                                start, start + spec.duration_ms, start, last,
+                                int(changed.sum()), int(at_limit.sum())))
     return out
 
 
@@ -360,14 +364,15 @@ class AttackScore(NamedTuple):
 
 
 def score_attacks(scenarios: Sequence[Scenario], hits: Sequence[Hit]) -> list[AttackScore]:
-    """Per attacked run: detected during the attack, detected up to `GRACE_MS` after it, and
-    the time from the attack's start to the first such hit (min; NaN if none)."""
+    """Per attacked run that changed a reading (`attack_changed`): detected during the
+    attack, detected up to `GRACE_MS` after it, and the time from the attack's start to the
+    first such hit (min; NaN if none)."""
     by_patient: dict[str, list[Hit]] = defaultdict(list)
     for h in hits:
         by_patient[h.patient_id].append(h)
     out = []
     for s in scenarios:
-        if s.attack_channel is None:
+        if s.attack_channel is None or s.attack_changed == 0:
             continue
         times = np.array([h.time_ms for h in by_patient[s.patient_id]
                           if h.channel in (s.attack_channel, None)
@@ -551,6 +556,7 @@ def report(res: Results, heading: str = "##") -> str:
     # The same windows on the clean record: how often a detector "detects" by chance.
     unattacked = [s._replace(patient_id=f"clean-{s.base}") for s in res.attacked]
     chance = {name: score_attacks(unattacked, hits) for name, hits in res.hits.items()}
+    no_op = Counter(s.attack_kind for s in res.attacked if s.attack_changed == 0)
     for label in labels:
         for name in res.hits:
             sc = [x for x in scores[name] if x.scenario.attack_kind == label]
@@ -560,7 +566,8 @@ def report(res: Results, heading: str = "##") -> str:
             by_chance = sum(x.detected for x in chance[name]
                             if x.scenario.attack_kind == label)
             ttd = np.array([x.ttd_min for x in sc if x.detected])
-            rows.append([label, DETECTORS[name], str(n), _pct(during, n), _pct(det, n),
+            rows.append([label, DETECTORS[name], str(n), str(no_op[label]),
+                         _pct(during, n), _pct(det, n),
                          f"{np.median(ttd):.0f}" if ttd.size else "–",
                          f"{np.percentile(ttd, 90):.0f}" if ttd.size else "–",
                          f"{100 * by_chance / n:.0f}" if n else "–"])
@@ -590,7 +597,10 @@ def report(res: Results, heading: str = "##") -> str:
         f"{WARMUP_MS // HOUR_MS} h before the attack to {GRACE_MS // MINUTE_MS} min after it "
         "ends; the attack (`medtwin.sim.apply_attack`) hits one channel at a seeded random "
         "whole minute of the test days, its values clipped and rounded to what the device "
-        "can send (CGM 39–400 mg/dL, integers). medtwin: the readings go through the real "
+        "can send (CGM 39–400 mg/dL, integers). An attack that changed none of the readings "
+        "the device sends is a no-op, counted apart and not scored: nothing in the data "
+        "differs from the clean record (a freeze or a downward bias while the CGM reads "
+        "LOW, an upward one while it reads HIGH). medtwin: the readings go through the real "
         "pipeline (gate, twin, guard, ledger, store) on a temporary site as trusted imports, "
         "each device's readings of a 5-min window one packet, every patient of a window one "
         "batch, the site clock at the window's end; its findings are `Accepted.findings`. "
@@ -617,7 +627,7 @@ def report(res: Results, heading: str = "##") -> str:
         "contamination set to spend one false alarm per patient-week over the windows; a "
         "window scored anomalous is a finding at its last reading.",
         "",
-        _table(["attack", "detector", "runs", "detected during %",
+        _table(["attack", "detector", "runs", "no-op runs", "detected during %",
                 "detected ≤ 30 min after %", "median TTD min",
                 "90th pct TTD min",
                 "same window, clean record %"], rows),
@@ -652,6 +662,13 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
     rate = {label: np.mean([x.detected for x in scores if x.scenario.attack_kind == label])
             for label in labels}
     met = [label for label in labels if rate[label] >= 0.99]
+    no_op = sum(s.attack_changed == 0 for s in res.attacked)
+    # runs whose changed readings the device sent mostly at its LOW/HIGH limit
+    inside = [x for x in scores if 2 * x.scenario.attack_at_limit <= x.scenario.attack_changed]
+    rate_in = {label: np.mean([x.detected for x in inside if x.scenario.attack_kind == label])
+               for label in labels}
+    met_in = [label for label in labels if rate_in[label] >= 0.99]
+    misses_at_limit = sum(not x.detected for x in scores if x not in inside)
     days = sum((s.end_ms - s.scored_from_ms) / DAY_MS for s in res.clean)
     hits = res.hits["medtwin"]
     ep = sum(false_alarm_episodes(s, hits) for s in res.clean)
@@ -664,7 +681,15 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             f"False alarms on clean data: {7 * ep / days:.1f} episodes per patient-week "
             "(target ≤ 1); "
             f"{chance:.0%} of the attack windows hold a finding on the clean record too, so "
-            "a detection is only as telling as its margin over the last column.", ""]
+            "a detection is only as telling as its margin over the last column. "
+            f"{no_op} of {len(res.attacked)} attacks changed no reading the device sends "
+            "(no-op runs) and are not scored. "
+            f"{len(scores) - len(inside)} scored runs had most of their changed readings sent "
+            "at the device's LOW/HIGH limit, where it reports only that the value is beyond "
+            f"(a CGM reading LOW); {misses_at_limit} of medtwin's "
+            f"{sum(not x.detected for x in scores)} misses are among them. Without them, "
+            f"≥ 99 % for {len(met_in)} of {len(labels)} kinds; lowest: "
+            f"{min(rate_in.values()):.0%} ({min(rate_in, key=rate_in.__getitem__)}).", ""]
 
 
 def _medtwin_details(res: Results, scores: list[AttackScore], group_of: dict[str, str]

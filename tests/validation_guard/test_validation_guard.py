@@ -68,7 +68,7 @@ def test_attacked_runs_are_seeded(vitals: list[gd.Series]) -> None:
 
 
 def _run(start: int, end: int, ch: Channel = Channel.HEART_RATE) -> bl.Scenario:
-    return bl.Scenario("p1", "b", {}, {}, ch, "kind", start, end, start, end + gd.GRACE_MS)
+    return bl.Scenario("p1", "b", {}, {}, ch, "kind", start, end, start, end + gd.GRACE_MS, 5)
 
 
 def test_scoring_counts_hits_on_the_attacked_channel_or_device_inside_the_window() -> None:
@@ -89,6 +89,35 @@ def test_scoring_counts_hits_on_the_attacked_channel_or_device_inside_the_window
         assert (score.detected_during, score.detected) == (during, detected), name
     assert gd.score_attacks([s], cases["during"][0])[0].ttd_min == 7.0
     assert np.isnan(gd.score_attacks([s], [])[0].ttd_min)
+
+
+def test_an_attack_that_changed_no_reading_is_not_scored() -> None:
+    start, end = gd.START_MS + gd.DAY_MS, gd.START_MS + gd.DAY_MS + gd.HOUR_MS
+    no_op = _run(start, end)._replace(attack_changed=0)
+    assert gd.score_attacks([no_op, _run(start, end)], [])[0].scenario.attack_changed == 5
+    assert len(gd.score_attacks([no_op], [])) == 0
+
+
+def test_a_freeze_at_the_cgm_floor_is_a_no_op_run() -> None:
+    t = gd.START_MS + np.arange(1, 2 * 480 + 1, dtype=np.int64) * gd.CGM_STEP_MS
+    value = np.full(t.size, 39.0)                                   # the CGM reads LOW
+    value[: t.size // 4] = 120.0
+    series = [gd.Series("low#1", "glucose", {Channel.GLUCOSE: (t, value)}, {})]
+    spec = gd.AttackSpec("freeze", Channel.GLUCOSE, "freeze", 0.0, 30 * gd.MINUTE_MS)
+    spec_bias = gd.AttackSpec("bias", Channel.GLUCOSE, "bias", -30.0, 30 * gd.MINUTE_MS)
+    frozen = gd.attack_scenarios(series, [spec, spec_bias], per_kind=3, seed=3)
+    assert [s.attack_changed for s in frozen] == [0] * 6
+    up = gd.AttackSpec("bias up", Channel.GLUCOSE, "bias", 30.0, 30 * gd.MINUTE_MS)
+    runs = gd.attack_scenarios(series, [up], 3, seed=3)
+    assert [(s.attack_changed, s.attack_at_limit) for s in runs] == [(10, 0)] * 3
+
+
+def test_an_attack_pushed_below_the_cgm_floor_is_sent_at_its_limit() -> None:
+    t = gd.START_MS + np.arange(1, 2 * 480 + 1, dtype=np.int64) * gd.CGM_STEP_MS
+    series = [gd.Series("low#2", "glucose", {Channel.GLUCOSE: (t, np.full(t.size, 55.0))}, {})]
+    down = gd.AttackSpec("bias down", Channel.GLUCOSE, "bias", -30.0, 30 * gd.MINUTE_MS)
+    runs = gd.attack_scenarios(series, [down], 2, seed=4)
+    assert [(s.attack_changed, s.attack_at_limit) for s in runs] == [(10, 10)] * 2
 
 
 def test_false_alarms_count_episodes_on_scored_days_only() -> None:

@@ -93,14 +93,17 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
         a = alarms[JUMP_NAME]
         since = int(a.since_ms[i])
         summary = (f"{name} jumped {a.statistic[i]:+.0f} {unit} in one step at "
-                   f"{iso_second(since)} and stayed there: an offset, not a physiological change")
-        evidence = {"observed": f"a step of {a.statistic[i]:+.0f} {unit} between steady "
-                                f"levels (spread {a.spread[i]:.0f} {unit})",
+                   f"{iso_second(since)} and went on from there: "
+                   + ("an offset, not a physiological change" if ch is Channel.GLUCOSE
+                      else "a probe's offset, or a sudden change in the patient; check both"))
+        evidence = {"observed": f"a step of {a.statistic[i]:+.0f} {unit} between the trends "
+                                f"before and after it (they miss readings by at most "
+                                f"{a.spread[i]:.0f} {unit})",
                     "expected": "changes along a curve, at most a few {unit} per minute"
                                 .replace("{unit}", unit),
                     "statistic": f"|step| {abs(a.statistic[i]):.0f} {unit}",
                     "threshold": f"{a.threshold[i]:g} {unit} and {JUMP_STEADY:g}x the "
-                                 "spread on either side",
+                                 "trends' largest miss",
                     "since": iso_second(since),
                     "would_clear": "a smaller step, or a change spread over several readings"}
     elif detector == RATE_NAME:

@@ -1,0 +1,42 @@
+"""Frozen values on SpO2 (judged against the oximeter's own repeats, spared at 100 %) and
+the run's first value: a slow drift is not a freeze."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medtwin.domain import Channel
+from medtwin.guard import frozen_values
+
+T0 = 1_700_000_000_000
+MINUTE = 60_000
+
+
+def oximeter(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """One-minute whole-percent SpO2 wandering around 96 %."""
+    rng = np.random.default_rng(seed)
+    value = np.clip(np.round(96 + rng.normal(0, 1.0, n)), 70, 100)
+    return (np.zeros(n, np.int64), T0 + np.arange(n, dtype=np.int64) * MINUTE, value,
+            np.full(n, int(Channel.SPO2), np.int64))
+
+
+def test_a_frozen_oximeter_is_caught_after_30_minutes() -> None:
+    stream, time_ms, value, channel = oximeter(600, 1)
+    assert not frozen_values(stream, time_ms, value, channel).alarm.any()
+    value[400:440] = value[399]                                  # stuck for 40 min
+    r = frozen_values(stream, time_ms, value, channel)
+    hits = np.flatnonzero(r.alarm)
+    assert hits.size and hits.min() == 429 and hits.max() == 439  # from 30 min on
+    assert (r.chance[hits] < 3e-3).all()
+
+
+def test_an_oximeter_pinned_at_100_on_oxygen_is_not_stuck() -> None:
+    stream, time_ms, value, channel = oximeter(600, 2)
+    value[300:] = 100.0
+    assert not frozen_values(stream, time_ms, value, channel).alarm.any()
+
+
+def test_a_drift_slower_than_the_resolution_per_reading_is_not_a_freeze() -> None:
+    stream, time_ms, value, channel = oximeter(600, 3)
+    value[300:400] = 96.0 - 0.25 * np.arange(100)               # unrounded, 0.25 % a minute
+    assert not frozen_values(stream, time_ms, value, channel).alarm[300:400].any()

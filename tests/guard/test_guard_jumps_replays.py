@@ -1,0 +1,120 @@
+"""Level jumps judged against the trend on either side, and the long replay pass for smooth
+CGM: steps and spliced-in recordings are caught, smooth physiology is not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtwin.domain import Channel, FindingCode
+from medtwin.guard import (
+    JUMP_MIN,
+    GuardBank,
+    level_jumps,
+    replayed_segments,
+    replayed_windows,
+)
+
+T0 = 1_700_000_000_000
+MINUTE = 60_000
+
+
+def smooth_cgm(n: int, seed: int, step_min: int = 3) -> tuple[np.ndarray, ...]:
+    """A filtered CGM's output: glucose drifting smoothly, whole mg/dL, every `step_min`."""
+    rng = np.random.default_rng(seed)
+    knots = np.cumsum(rng.normal(0, 6.0, n // 5 + 2))          # a 15-min random walk ...
+    k = np.arange(n)
+    drift = np.interp(k / 5.0, np.arange(knots.size), knots)   # ... drawn smoothly
+    value = np.round(130 + 30 * np.sin(k / 97.0) + drift - drift.mean())
+    time_ms = T0 + k.astype(np.int64) * step_min * MINUTE
+    return (np.zeros(n, np.int64), time_ms, value.astype(np.float64),
+            np.full(n, int(Channel.GLUCOSE), np.int64))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_smooth_clean_cgm_has_no_jump_and_no_replay(seed: int) -> None:
+    args = smooth_cgm(720, seed)
+    assert not level_jumps(*args).alarm.any()
+    assert not replayed_segments(*args).alarm.any()
+
+
+@pytest.mark.parametrize("offset", [-30.0, 30.0])
+def test_an_offset_on_a_steep_trend_is_a_jump_of_its_size(offset: float) -> None:
+    stream, time_ms, _, channel = smooth_cgm(200, 4)
+    value = np.round(80 + 7.5 * np.arange(200) / 3.0) % 1000    # rising 2.5 mg/dL/min
+    value[100:] += offset
+    r = level_jumps(stream, time_ms, value, channel)
+    assert np.flatnonzero(r.alarm).tolist() == [103]          # the 4th reading at the level
+    assert r.statistic[103] == pytest.approx(offset, abs=1.0)
+    assert r.since_ms[103] == time_ms[100]
+    assert r.threshold[103] == JUMP_MIN[int(Channel.GLUCOSE)]
+
+
+def test_a_fast_smooth_rise_and_a_gap_in_the_data_are_not_jumps() -> None:
+    stream, time_ms, _, channel = smooth_cgm(200, 5)
+    rise = np.round(100 + 120 / (1 + np.exp(-(np.arange(200) - 100) / 4.0)))  # 10/reading
+    assert not level_jumps(stream, time_ms, rise, channel).alarm.any()
+    stepped = np.full(200, 120.0)
+    stepped[100:] = 160.0
+    gapped = time_ms.copy()
+    gapped[100:] += 60 * MINUTE                                  # an hour without readings
+    assert not level_jumps(stream, gapped, stepped, channel).alarm.any()
+    assert level_jumps(stream, time_ms, stepped, channel).alarm.any()
+
+
+@pytest.mark.parametrize("quiet_channel", [Channel.GLUCOSE, Channel.HEART_RATE])
+def test_a_replayed_flat_hour_is_found_by_the_long_pass_only(quiet_channel: Channel) -> None:
+    stream, time_ms, value, _ = smooth_cgm(400, 6)
+    channel = np.full(400, int(quiet_channel), np.int64)
+    value = value.copy()
+    quiet = np.round(110 + 4 * np.sin(np.arange(20) / 3.0))    # a quiet hour, changes of 0-1
+    value[100:120] = quiet
+    value[300:320] = quiet                                        # ... replayed 10 h later
+    assert not replayed_windows(stream, time_ms, value, channel).alarm[300:320].any()
+    r = replayed_segments(stream, time_ms, value, channel)
+    assert np.flatnonzero(r.alarm).tolist() == [319]
+    assert r.source_start_ms[319] == time_ms[100]
+    assert r.source_end_ms[319] == time_ms[119]
+    assert r.offset[319] == 0.0
+    spo2 = np.full(400, int(Channel.SPO2), np.int64)              # not a smooth channel
+    assert not replayed_segments(stream, time_ms, value, spo2).alarm.any()
+
+
+def test_on_cgm_a_shifted_copy_needs_the_long_window() -> None:
+    stream, time_ms, value, channel = smooth_cgm(400, 7)
+    value = value.copy()
+    shape = np.round(100 + 30 * np.sin(np.arange(20) / 4.0))    # an identifying hour
+    value[100:120] = shape
+    value[300:312] = shape[:12] + 17.0                            # 12 readings, shifted
+    r = replayed_segments(stream, time_ms, value, channel)
+    assert replayed_windows(stream, time_ms, value, channel).alarm[311]
+    assert not r.alarm[300:320].any()                             # a ramp's chance match
+    value[300:320] = shape + 17.0                                 # the whole hour, shifted
+    r = replayed_segments(stream, time_ms, value, channel)
+    assert np.flatnonzero(r.alarm[300:330]).tolist() == [19]
+    assert r.offset[319] == 17.0
+    value[300:320] = shape                                        # verbatim: 12 readings do
+    assert np.flatnonzero(replayed_segments(stream, time_ms, value, channel).alarm)[0] == 311
+
+
+@pytest.mark.parametrize(("channel", "usual", "step"),
+                         [(Channel.HEART_RATE, 72.0, 30.0), (Channel.SPO2, 96.0, -6.0)])
+def test_a_vital_sign_step_is_shown_but_never_held(channel: Channel, usual: float,
+                                                    step: float) -> None:
+    """A probe offset and a sudden change in the patient (an arrhythmia's onset) both step a
+    vital sign: the guard says so, the readings still move the twin and the clinical rules
+    judge them."""
+    bank = GuardBank()
+    src = bank.source("pt-1", "monitor-1")
+    rng = np.random.default_rng(8)
+    n = 200
+    value = np.round(usual + np.sin(np.arange(n) / 15.0) + rng.normal(0, 0.7, n))
+    value[120:] += step
+    time_ms = T0 + np.arange(n, dtype=np.int64) * MINUTE
+    channels = np.full(n, int(channel), np.int8)
+    screen = bank.screen(np.full(n, src, np.intp), channels, value, time_ms)
+    (found,) = [d for d in screen.drafts if d.detector.name == "level-jump"]
+    assert found.detector.code is FindingCode.SENSOR_FAULT and not found.detector.holds
+    assert found.time_ms == time_ms[123] and found.since_ms == time_ms[120]
+    assert "check both" in found.summary
+    assert not screen.held.any()
