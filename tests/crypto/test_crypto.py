@@ -36,7 +36,7 @@ OTHER_KEY = hashlib.sha256(b"other key").digest()
 
 def test_both_suites_are_registered() -> None:
     assert SUITES == ["aes-256-gcm", "chacha20-poly1305"]
-    assert list(SIGNATURE_SUITES) == ["ed25519"]
+    assert list(SIGNATURE_SUITES) == ["ed25519", "ecdsa-p256", "ml-dsa-65"]
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -96,7 +96,8 @@ def test_unknown_suites_are_config_errors_listing_the_known_ones() -> None:
         aead_suite("des")
     with pytest.raises(ConfigError, match=r"unknown AEAD suite 'rot13'"):
         seal(KEY, b"x", b"", "rot13")
-    with pytest.raises(ConfigError, match=r"unknown signature suite 'rsa'; known: ed25519$"):
+    with pytest.raises(ConfigError, match=r"unknown signature suite 'rsa'; known: ecdsa-p256, "
+                                          r"ed25519, ml-dsa-65$"):
         signature_suite("rsa")
 
 

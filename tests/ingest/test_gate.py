@@ -103,7 +103,8 @@ CASES: dict[str, tuple[BadPacket, RejectReason, str]] = {
         RejectReason.UNKNOWN_DEVICE, r"^device 'ghost-7' is not registered"),
     "unsupported suite": (
         lambda d, c: _set(d.envelope(_hr(c)), "rsa-pss", "suite"),
-        RejectReason.UNSUPPORTED_SUITE, r"^signature suite must be one of ed25519$"),
+        RejectReason.UNSUPPORTED_SUITE,
+        r"^signature suite must be one of ecdsa-p256, ed25519, ml-dsa-65$"),
     "wrong unit": (
         lambda d, c: _with(d, c, _reading("unit", "bpm")),
         RejectReason.WRONG_UNIT, r"^reading 1: unit must be '/min' for 8867-4$"),
