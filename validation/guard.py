@@ -89,6 +89,10 @@ DEVICE_RANGE = {Channel.GLUCOSE: (39.0, 400.0), Channel.HEART_RATE: (30.0, 220.0
                 Channel.SPO2: (70.0, 100.0), Channel.RESP_RATE: (4.0, 60.0),
                 Channel.TEMPERATURE: (34.0, 42.5)}
 RESOLUTION = {Channel.TEMPERATURE: 0.1}
+#: The range ends at which a device reports only that the value is beyond (a CGM's LOW and
+#: HIGH, a monitor's range ends); SpO2's 100 % is a real reading, not one of them.
+REPORTS_BEYOND = {ch: (low, high) for ch, (low, high) in DEVICE_RANGE.items()} | {
+    Channel.SPO2: (DEVICE_RANGE[Channel.SPO2][0],)}
 VITALS_CHANNELS = (Channel.HEART_RATE, Channel.SPO2, Channel.RESP_RATE, Channel.TEMPERATURE)
 
 
@@ -250,9 +254,12 @@ def attack_scenarios(series: Sequence[Series], specs: Sequence[AttackSpec], per_
             t, v = observed[spec.channel]
             attack = Attack(spec.kind, spec.channel, start, spec.duration_ms, size)
             res = apply_attack(attack, t, v, rng=rng)
+            if not np.array_equal(res.time_ms, t):
+                raise ValueError(f"validation: {spec.kind} changes reading times; score it "
+                                 "against its own clean readings")
             sent = _device_format(spec.channel, res.value)
             changed = sent != _device_format(spec.channel, v)
-            at_limit = changed & np.isin(sent, DEVICE_RANGE[spec.channel])
+            at_limit = changed & np.isin(sent, REPORTS_BEYOND[spec.channel])
             observed[spec.channel] = (res.time_ms, sent)
             out.append(Scenario(f"atk{k:02d}-{i:04d}", s.base, observed,
                                 _cut(s.inputs, first, last), spec.channel, spec.label,
@@ -653,7 +660,10 @@ def report(res: Results, heading: str = "##") -> str:
 
 def _cohorts(res: Results) -> str:
     counts = Counter(s.base.split("#")[0] for s in res.series if s.group.startswith("glucose"))
-    return ", ".join(f"{n} {c}{'ren' if c == 'child' else 's'}" for c, n in counts.items())
+    def plural(c: str, n: int) -> str:
+        return c if n == 1 else c + ("ren" if c == "child" else "s")
+
+    return ", ".join(f"{n} {plural(c, n)}" for c, n in counts.items())
 
 
 def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
@@ -663,12 +673,16 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             for label in labels}
     met = [label for label in labels if rate[label] >= 0.99]
     no_op = sum(s.attack_changed == 0 for s in res.attacked)
-    # runs whose changed readings the device sent mostly at its LOW/HIGH limit
+    # runs whose changed readings the device sent mostly where it reports only "beyond"
     inside = [x for x in scores if 2 * x.scenario.attack_at_limit <= x.scenario.attack_changed]
-    rate_in = {label: np.mean([x.detected for x in inside if x.scenario.attack_kind == label])
-               for label in labels}
-    met_in = [label for label in labels if rate_in[label] >= 0.99]
-    misses_at_limit = sum(not x.detected for x in scores if x not in inside)
+    inside_ids = {x.scenario.patient_id for x in inside}
+    below_in = []
+    for label in labels:
+        hit = [x.detected for x in inside if x.scenario.attack_kind == label]
+        if np.mean(hit) < 0.99:
+            below_in.append(f"{label} ({sum(hit)} of {len(hit)})")
+    misses_at_limit = sum(not x.detected for x in scores
+                          if x.scenario.patient_id not in inside_ids)
     days = sum((s.end_ms - s.scored_from_ms) / DAY_MS for s in res.clean)
     hits = res.hits["medtwin"]
     ep = sum(false_alarm_episodes(s, hits) for s in res.clean)
@@ -685,11 +699,11 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             f"{no_op} of {len(res.attacked)} attacks changed no reading the device sends "
             "(no-op runs) and are not scored. "
             f"{len(scores) - len(inside)} scored runs had most of their changed readings sent "
-            "at the device's LOW/HIGH limit, where it reports only that the value is beyond "
-            f"(a CGM reading LOW); {misses_at_limit} of medtwin's "
-            f"{sum(not x.detected for x in scores)} misses are among them. Without them, "
-            f"≥ 99 % for {len(met_in)} of {len(labels)} kinds; lowest: "
-            f"{min(rate_in.values()):.0%} ({min(rate_in, key=rate_in.__getitem__)}).", ""]
+            "at a range end where the device reports only that the value is beyond (a CGM's "
+            f"LOW or HIGH); {misses_at_limit} of medtwin's "
+            f"{sum(not x.detected for x in scores)} misses are among them. Without those runs "
+            "(medtwin only), every kind is at ≥ 99 % "
+            + (f"except {'; '.join(below_in)}." if below_in else "."), ""]
 
 
 def _medtwin_details(res: Results, scores: list[AttackScore], group_of: dict[str, str]

@@ -4,9 +4,10 @@ the run's first value: a slow drift is not a freeze."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from medtwin.domain import Channel
-from medtwin.guard import frozen_values
+from medtwin.domain import Channel, FindingCode
+from medtwin.guard import GuardBank, frozen_values
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000
@@ -40,3 +41,26 @@ def test_a_drift_slower_than_the_resolution_per_reading_is_not_a_freeze() -> Non
     stream, time_ms, value, channel = oximeter(600, 3)
     value[300:400] = 96.0 - 0.25 * np.arange(100)               # unrounded, 0.25 % a minute
     assert not frozen_values(stream, time_ms, value, channel).alarm[300:400].any()
+
+
+def test_a_freeze_after_a_small_drift_is_caught() -> None:
+    """Runs are levels, not steps: creeping off a value and then holding still is stuck."""
+    stream, time_ms, value, channel = oximeter(600, 4)
+    value[400:403] = [96.0, 95.7, 95.4]
+    value[403:460] = 95.4                                        # held for 57 min
+    hits = np.flatnonzero(frozen_values(stream, time_ms, value, channel).alarm)
+    assert hits.size and 430 <= hits.min() <= 433 and hits.max() == 459
+
+
+@pytest.mark.parametrize(("level", "held"), [(96.0, True), (86.0, False)])
+def test_a_stuck_value_is_held_only_while_it_reassures(level: float, held: bool) -> None:
+    """Stuck at 96 %, the oximeter could hide a desaturation: held. At 86 % it may be a
+    patient resting there: shown, and the clinical rules keep seeing it."""
+    _, time_ms, value, channel = oximeter(600, 5)
+    value[400:460] = level
+    bank = GuardBank()
+    src = bank.source("pt-1", "monitor-1")
+    screen = bank.screen(np.full(600, src, np.intp), channel.astype(np.int8), value, time_ms)
+    (frozen,) = [d for d in screen.drafts if d.detector.name == "frozen-value"]
+    assert frozen.detector.code is FindingCode.SENSOR_FAULT
+    assert bool(screen.held[430:460].all()) is held and not screen.held[460:].any()

@@ -118,3 +118,25 @@ def test_a_vital_sign_step_is_shown_but_never_held(channel: Channel, usual: floa
     assert found.time_ms == time_ms[123] and found.since_ms == time_ms[120]
     assert "check both" in found.summary
     assert not screen.held.any()
+
+
+def test_an_offset_with_a_missed_reading_beside_the_step_is_still_a_jump() -> None:
+    stream, time_ms, _, channel = smooth_cgm(200, 9, step_min=5)
+    value = np.full(200, 120.0)
+    value[100:] += 40.0
+    keep = np.ones(200, bool)
+    keep[98] = keep[102] = False                                  # one missed on each side
+    r = level_jumps(stream[keep], time_ms[keep], value[keep], channel[keep])
+    assert r.alarm.any() and r.statistic[r.alarm][0] == pytest.approx(40.0)
+
+
+def test_a_v_shaped_glucose_turn_is_never_a_jump() -> None:
+    """A fast fall that turns into a fast rise (a hypo treated with glucose): two straight
+    lines meeting at a corner, not a step."""
+    stream, time_ms, _, channel = smooth_cgm(200, 10)
+    k = np.arange(200.0)
+    fall, rise = 3.0 * 3, 3.5 * 3                                # mg/dL per 3-min reading
+    value = np.round(np.where(k < 100, np.minimum(70 + fall * (100 - k), 160),
+                              np.minimum(70 + rise * (k - 100), 250)))
+    assert value.min() == 70 and value[90] == 160 and value[108] == 154
+    assert not level_jumps(stream, time_ms, value, channel).alarm.any()

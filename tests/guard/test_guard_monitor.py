@@ -130,3 +130,39 @@ def test_a_sudden_offset_is_a_level_jump_and_a_curve_is_not() -> None:
     curve = np.round(120 + 60 / (1 + np.exp(-(np.arange(120) - 70) / 3.0)))   # a fast rise
     found, held = _run(curve + _stream(120) - 130, np.zeros(120), 10)
     assert not found and not held.any()
+
+
+def _residual_run(hook: int, action: str) -> list[int]:
+    """Feed 300 readings whose innovations run 4 SD high from reading 100, in batches of 5;
+    before reading `hook`, release the source ('release') or add 20 sources ('grow').
+    The spoofing findings' reading indexes."""
+    bank = GuardBank()
+    src = bank.source("pt-1", "cgm-1")
+    values = np.full(300, 120.0) + _stream(300) - 130
+    innovation = np.where(np.arange(300) >= 100, 20.0, 0.0)
+    out = []
+    for a in range(0, 300, 5):
+        if a == hook and action == "release":
+            bank.set_blocked(np.array([src], np.intp), False)
+        if a == hook and action == "grow":
+            for k in range(20):
+                bank.source(f"pt-{k + 2}", "cgm-1")
+        source = np.full(5, src, np.intp)
+        channel = np.full(5, int(Channel.GLUCOSE), np.int8)
+        time_ms = T0 + np.arange(a, a + 5, dtype=np.int64) * STEP
+        screen = bank.screen(source, channel, values[a:a + 5], time_ms)
+        judged = bank.judge(screen, channel, values[a:a + 5], time_ms, innovation[a:a + 5],
+                            np.full(5, 25.0))
+        out += [int((d.time_ms - T0) // STEP) for d in judged.drafts
+                if d.detector.code is FindingCode.SPOOFING_SUSPECTED]
+        bank.apply(screen, judged, None, [], screen.held)
+    return out
+
+
+def test_a_release_restarts_the_residual_run_and_growing_keeps_it() -> None:
+    sustained = max(SUSTAINED_MS // STEP, SUSTAINED_READINGS)
+    (plain,) = _residual_run(-1, "none")
+    assert 100 + sustained - 1 <= plain <= 100 + sustained + 5
+    assert _residual_run(110, "grow") == [plain]
+    (released,) = _residual_run(110, "release")
+    assert released >= 110 + sustained - 1

@@ -90,7 +90,7 @@ Index = npt.NDArray[np.intp]
 #: Readings of each stream kept for the pattern detectors: 12 h of one-minute vitals (a
 #: replayed hour from up to 6 h back is still in view), 2.5 days of 5-minute CGM.
 HISTORY = 720
-#: A stream raises the same finding code at most once per this much data time.
+#: A stream raises one detector's finding at most once per this much data time.
 REPEAT_MS = 30 * 60_000
 #: Innovations are judged against their stream's running mean NIS (weight per reading: about
 #: the last 100 readings, 8 h of 5-min CGM), each NIS capped at 25 (5 SD) in that mean.
@@ -106,8 +106,6 @@ SUSTAINED_MS = 30 * 60_000
 SUSTAINED_READINGS = 2 * WINDOW_READINGS
 #: A finding of a `COMPROMISE_CODES` code at least this confident quarantines its source.
 QUARANTINE_CONFIDENCE = 0.9
-_CODES = tuple(FindingCode)
-_CODE_INDEX = {c: i for i, c in enumerate(_CODES)}
 
 
 #: Below these values a reading lower than the twin expected is heading towards clinical
@@ -169,11 +167,16 @@ JUMP_HELD_CHANNELS = (Channel.GLUCOSE,)
 INCOHERENT = Detector(COHERENCE_NAME, FindingCode.SENSOR_FAULT, 0.7, False)
 #: screening detectors, strongest first: a reading is explained by the first that fired
 SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, JUMP, DISPUTED, STEP, INCOHERENT)
+_FROZEN_INDEX = SCREENS.index(FROZEN)
 #: Residual evidence alone never quarantines: a model that does not follow a patient's real
 #: course (a recovery, a deterioration) looks the same to it as masking data does. Only
 #: positive signs of manipulation (a replay, a device the others outvote, device behaviour)
 #: convict a source.
 RESIDUAL_BOTH = Detector(RESIDUAL_NAME, FindingCode.SPOOFING_SUSPECTED, 0.8, False)
+#: Findings on a stream are de-duplicated per detector, so a weak finding (a two-device
+#: dispute, a vital sign's step) never silences a stronger one of the same code (an outvoted
+#: device, a frozen value) for `REPEAT_MS`.
+_DEDUP_INDEX = {d: i for i, d in enumerate((*SCREENS, RESIDUAL_BOTH))}
 #: behaviour rules need no learning; learned features fire on a z beyond their threshold
 BEHAVIOUR_RULE = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.95, False)
 BEHAVIOUR_LEARNED = Detector(BEHAVIOUR_NAME, FindingCode.DEVICE_BEHAVIOUR, 0.8, False)
@@ -185,8 +188,8 @@ class GuardState(NamedTuple):
     was held, the level of its current residual episode (0 none, 1 the patient's own course,
     2 spoofing suspected), since when and for how many readings its window test has fired
     without a break (`NO_TIME`, 0: it does not), the running scale of its innovations
-    (`SCALE_WEIGHT`), the tests' state, and when each code was last raised; per source: blocked,
-    behaviour state and when it last raised a behaviour finding.
+    (`SCALE_WEIGHT`), the tests' state, and when each detector last raised a finding; per
+    source: blocked, behaviour state and when it last raised a behaviour finding.
     """
 
     hist_time: IntArray
@@ -214,7 +217,8 @@ def guard_state(n_sources: int) -> GuardState:
                       np.zeros(n, np.int8), np.full(n, NO_TIME, np.int64),
                       np.zeros(n, np.int64), np.ones(n),
                       window_state(n), cusum_state(n),
-                      np.full((n, len(_CODES)), NO_TIME, np.int64), np.zeros(n_sources, bool),
+                      np.full((n, len(_DEDUP_INDEX)), NO_TIME, np.int64),
+                      np.zeros(n_sources, bool),
                       behaviour_state(n_sources), np.full((n_sources, 2), NO_TIME, np.int64))
 
 
@@ -404,7 +408,12 @@ class GuardBank:
             fired_flat[hit & is_new] = k
         fired[f_pos[is_new]] = fired_flat[is_new]
         hold = np.array([d.holds for d in SCREENS])
-        held |= (fired >= 0) & hold[np.maximum(fired, 0)]
+        holds = (fired >= 0) & hold[np.maximum(fired, 0)]
+        # A value stuck outside the reassuring range is shown, not held: were it real (a
+        # patient resting at 86 % SpO2), holding it would let the clinical rules lose it.
+        c = channel.astype(np.intp)
+        reassuring = (value >= NORMAL_LOW[c]) & (value <= NORMAL_HIGH[c])
+        held |= holds & ((fired != _FROZEN_INDEX) | reassuring)
         drafts = self._screen_drafts(f_stream, f_time, f_value, f_pos, fired_flat, alarms,
                                      agree, coherence)
         h_time, h_value, h_count = _keep_last(rows, f_stream, f_time, f_value)
@@ -712,7 +721,7 @@ def _residual_draft(stream: int, i: int, channel: Channel, value: float, time_ms
 
 def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raised: IntArray
                  ) -> tuple[list[Draft], IntArray]:
-    """The drafts to raise: per stream and code (per device and rule or learned, for
+    """The drafts to raise: per stream and detector (per device and rule or learned, for
     behaviour, so a rule alarm after a learned one still convicts), the first of the batch,
     unless the same was raised less than `REPEAT_MS` before; and the new last-raised
     times."""
@@ -720,7 +729,6 @@ def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raise
     device_last = behaviour_raised.copy()
     kept = []
     for d in drafts:
-        code = _CODE_INDEX[d.detector.code]
         if d.channel is None:
             col = int(d.detector is BEHAVIOUR_RULE)
             prev = int(device_last[d.source, col])
@@ -728,11 +736,11 @@ def _deduplicate(drafts: Sequence[Draft], last_raised: IntArray, behaviour_raise
                 kept.append(d)
                 device_last[d.source, col] = d.time_ms
             continue
-        s = d.source * N_CHANNELS + int(d.channel)
-        prev = int(last[s, code])
+        s, column = d.source * N_CHANNELS + int(d.channel), _DEDUP_INDEX[d.detector]
+        prev = int(last[s, column])
         if prev == NO_TIME or d.time_ms - prev >= REPEAT_MS:
             kept.append(d)
-            last[s, code] = d.time_ms
+            last[s, column] = d.time_ms
     return kept, last
 
 
