@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +35,32 @@ DEFAULT_LOG_ORIGIN = "medtwin.local/log"
 DEFAULT_MAX_BATCH = 256
 
 
+@dataclass(frozen=True, slots=True)
+class TrustedWitness:
+    """A witness whose cosignatures the site accepts: its note key name and Ed25519 key."""
+
+    name: str
+    public_key: bytes
+
+
+def parse_witnesses(text: str) -> tuple[TrustedWitness, ...]:
+    """Witnesses from `name=base64key,name=base64key` (the MEDTWIN_WITNESSES format)."""
+    witnesses: list[TrustedWitness] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, encoded = item.partition("=")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not sep or not name or len(key) != 32:
+            raise ConfigError(f"config: witness {item!r} must be name=<base64 of a 32-byte "
+                              "Ed25519 public key>")
+        witnesses.append(TrustedWitness(name, key))
+    if len({w.name for w in witnesses}) != len(witnesses):
+        raise ConfigError("config: a witness name is given twice; give each witness once")
+    return tuple(witnesses)
+
+
 def wall_clock_ms() -> int:
     """The site clock: milliseconds since the epoch, UTC."""
     return time.time_ns() // 1_000_000
@@ -50,6 +78,7 @@ class Settings:
     aead_suite: str = DEFAULT_AEAD_SUITE
     log_origin: str = DEFAULT_LOG_ORIGIN
     max_batch: int = DEFAULT_MAX_BATCH
+    witnesses: tuple[TrustedWitness, ...] = ()
     clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
 
     @property
@@ -86,5 +115,7 @@ class Settings:
                 raise ConfigError("config: MEDTWIN_MAX_CLOCK_SKEW_S must be a number") from exc
         if "MEDTWIN_AEAD_SUITE" in env:
             values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
+        if "MEDTWIN_WITNESSES" in env:
+            values["witnesses"] = parse_witnesses(env["MEDTWIN_WITNESSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

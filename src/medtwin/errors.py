@@ -10,6 +10,7 @@
     ├── StoreError           the database failed; the batch was not written
     ├── ConflictError        something with that id already exists
     ├── VerificationError    the store, log or signed head do not agree; `.record` names where
+    │   └── SplitViewError   a log showed a witness two views that cannot both be true
     ├── FhirError            a FHIR resource could not be read; `.line` says where
     └── InvalidInputError    a request's arguments are out of range (nothing was changed)
 
@@ -76,6 +77,10 @@ class VerificationError(MedtwinError):
     def __init__(self, message: str, record: str | None = None) -> None:
         self.record = record
         super().__init__(message)
+
+
+class SplitViewError(VerificationError):
+    """A log showed two different trees of one size, shrank, or gave an inconsistent proof."""
 
 
 class FhirError(MedtwinError):

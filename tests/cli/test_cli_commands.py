@@ -18,7 +18,8 @@ from medtwin.fhir import insulin_administration, reading_observation, validate_r
 from medtwin.pipeline import Pipeline
 
 runner = CliRunner()
-COMMANDS = ("demo", "serve", "replay", "simulate", "verify", "keys", "token", "bench")
+COMMANDS = ("demo", "serve", "replay", "simulate", "verify", "keys", "token", "bench",
+            "witness")
 
 
 def test_help_explains_every_command() -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medtwin.access import Permission, Role, allows, new_token
 from medtwin.api._auth import Caller, caller_of, require
 from medtwin.api._batcher import IngestBatcher
+from medtwin.api._ledger import ledger_router
 from medtwin.api._limits import RateLimiter, RegisteredDevices, address_of, throttled_response
 from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_BYTES
 from medtwin.domain import Device, DeviceStatus, RejectReason
@@ -374,4 +375,5 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                 "signatures_checked": report.signatures_checked, "pending": report.pending,
                 "root": report.root_hex}
 
+    app.include_router(ledger_router(pipeline))
     return app

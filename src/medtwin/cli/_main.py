@@ -341,11 +341,15 @@ def verify(data_dir: DataDir = None) -> None:
 
 @keys_app.command("init")
 def keys_init(data_dir: DataDir = None) -> None:
-    """Create the site's key files and database if they do not exist."""
+    """Create the site's key files and database if they do not exist; print the log key
+    that witnesses pin (`medtwin witness --origin ... --log-key ...`)."""
     with _site(data_dir) as pipeline:
         keys_dir = pipeline.settings.resolved_keys_dir
+        origin, log_key = pipeline.settings.log_origin, pipeline.keys.log_key
     console.print(f"site ready; keys in {keys_dir} (keep them off the database host's "
                   "backups)")
+    console.print(f"log origin {origin}, {log_key.suite} public key "
+                  f"{base64.b64encode(log_key.public_key).decode()}", soft_wrap=True)
 
 
 @keys_app.command("add-patient")
@@ -521,6 +525,51 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         seconds = bench_personalize(n)
         personalize.add_row(f"{n:,}", f"{seconds:,.2f}", f"{seconds / n:,.3f}")
     console.print(personalize)
+
+
+@app.command()
+def witness(
+    log_url: Annotated[str | None, typer.Option(help="Base URL of the site's API, e.g. "
+                                                "https://site.example:8000.")] = None,
+    origin: Annotated[str | None, typer.Option(help="The log's origin line (its name).")] = None,
+    log_key: Annotated[str | None, typer.Option(help="The log's public key, base64, as "
+                                                "`medtwin keys init` prints it.")] = None,
+    log_suite: Annotated[str | None, typer.Option(help="Suite of the log key "
+                                                  "(default ed25519).")] = None,
+    name: Annotated[str | None, typer.Option(help="This witness's key name, e.g. "
+                                             "witness.example/w1.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the witness keeps its key "
+                                                   "(0600) and the last checkpoint it "
+                                                   "cosigned (default ./medtwin-witness).")]
+    = None,
+    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                help="JSON file with any of the options "
+                                                     "above (log_url, origin, log_key, ...); "
+                                                     "options override it.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="MEDTWIN_TOKEN",
+                                              help="API token (role auditor).")] = None,
+    once: Annotated[bool, typer.Option(help="One round, then exit.")] = False,
+    interval: Annotated[float, typer.Option(min=1, help="Seconds between rounds.")] = 60.0,
+) -> None:
+    """Witness a site's log: verify each checkpoint and its consistency with the last one
+    cosigned, then cosign it. A split view (two histories) exits with code 3."""
+    from medtwin.cli._witness import load_config, run_witness
+    from medtwin.errors import SplitViewError
+
+    try:
+        settings = load_config(config, log_url=log_url, origin=origin, log_key=log_key,
+                               log_suite=log_suite, name=name, state_dir=state_dir,
+                               token=token)
+        public = base64.b64encode(settings.signer().public_key).decode()
+        console.print(f"witness {settings.name} key {public} (register it on the site: "
+                      f"MEDTWIN_WITNESSES={settings.name}={public})", soft_wrap=True)
+        run_witness(settings, once=once, interval_s=interval,
+                    report=lambda line: console.print(line, soft_wrap=True))
+    except SplitViewError as exc:
+        console.print(f"[bold red]SPLIT VIEW — refusing to cosign:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(3) from exc
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Cipher-suite registry, signatures, envelope encryption and site keys (crypto-agile)."""
 
 from medtwin.crypto._envelope import envelope_suite, open_sealed, seal
-from medtwin.crypto._keys import KeyRing, LogSigningKey, SiteKeys
+from medtwin.crypto._keys import KeyRing, LogSigningKey, SiteKeys, load_or_create_signing_key
 from medtwin.crypto._packets import sign_packet
 from medtwin.crypto._suites import (
     AEAD_SUITES,
@@ -23,6 +23,7 @@ __all__ = [
     "SiteKeys",
     "aead_suite",
     "envelope_suite",
+    "load_or_create_signing_key",
     "open_sealed",
     "seal",
     "sign_packet",

@@ -120,6 +120,20 @@ class SiteKeys:
             raise ConfigError(f"keys: malformed key file in {keys_dir}: {exc}") from exc
 
 
+def load_or_create_signing_key(path: Path, suite: str = "ed25519") -> LogSigningKey:
+    """A signing key kept alone in `path` (mode 0600), created on first run: a witness's key."""
+    if not path.exists():
+        private, public = signature_suite(suite).generate()
+        _write_secret(path, {"key_id": f"key-{secrets.token_hex(4)}", "suite": suite,
+                             "private_key": _b64(private), "public_key": _b64(public)})
+    doc = _read_secret(path)
+    try:
+        return LogSigningKey(doc["key_id"], doc["suite"], base64.b64decode(doc["private_key"]),
+                             base64.b64decode(doc["public_key"]))
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"keys: malformed key file {path}: {exc}") from exc
+
+
 class KeyRing:
     """Wraps, unwraps and caches per-patient data keys; seals and opens patient records."""
 

@@ -14,26 +14,52 @@ from medtwin.ledger._merkle import (
     node_hash,
     root_from_leaf_hashes,
 )
+from medtwin.ledger._note import (
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    cosign_checkpoint,
+    open_checkpoint_note,
+    sign_checkpoint_note,
+    verify_cosignature,
+)
 from medtwin.ledger._proofs import (
     consistency_proof,
     inclusion_proof,
     verify_consistency,
     verify_inclusion,
 )
+from medtwin.ledger._witness import (
+    WitnessState,
+    WitnessStep,
+    cosignature_key_name,
+    witness_step,
+)
 
 __all__ = [
     "EMPTY_ROOT",
+    "Checkpoint",
     "MerkleTree",
+    "NoteSigner",
+    "NoteVerifier",
     "SignedTreeHead",
+    "WitnessState",
+    "WitnessStep",
     "checkpoint_body",
     "consistency_proof",
+    "cosign_checkpoint",
+    "cosignature_key_name",
     "inclusion_proof",
     "leaf_data",
     "leaf_hash",
     "node_hash",
+    "open_checkpoint_note",
     "root_from_leaf_hashes",
+    "sign_checkpoint_note",
     "sign_tree_head",
     "verify_consistency",
+    "verify_cosignature",
     "verify_inclusion",
     "verify_tree_head",
+    "witness_step",
 ]

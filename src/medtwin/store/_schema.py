@@ -129,6 +129,17 @@ tree_heads = Table(
     Column("signature", LargeBinary, nullable=False),
 )
 
+cosignatures = Table(
+    "cosignatures", metadata,
+    Column("origin", String(256), primary_key=True),
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary, primary_key=True),
+    Column("witness", String(256), primary_key=True),
+    Column("line", Text, nullable=False),
+    Column("timestamp_s", BigInteger, nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+)
+
 api_tokens = Table(
     "api_tokens", metadata,
     Column("token_hash", LargeBinary, primary_key=True),

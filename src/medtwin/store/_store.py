@@ -227,6 +227,27 @@ class Store:
         fields.pop("head_id")
         return HeadRecord(**fields)
 
+    # Witness cosignatures of checkpoints ---------------------------------------------------
+
+    def put_cosignature(self, origin: str, size: int, root: bytes, witness: str, line: str,
+                        timestamp_s: int, now_ms: int) -> None:
+        """Keep `witness`'s verified cosignature line of a checkpoint, replacing an older one."""
+        key = ((t.cosignatures.c.origin == origin) & (t.cosignatures.c.size == size)
+               & (t.cosignatures.c.root == root) & (t.cosignatures.c.witness == witness))
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.cosignatures).where(key))
+            conn.execute(insert(t.cosignatures).values(
+                origin=origin, size=size, root=root, witness=witness, line=line,
+                timestamp_s=timestamp_s, received_at_ms=now_ms))
+
+    def cosignatures(self, origin: str, size: int, root: bytes) -> list[str]:
+        """The stored cosignature lines of one checkpoint, ordered by witness name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.cosignatures.c.line).where(
+                (t.cosignatures.c.origin == origin) & (t.cosignatures.c.size == size)
+                & (t.cosignatures.c.root == root)).order_by(t.cosignatures.c.witness))
+            return [r.line for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Rows per table, and readings accepted."""
         with self.engine.connect() as conn:

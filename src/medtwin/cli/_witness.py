@@ -1,0 +1,206 @@
+"""`medtwin witness`: fetch a site's checkpoint, check it against what was seen, cosign, post.
+
+The checks are `medtwin.ledger.witness_step` (pure); this module does the I/O around it: the
+witness's key file and state file in its state directory, and HTTP to the site.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medtwin.crypto import load_or_create_signing_key
+from medtwin.errors import ConfigError, MedtwinError
+from medtwin.ledger import (
+    NoteSigner,
+    NoteVerifier,
+    WitnessState,
+    WitnessStep,
+    open_checkpoint_note,
+    witness_step,
+)
+
+DEFAULT_STATE_DIR = Path("medtwin-witness")
+KEY_FILE = "witness-key.json"
+STATE_FILE = "witness-state.json"
+#: Seconds an HTTP request to the site may take before the round fails.
+HTTP_TIMEOUT_S = 30.0
+#: Largest response read from the site (prevents memory exhaustion by a hostile log).
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+
+
+class WitnessHttpError(MedtwinError):
+    """The site did not answer a witness request as expected (network, status or body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessConfig:
+    """One witness pinned to one log: where it is, its origin and key, and local state."""
+
+    log_url: str
+    origin: str
+    log_key: bytes
+    name: str
+    state_dir: Path
+    log_suite: str = "ed25519"
+    token: str | None = None
+
+    @property
+    def log(self) -> NoteVerifier:
+        """The pinned log key, as a note verifier (key name = origin)."""
+        return NoteVerifier(self.origin, self.log_suite, self.log_key)
+
+    def signer(self) -> NoteSigner:
+        """The witness's own Ed25519 key, created (mode 0600) in the state dir on first run."""
+        key = load_or_create_signing_key(self.state_dir / KEY_FILE, "ed25519")
+        return NoteSigner(self.name, key.suite, key.private_key, key.public_key)
+
+
+def load_config(path: Path | None, **given: Any) -> WitnessConfig:
+    """Settings from a JSON config file (optional), overridden by options that were given."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"witness: cannot read config file {path}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ConfigError(f"witness: config file {path} is not a JSON object")
+        values.update(document)
+    values.update({k: v for k, v in given.items() if v is not None})
+    missing = [k for k in ("log_url", "origin", "log_key", "name") if not values.get(k)]
+    if missing:
+        raise ConfigError(f"witness: missing {', '.join(missing)}; give them as options "
+                          "(--log-url, --origin, --log-key, --name) or in --config")
+    try:
+        log_key = base64.b64decode(str(values["log_key"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("witness: log_key must be the site's log public key in base64 "
+                          "(`medtwin keys init` prints it)") from None
+    config = WitnessConfig(str(values["log_url"]), str(values["origin"]), log_key,
+                           str(values["name"]), Path(values.get("state_dir", DEFAULT_STATE_DIR)),
+                           str(values.get("log_suite", "ed25519")), values.get("token"))
+    try:
+        NoteVerifier(config.origin, config.log_suite, config.log_key)
+        NoteVerifier(config.name, "ed25519", b"", cosigner=True)
+    except ValueError as exc:
+        raise ConfigError(f"witness: {exc}") from exc
+    return config
+
+
+def load_state(path: Path, origin: str) -> WitnessState:
+    """The last cosigned checkpoint kept in `path`, or a fresh state if there is none."""
+    if not path.exists():
+        return WitnessState(origin)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        state = WitnessState(document["origin"], int(document["size"]),
+                             base64.b64decode(document["root"], validate=True))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"witness: state file {path} is unreadable ({exc}); restore it "
+                          "from a backup rather than deleting it") from exc
+    if state.origin != origin or len(state.root) != 32 or state.size < 0:
+        raise ConfigError(f"witness: state file {path} is for log {state.origin!r}, not "
+                          f"{origin!r}; use another --state-dir for another log")
+    return state
+
+
+def save_state(path: Path, state: WitnessState) -> None:
+    """Write the state atomically (a crash leaves the old or the new one, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"origin": state.origin, "size": state.size,
+                   "root": base64.b64encode(state.root).decode()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def open_client(config: WitnessConfig) -> httpx.Client:
+    """The HTTP client to the site, with the witness's bearer token."""
+    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    return httpx.Client(base_url=config.log_url, headers=headers, timeout=HTTP_TIMEOUT_S)
+
+
+def witness_round(client: httpx.Client, config: WitnessConfig, signer: NoteSigner,
+                  now_s: int) -> WitnessStep:
+    """One round: fetch and check the checkpoint, remember it, post the cosignature.
+
+    The state is saved before the cosignature is posted: once signed, the witness never signs
+    a conflicting checkpoint, even if the post fails.
+    """
+    state_path = config.state_dir / STATE_FILE
+    state = load_state(state_path, config.origin)
+    note = _request(client, "GET", "/v1/ledger/checkpoint").text
+    checkpoint, _opened = open_checkpoint_note(note, [config.log])
+    proof: list[bytes] = []
+    if 0 < state.size < checkpoint.size:
+        answer = _request(client, "GET", "/v1/ledger/proof/consistency",
+                          params={"old": state.size, "new": checkpoint.size}).json()
+        proof = _proof_hashes(answer)
+    step = witness_step(state, note, proof, config.log, signer, now_s)
+    save_state(state_path, step.state)
+    _request(client, "POST", "/v1/ledger/cosignature", json={
+        "size": step.checkpoint.size, "root": base64.b64encode(step.checkpoint.root).decode(),
+        "cosignature": step.cosignature})
+    return step
+
+
+def run_witness(config: WitnessConfig, *, once: bool, interval_s: float,
+                report: Callable[[str], None],
+                clock: Callable[[], float] = time.time) -> None:
+    """Witness rounds until stopped (or one, if `once`). An unreachable site is reported and
+    retried at the next round; any refusal (split view, wrong key) ends it by raising."""
+    signer = config.signer()
+    with open_client(config) as client:
+        while True:
+            try:
+                step = witness_round(client, config, signer, int(clock()))
+                report(f"cosigned {config.origin} size {step.checkpoint.size} root "
+                       f"{base64.b64encode(step.checkpoint.root).decode()}")
+            except MedtwinError as exc:
+                if once or not _retryable(exc):
+                    raise
+                report(f"error: {exc}; retrying in {interval_s:g} s")
+            if once:
+                return
+            time.sleep(interval_s)
+
+
+def _retryable(exc: MedtwinError) -> bool:
+    return isinstance(exc, WitnessHttpError)
+
+
+def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """`method path` on the site; WitnessHttpError unless it answers 2xx within the limits."""
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise WitnessHttpError(f"witness: {method} {path}: {type(exc).__name__}: {exc}") from exc
+    if len(response.content) > MAX_RESPONSE_BYTES:
+        raise WitnessHttpError(f"witness: {method} {path}: answer longer than "
+                               f"{MAX_RESPONSE_BYTES} bytes")
+    if not response.is_success:
+        raise WitnessHttpError(f"witness: {method} {path}: HTTP {response.status_code}: "
+                               f"{response.text[:500]}")
+    return response
+
+
+def _proof_hashes(answer: Any) -> list[bytes]:
+    """The base64 hashes of a consistency-proof answer; WitnessHttpError if malformed."""
+    try:
+        return [base64.b64decode(h, validate=True) for h in answer["proof"]]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise WitnessHttpError("witness: the consistency proof is not a JSON list of base64 "
+                               "hashes") from exc

@@ -1,0 +1,148 @@
+"""`medtwin witness` against the real app in-process (its HTTP client is swapped for FastAPI's
+test client): cosigning, growth, split views, a wrong log key, and argument handling."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import DeviceSim, FakeClock
+from typer.testing import CliRunner
+
+from medtwin.access import Role, new_token
+from medtwin.api import create_app
+from medtwin.cli import _witness, app
+from medtwin.config import Settings, TrustedWitness
+from medtwin.crypto import load_or_create_signing_key
+from medtwin.errors import ConfigError
+from medtwin.ledger import NoteVerifier, WitnessState, open_checkpoint_note
+from medtwin.pipeline import Pipeline
+
+runner = CliRunner()
+NAME = "witness.example/w1"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "witness"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, clock: FakeClock, state_dir: Path) -> Settings:
+    """A site that has registered the witness's key (made before the witness's first run)."""
+    key = load_or_create_signing_key(state_dir / _witness.KEY_FILE)
+    return Settings(data_dir=tmp_path / "site", clock=clock,
+                    witnesses=(TrustedWitness(NAME, key.public_key),))
+
+
+@pytest.fixture
+def site(pipeline: Pipeline, device: DeviceSim, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    """The site's app, reached by the witness through an in-process client with a token."""
+    token, token_hash = new_token()
+    pipeline.store.add_token(token_hash, "witness", Role.AUDITOR.value, 0)
+    monkeypatch.setattr(_witness, "open_client", lambda config: TestClient(
+        create_app(pipeline), base_url=config.log_url,
+        headers={"Authorization": f"Bearer {token}"}))
+    pipeline.process([device.submit(device.vitals()) for _ in range(3)])
+    return pipeline
+
+
+def _args(pipeline: Pipeline, state_dir: Path, log_key: bytes | None = None) -> list[str]:
+    key = log_key if log_key is not None else pipeline.keys.log_key.public_key
+    return ["witness", "--once", "--log-url", "http://site.test", "--origin",
+            pipeline.settings.log_origin, "--log-key", base64.b64encode(key).decode(),
+            "--name", NAME, "--state-dir", str(state_dir)]
+
+
+def _state(state_dir: Path) -> dict[str, object]:
+    document = json.loads((state_dir / _witness.STATE_FILE).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_witness_cosigns_and_its_cosignature_is_served(site: Pipeline, state_dir: Path,
+                                                       device: DeviceSim) -> None:
+    result = runner.invoke(app, _args(site, state_dir))
+    assert result.exit_code == 0, result.output
+    head = site.store.latest_head()
+    assert head is not None
+    assert f"cosigned {head.origin} size {head.size}" in result.output
+    assert _state(state_dir)["size"] == head.size
+    assert stat.S_IMODE((state_dir / _witness.KEY_FILE).stat().st_mode) == 0o600
+    [line] = site.store.cosignatures(head.origin, head.size, head.root)
+    key = load_or_create_signing_key(state_dir / _witness.KEY_FILE)
+    verifiers = [NoteVerifier(head.origin, "ed25519", site.keys.log_key.public_key),
+                 NoteVerifier(NAME, "ed25519", key.public_key, cosigner=True)]
+    with TestClient(create_app(site)) as client:
+        token, token_hash = new_token()
+        site.store.add_token(token_hash, "auditor", Role.AUDITOR.value, 0)
+        note = client.get("/v1/ledger/checkpoint",
+                          headers={"Authorization": f"Bearer {token}"}).text
+    assert note.endswith(line)
+    _, opened = open_checkpoint_note(note, verifiers)
+    assert [s.name for s in opened.verified] == [head.origin, NAME]
+    # the log grows: the next round checks the consistency proof and moves on
+    site.process([device.submit(device.vitals()) for _ in range(4)])
+    grown = runner.invoke(app, _args(site, state_dir))
+    assert grown.exit_code == 0, grown.output
+    newer = site.store.latest_head()
+    assert newer is not None and newer.size > head.size
+    assert _state(state_dir)["size"] == newer.size
+
+
+def test_a_split_view_exits_3_naming_both_roots(site: Pipeline, state_dir: Path) -> None:
+    assert runner.invoke(app, _args(site, state_dir)).exit_code == 0
+    state = _state(state_dir)
+    seen = base64.b64encode(bytes(range(32))).decode()
+    (state_dir / _witness.STATE_FILE).write_text(json.dumps({**state, "root": seen}))
+    result = runner.invoke(app, _args(site, state_dir))
+    assert result.exit_code == 3, result.output
+    head = site.store.latest_head()
+    assert head is not None
+    assert "SPLIT VIEW" in result.output
+    assert seen in result.output and base64.b64encode(head.root).decode() in result.output
+    assert _state(state_dir)["root"] == seen
+
+
+def test_a_checkpoint_signed_by_another_key_is_not_cosigned(site: Pipeline,
+                                                            state_dir: Path) -> None:
+    result = runner.invoke(app, _args(site, state_dir, log_key=bytes(32)))
+    assert result.exit_code == 1
+    assert "no signature by a known key" in result.output
+    assert not (state_dir / _witness.STATE_FILE).exists()
+    head = site.store.latest_head()
+    assert head is not None
+    assert site.store.cosignatures(head.origin, head.size, head.root) == []
+
+
+def test_options_come_from_a_config_file_and_missing_ones_are_named(
+        site: Pipeline, state_dir: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["witness", "--once", "--state-dir", str(state_dir)])
+    assert missing.exit_code == 1
+    assert "missing log_url, origin, log_key, name" in missing.output
+    config = tmp_path / "witness.json"
+    config.write_text(json.dumps({
+        "log_url": "http://site.test", "origin": site.settings.log_origin, "name": NAME,
+        "log_key": base64.b64encode(site.keys.log_key.public_key).decode(),
+        "state_dir": str(state_dir)}))
+    result = runner.invoke(app, ["witness", "--once", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"MEDTWIN_WITNESSES={NAME}=" in result.output
+    bad_name = runner.invoke(app, ["witness", "--once", "--config", str(config),
+                                   "--name", "has space"])
+    assert bad_name.exit_code == 1
+    assert "key name" in bad_name.output
+
+
+def test_the_witness_state_is_kept_per_log(state_dir: Path) -> None:
+    state_dir.mkdir()
+    path = state_dir / _witness.STATE_FILE
+    _witness.save_state(path, WitnessState("a.example/log", 3, bytes(32)))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert _witness.load_state(path, "a.example/log").size == 3
+    with pytest.raises(ConfigError, match="use another --state-dir"):
+        _witness.load_state(path, "b.example/log")
