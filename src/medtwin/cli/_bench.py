@@ -1,6 +1,6 @@
 """`medtwin bench`: packets and readings per second through gate + twin + ledger + store,
-UKF filter steps per second (NumPy, and torch where installed, against filterpy), and the time
-to personalize a patient-day.
+UKF filter steps per second (NumPy, and torch where installed, against filterpy), the time
+to personalize a patient-day, and the crypto suites side by side.
 
 Every configuration runs in the same process on the same inputs, so the tables' ratios
 compare like with like.
@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from medtwin.config import Settings
-from medtwin.crypto import sign_packet, signature_suite
+from medtwin.crypto import (
+    KEM_SUITES,
+    SIGNATURE_SUITES,
+    kem_suite,
+    sign_packet,
+    signature_suite,
+)
 from medtwin.domain import Channel, Device, Reading, packet_wire
 from medtwin.estimation import UKFParams, identify_glucose_params, ukf_predict, ukf_update
 from medtwin.ingest import SignedSubmission
@@ -216,3 +223,88 @@ def bench_filterpy(steps: int) -> float | None:
         ukf.predict()
         ukf.update(np.zeros(1))
     return (time.perf_counter() - t0) / steps
+
+
+#: Bytes the signature suites sign in `bench_signature_suites`: about one packet's canonical
+#: JSON. Seconds each operation is timed for, per suite (full run, `--quick`).
+CRYPTO_MESSAGE_SIZE, CRYPTO_SECONDS, CRYPTO_SECONDS_QUICK = 256, 1.0, 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteRates:
+    """Operations per second of one suite: the sender's (sign, encapsulate) and the
+    receiver's (verify, decapsulate)."""
+
+    suite: str
+    sender_per_s: float
+    receiver_per_s: float
+
+
+def _ops_per_s(op: Callable[[], object], seconds: float) -> float:
+    """How many times per second `op` runs, over at least `seconds` (one untimed call first)."""
+    op()
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        op()
+        n += 1
+    return n / elapsed
+
+
+def _signature_rates(name: str, message: bytes, seconds: float) -> SuiteRates:
+    suite = signature_suite(name)
+    private, public = suite.generate()
+    signature = suite.sign(private, message)
+    return SuiteRates(name, _ops_per_s(lambda: suite.sign(private, message), seconds),
+                      _ops_per_s(lambda: suite.verify(public, message, signature), seconds))
+
+
+def bench_signature_suites(seconds: float) -> list[SuiteRates]:
+    """Sign/s and verify/s of every signature suite on one random 256-byte message, through
+    the suites' raw-bytes API (key parsing included, as medtwin calls it)."""
+    message = np.random.default_rng(0).bytes(CRYPTO_MESSAGE_SIZE)
+    return [_signature_rates(name, message, seconds) for name in SIGNATURE_SUITES]
+
+
+def _kem_rates(name: str, seconds: float) -> SuiteRates:
+    suite = kem_suite(name)
+    private, public = suite.generate()
+    _, ciphertext = suite.encapsulate(public)
+    return SuiteRates(name, _ops_per_s(lambda: suite.encapsulate(public), seconds),
+                      _ops_per_s(lambda: suite.decapsulate(private, ciphertext), seconds))
+
+
+def bench_kem_suites(seconds: float) -> list[SuiteRates]:
+    """Encapsulate/s and decapsulate/s of every KEM suite, through the raw-bytes API."""
+    return [_kem_rates(name, seconds) for name in KEM_SUITES]
+
+
+def _ratio(value: float, base: float) -> str:
+    ratio = value / base
+    return f"{ratio:.{2 if ratio < 1 else 1}f}×"
+
+
+def _suite_table(title: str, ops: tuple[str, str], rows: list[SuiteRates]) -> Table:
+    """One table of `rows`, each operation's rate with its ratio to the first row's."""
+    table = Table(title=title)
+    sender, receiver = ops
+    for col in ("suite", f"{sender}/s", f"{sender} vs {rows[0].suite}", f"{receiver}/s",
+                f"{receiver} vs {rows[0].suite}"):
+        table.add_column(col, justify="right")
+    base = rows[0]
+    for r in rows:
+        table.add_row(r.suite, f"{r.sender_per_s:,.0f}",
+                      _ratio(r.sender_per_s, base.sender_per_s),
+                      f"{r.receiver_per_s:,.0f}",
+                      _ratio(r.receiver_per_s, base.receiver_per_s))
+    return table
+
+
+def crypto_suite_tables(quick: bool) -> tuple[Table, Table]:
+    """The crypto suites side by side: signatures against Ed25519, KEMs against X25519."""
+    seconds = CRYPTO_SECONDS_QUICK if quick else CRYPTO_SECONDS
+    signatures = _suite_table(
+        f"signature suites on a {CRYPTO_MESSAGE_SIZE}-byte message (raw-bytes API, key "
+        "parsing included; one core)", ("sign", "verify"), bench_signature_suites(seconds))
+    kems = _suite_table("KEM suites (raw-bytes API, key parsing included; one core)",
+                        ("encapsulate", "decapsulate"), bench_kem_suites(seconds))
+    return signatures, kems

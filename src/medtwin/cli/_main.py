@@ -451,8 +451,8 @@ def token_revoke(
 
 @app.command()
 def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] = False) -> None:
-    """Ingest packets/s by batch size, UKF filter steps/s (NumPy, torch, filterpy) and the
-    time to personalize a patient-day."""
+    """Ingest packets/s by batch size, UKF filter steps/s (NumPy, torch, filterpy), the
+    time to personalize a patient-day and every crypto suite's operations per second."""
     from medtwin.cli._bench import (
         READINGS_PER_PACKET,
         bench_buffered_upload,
@@ -460,6 +460,7 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         bench_ingest,
         bench_personalize,
         bench_ukf,
+        crypto_suite_tables,
         torch_device,
     )
 
@@ -525,6 +526,8 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         seconds = bench_personalize(n)
         personalize.add_row(f"{n:,}", f"{seconds:,.2f}", f"{seconds / n:,.3f}")
     console.print(personalize)
+    for crypto_table in crypto_suite_tables(quick):
+        console.print(crypto_table)
 
 
 @app.command()
