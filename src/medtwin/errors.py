@@ -7,6 +7,7 @@
     │   └── SignatureError   a signature did not verify
     ├── GateRejection        the gate refused a packet; `.reason` says why
     ├── NotFoundError        an unknown patient, device or token
+    │   └── PatientErasedError  the patient was erased: their data keys are destroyed
     ├── StoreError           the database failed; the batch was not written
     ├── ConflictError        something with that id already exists
     ├── VerificationError    the store, log or signed head do not agree; `.record` names where
@@ -61,6 +62,10 @@ class GateRejection(MedtwinError):
 
 class NotFoundError(MedtwinError):
     """A patient, device or token that medtwin does not know."""
+
+
+class PatientErasedError(NotFoundError):
+    """The patient was erased (crypto-shredded): their data keys are gone for good."""
 
 
 class StoreError(MedtwinError):

@@ -30,6 +30,7 @@ from medtwin.errors import (
     InvalidInputError,
     MedtwinError,
     NotFoundError,
+    PatientErasedError,
 )
 from medtwin.pipeline import (
     MAX_WHATIF_STEPS,
@@ -159,7 +160,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.exception_handler(MedtwinError)
     async def medtwin_error(_request: Request, exc: MedtwinError) -> JSONResponse:
-        code = (404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError)
+        code = (410 if isinstance(exc, PatientErasedError)
+                else 404 if isinstance(exc, NotFoundError)
+                else 409 if isinstance(exc, ConflictError)
                 else 422 if isinstance(exc, ConfigError | InvalidInputError) else 500)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
@@ -201,6 +204,15 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         """Register a patient (creates their data key)."""
         pipeline.add_patient(body.patient_id)
         return {"patient_id": body.patient_id}
+
+    @app.post("/v1/patients/{patient_id}/erase", tags=["admin"])
+    def erase_patient(patient_id: str, body: StatusIn, caller: Caller = manage
+                      ) -> dict[str, str]:
+        """Erase a patient (crypto-shredding): their data key is destroyed, so their stored
+        records can never be read again while the log still verifies. Logged with the
+        caller's name and reason; later reads of the patient answer 410."""
+        pipeline.erase_patient(patient_id, body.reason, caller.name)
+        return {"patient_id": patient_id, "status": "erased"}
 
     @app.post("/v1/devices", status_code=201, tags=["admin"])
     def add_device(body: DeviceIn, _caller: Caller = manage) -> dict[str, str]:
@@ -373,6 +385,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                 "alerts": report.alerts, "rejections": report.rejections,
                 "registrations": report.registrations,
                 "signatures_checked": report.signatures_checked, "pending": report.pending,
+                "erasures": report.erasures, "unreadable": report.unreadable,
                 "root": report.root_hex}
 
     app.include_router(ledger_router(pipeline))

@@ -337,6 +337,9 @@ def verify(data_dir: DataDir = None) -> None:
     if report.pending:
         console.print(f"{report.pending} records appended since the signed head are not yet "
                       "covered by it")
+    if report.erasures:
+        console.print(f"{report.erasures} patients erased: {report.unreadable} of their records "
+                      "checked by hash only (their data keys are destroyed)")
 
 
 @keys_app.command("init")
@@ -416,6 +419,18 @@ def keys_release(device_id: str, reason: Annotated[str, typer.Option(
     with _site(data_dir) as pipeline:
         pipeline.release_device(device_id, f"by {getpass.getuser()}: {reason}")
     console.print(f"device {device_id} is {DeviceStatus.ACTIVE.value}")
+
+
+@keys_app.command("erase-patient")
+def keys_erase_patient(patient_id: str, reason: Annotated[str, typer.Option(
+        help="Who asked for the erasure and on what grounds (logged; required).")],
+                       data_dir: DataDir = None) -> None:
+    """Erase a patient (crypto-shredding): destroy their data key, so their stored records
+    can never be read again while the log still verifies. While the site is serving, use
+    `POST /v1/patients/{id}/erase` instead."""
+    with _site(data_dir) as pipeline:
+        pipeline.erase_patient(patient_id, reason, getpass.getuser())
+    console.print(f"patient {patient_id} erased: their data key is destroyed")
 
 
 @token_app.command("create")

@@ -156,6 +156,10 @@ class KeyRing:
             self._data_keys[patient_id] = key
         return key
 
+    def forget(self, patient_id: str) -> None:
+        """Drop the cached data key of `patient_id` (erased: their key must not outlive it)."""
+        self._data_keys.pop(patient_id, None)
+
     def seal(self, patient_id: str, wrapped: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt a record of `patient_id` under their data key, bound to `aad`."""
         return seal(self.data_key(patient_id, wrapped), plaintext, aad, self.aead)

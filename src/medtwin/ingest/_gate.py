@@ -4,14 +4,15 @@ A signed device packet passes these steps, in order; the first that fails reject
   (0) shape: the envelope is within the size limit and well-formed JSON of the protocol;
   (1) suite: the signature suite is one medtwin knows;
   (2) device: the device is registered;
-  (3) status: a quarantined device is still admitted (the guard holds its readings);
+  (3) status: a quarantined device is still admitted (the guard holds its readings); a device
+      of an erased patient is refused (checked once (4) passed: only its key holder learns it);
   (4) signature: the device's key signed exactly these bytes;
   (5) sequence: the sequence number is above every one accepted from this device (replay);
   (6) clock: the send time is within the configured skew of the site clock;
   (7) readings: every reading has a known channel, that channel's unit, a physiologically
       possible value and a time neither in the future nor too old.
-A trusted import (FHIR NDJSON) skips (1)–(6): it names a known patient instead. Step (7) runs
-once for all packets of a batch, as array operations.
+A trusted import (FHIR NDJSON) skips (1)–(6): it names a known, not erased, patient instead.
+Step (7) runs once for all packets of a batch, as array operations.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,8 @@ class Gate:
         self.max_age_ms = int(settings.max_reading_age_s * 1000)
 
     def check(self, submissions: Sequence[Submission], now_ms: int,
-              devices: Mapping[str, Device], patients: Mapping[str, object]) -> list[Verdict]:
+              devices: Mapping[str, Device], patients: Mapping[str, object],
+              erased: Collection[str] = frozenset()) -> list[Verdict]:
         """A verdict per submission, in order. Sequence numbers accepted earlier in the same
         batch count as seen, so a batch cannot replay itself."""
         verdicts: list[Verdict | None] = []
@@ -152,9 +154,9 @@ class Gate:
         for i, sub in enumerate(submissions):
             try:
                 if isinstance(sub, ImportSubmission):
-                    cand = self._admit_import(sub, patients)
+                    cand = self._admit_import(sub, patients, erased)
                 else:
-                    cand = self._admit_signed(sub, now_ms, devices, seen_seq)
+                    cand = self._admit_signed(sub, now_ms, devices, seen_seq, erased)
             except _Rejected as rejected:
                 verdicts.append(Refused(rejected.error, rejected.device_id))
                 continue
@@ -164,7 +166,7 @@ class Gate:
         return [v for v in verdicts if v is not None]
 
     def _admit_signed(self, sub: SignedSubmission, now_ms: int, devices: Mapping[str, Device],
-                      seen_seq: dict[str, int]) -> _Candidate:
+                      seen_seq: dict[str, int], erased: Collection[str]) -> _Candidate:
         raw = sub.envelope
         claimed = _claimed_device(raw)
         # (0): shape
@@ -207,6 +209,11 @@ class Gate:
         except (SignatureError, binascii.Error, ValueError):
             raise _Rejected(RejectReason.BAD_SIGNATURE, f"signature does not verify with the "
                             f"registered key of device {device_id!r}", device_id) from None
+        # (3): an erased patient's device
+        if device.patient_id in erased:
+            raise _Rejected(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs to a "
+                            "patient who was erased; their data can no longer be recorded: "
+                            "retire the device", device_id)
         # (5): sequence
         last = max(device.last_seq, seen_seq.get(device_id, -1))
         if pkt["seq"] <= last:
@@ -225,8 +232,12 @@ class Gate:
             np.array([r["value"] for r in readings], dtype=np.float64),
             np.array([r["time"] for r in readings], dtype=np.int64))
 
-    def _admit_import(self, sub: ImportSubmission, patients: Mapping[str, object]) -> _Candidate:
+    def _admit_import(self, sub: ImportSubmission, patients: Mapping[str, object],
+                      erased: Collection[str]) -> _Candidate:
         source = f"import:{sub.source}"[:MAX_ID_LENGTH]
+        if sub.patient_id in erased:
+            raise _Rejected(RejectReason.UNKNOWN_PATIENT, "the import names a patient who was "
+                            "erased; their data can no longer be recorded", source)
         if sub.patient_id not in patients:
             raise _Rejected(RejectReason.UNKNOWN_PATIENT, "the import names a patient that is "
                             "not registered", source)

@@ -49,6 +49,7 @@ from medtwin.errors import (
     GateRejection,
     InvalidInputError,
     NotFoundError,
+    PatientErasedError,
     VerificationError,
 )
 from medtwin.estimation import (
@@ -94,6 +95,7 @@ from medtwin.pipeline._verify import VerifyReport, verify_store
 from medtwin.store import (
     AlertRecord,
     Commit,
+    ErasureRecord,
     FindingRecord,
     HeadRecord,
     PacketRecord,
@@ -229,6 +231,9 @@ class Pipeline:
         self._writer_lock: WriterLock | None = None
         self._check_store()
         self._wrapped = store.patient_keys()
+        self._erased = store.erased_patients()
+        #: Stored packets of erased patients that the restart replay skipped.
+        self.replay_skipped = 0
         self._devices = {d.device_id: d for d in store.devices()}
         self._tree = MerkleTree(store.leaf_hashes())
         self._active = np.zeros((0, N_RULES), dtype=bool)
@@ -290,7 +295,8 @@ class Pipeline:
         with self._lock:
             now = self.clock()
             # (1) gate: whole packets in or out, with a reason
-            verdicts = self.gate.check(submissions, now, self._devices, self._wrapped)
+            verdicts = self.gate.check(submissions, now, self._devices, self._wrapped,
+                                       self._erased)
             admitted = [v for v in verdicts if isinstance(v, Admitted)]
             # (2) guard and twin: screen, one batched twin update over the readings not
             # held, residual tests, device behaviour; (3) clinical rules on the patients
@@ -572,6 +578,9 @@ class Pipeline:
         with self._lock:
             if patient_id in self._wrapped:
                 raise ConflictError(f"pipeline: patient {patient_id!r} already exists")
+            if patient_id in self._erased:
+                raise ConflictError(f"pipeline: patient {patient_id!r} was erased; register "
+                                    "them under a new id")
             now = self.clock()
             wrapped = self.keyring.new_data_key(patient_id)
             self.store.add_patient(patient_id, wrapped, self.keys.kek_id, now)
@@ -579,9 +588,34 @@ class Pipeline:
             self.twin.row(patient_id)
             return Patient(patient_id, now)
 
+    def erase_patient(self, patient_id: str, reason: str, by: str) -> None:
+        """Crypto-shred a patient: destroy their data key, so their stored records stay in
+        the log (checkable by hash) but can never be opened again, and log who did it and
+        why. NotFoundError if unknown, ConflictError if already erased, InvalidInputError
+        without a reason; nothing changes on error."""
+        if not reason.strip():
+            raise InvalidInputError("pipeline: erasing a patient needs a reason (who asked and "
+                                    "on what grounds), for the audit log")
+        with self._lock:
+            if patient_id in self._erased:
+                raise ConflictError(f"pipeline: patient {patient_id!r} was already erased")
+            self._check_readable(patient_id)
+            now = self.clock()
+            tree = self._tree.copy()
+            record = ErasureRecord(tree.size, patient_id, now, f"by {by}: {reason}")
+            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            tree.append_hash(h)
+            self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
+                                     self._sign_head(tree, now), {}, erasures=(record,)))
+            self._tree = tree
+            del self._wrapped[patient_id]
+            self._erased.add(patient_id)
+            self.keyring.forget(patient_id)
+
     def add_device(self, device: Device) -> None:
         """Register a device to a known patient; NotFoundError or ConflictError otherwise."""
         with self._lock:
+            self._check_not_erased(device.patient_id)
             if device.patient_id not in self._wrapped:
                 raise NotFoundError(f"pipeline: unknown patient {device.patient_id!r}; "
                                     "register the patient first")
@@ -616,14 +650,18 @@ class Pipeline:
             self._register(replace(device, status=DeviceStatus.ACTIVE), f"release: {reason}")
 
     def findings(self, patient_id: str | None = None, limit: int = 100) -> list[Finding]:
-        """Recent guard findings, newest first, decrypted for an authorised reader."""
+        """Recent guard findings, newest first, decrypted for an authorised reader (erased
+        patients' are left out; asking for one raises PatientErasedError)."""
         with self._lock:
+            if patient_id is not None:
+                self._check_not_erased(patient_id)
             return [
                 decode_finding(self.keyring.open(r.patient_id, self._wrapped[r.patient_id],
                                                  r.envelope,
                                                  finding_aad(r.leaf_index, r.patient_id)),
                                r.patient_id, r.device_id, r.code, r.time_ms)
                 for r in self.store.findings(patient_id, limit)
+                if r.patient_id not in self._erased
             ]
 
     # Reads ----------------------------------------------------------------------------------
@@ -766,18 +804,32 @@ class Pipeline:
             *(np.array([values[name]]) for name in GlucoseParams._fields)))
 
     def _row_of(self, patient_id: str) -> int:
-        if patient_id not in self._wrapped:
-            raise NotFoundError(f"pipeline: unknown patient {patient_id!r}")
+        self._check_readable(patient_id)
         return self.twin.row(patient_id)
 
+    def _check_readable(self, patient_id: str) -> None:
+        """PatientErasedError if the patient was erased, NotFoundError if never registered."""
+        self._check_not_erased(patient_id)
+        if patient_id not in self._wrapped:
+            raise NotFoundError(f"pipeline: unknown patient {patient_id!r}")
+
+    def _check_not_erased(self, patient_id: str) -> None:
+        """PatientErasedError if the patient was erased: their records cannot be read."""
+        if patient_id in self._erased:
+            raise PatientErasedError(f"pipeline: patient {patient_id!r} was erased; their data "
+                                     "keys are destroyed and their records cannot be read")
+
     def alerts(self, patient_id: str | None = None, limit: int = 100) -> list[Alert]:
-        """Recent alerts, newest first, decrypted for an authorised reader."""
+        """Recent alerts, newest first, decrypted for an authorised reader (erased patients'
+        are left out; asking for one raises PatientErasedError)."""
         with self._lock:
+            if patient_id is not None:
+                self._check_not_erased(patient_id)
             return [
                 decode_alert(self.keyring.open(r.patient_id, self._wrapped[r.patient_id],
                                                r.envelope, alert_aad(r.leaf_index, r.patient_id)),
                              r.patient_id, r.rule, r.severity, r.time_ms)
-                for r in self.store.alerts(patient_id, limit)
+                for r in self.store.alerts(patient_id, limit) if r.patient_id not in self._erased
             ]
 
     def tree_size(self) -> int:
@@ -860,10 +912,11 @@ class Pipeline:
     def _rebuild_twin(self) -> None:
         """Replay the stored packets, batch by batch as they were processed, with the twin
         parameters and device statuses where they were logged, so a restart resumes with
-        exactly the twin, guard and rule state the site had."""
+        exactly the twin, guard and rule state the site had. Erased patients' packets cannot
+        be opened: they are skipped and counted in `replay_skipped`."""
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
-        params = iter(self.store.twin_params())
+        params = iter(p for p in self.store.twin_params() if p.patient_id not in self._erased)
         statuses = iter(self.store.registrations())
         waiting = next(params, None)
         status = next(statuses, None)
@@ -875,7 +928,11 @@ class Pipeline:
             while status is not None and status.leaf_index < batch_index:
                 self._replay_status(status)
                 status = next(statuses, None)
-            batch = list(records)
+            stored = list(records)
+            batch = [r for r in stored if r.patient_id not in self._erased]
+            self.replay_skipped += len(stored) - len(batch)
+            if not batch:
+                continue
             packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
                               self._open_readings(r), Provenance(r.provenance))
                        for r in batch]

@@ -10,7 +10,9 @@
       gate trusts (key, patient, status, last sequence number) are exactly what the log implies;
   (6) with the site's keys: every device packet's stored bytes carry a valid signature of the
       device key registered when it arrived, and say the device, sequence number and send
-      time its record says (a site cannot fabricate or re-file device data).
+      time its record says (a site cannot fabricate or re-file device data);
+  (7) records of an erased patient (their data key destroyed) are checked by (2)-(5) from
+      their stored bytes alone, counted as `unreadable`, and never opened.
 The first failure raises VerificationError naming the record (or the head). The head is read
 first and the check covers the records it signs, so a site that keeps ingesting while it is
 verified is checked consistently; records appended since are reported as pending.
@@ -27,7 +29,16 @@ from medtwin.errors import DecryptionError, SignatureError, VerificationError
 from medtwin.ingest import decode_json
 from medtwin.ledger import MerkleTree, SignedTreeHead, leaf_data, leaf_hash, verify_tree_head
 from medtwin.pipeline._codec import packet_aad, signed_bytes
-from medtwin.store import PacketRecord, Record, RegistrationRecord, RejectionRecord, Store
+from medtwin.store import (
+    AlertRecord,
+    FindingRecord,
+    PacketRecord,
+    Record,
+    RegistrationRecord,
+    RejectionRecord,
+    Store,
+    TwinParamsRecord,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,8 @@ class VerifyReport:
     pending: int = 0
     registrations: int = 0
     signatures_checked: int = 0
+    erasures: int = 0
+    unreadable: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey,
@@ -64,12 +77,13 @@ def verify_store(store: Store, log_key: LogSigningKey,
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
-              "finding": 0}
+              "finding": 0, "erasure": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     last_seq: dict[str, int] = {}
     wrapped = store.patient_keys() if keyring is not None else {}
-    signatures = 0
+    erased = store.erased_patients()
+    signatures = unreadable = 0
     for record in store.records():
         if record.leaf_index >= signed_size:
             # Written after the head was read (or outside medtwin): reported, not verified;
@@ -94,6 +108,9 @@ def verify_store(store: Store, log_key: LogSigningKey,
                 record.describe())
         tree.append_hash(h)
         counts[record.kind] += 1
+        # (7): sealed under a destroyed key: checked by hash only
+        shredded = _sealed_for(record) in erased
+        unreadable += shredded
         if isinstance(record, RegistrationRecord):
             registered[record.device_id] = record
         elif isinstance(record, RejectionRecord) and record.seq is not None:
@@ -109,7 +126,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
                     f"log: {record.describe()} is not from a device registered to its "
                     "patient", record.describe())
             _check_sequence(record, record.device_id, record.seq, last_seq)
-            if keyring is not None:
+            if keyring is not None and not shredded:
                 # (6): the device's signature over the stored bytes
                 _check_signature(record, registration, keyring, wrapped)
                 signatures += 1
@@ -140,10 +157,17 @@ def verify_store(store: Store, log_key: LogSigningKey,
                 "sequence numbers: the devices table was altered", f"device {device_id}")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
-                        signatures)
+                        signatures, counts["erasure"], unreadable)
 
 
 _STATUSES = frozenset(s.value for s in DeviceStatus)
+
+
+def _sealed_for(record: Record) -> str | None:
+    """The patient whose data key seals part of `record`, or None for records in the clear."""
+    if isinstance(record, PacketRecord | AlertRecord | TwinParamsRecord | FindingRecord):
+        return record.patient_id
+    return None
 
 
 def _uses_sequence(record: Record) -> TypeGuard[PacketRecord | RejectionRecord]:

@@ -3,6 +3,7 @@
 from medtwin.store._records import (
     AlertRecord,
     Commit,
+    ErasureRecord,
     FindingRecord,
     HeadRecord,
     PacketRecord,
@@ -16,6 +17,7 @@ from medtwin.store._store import Store
 __all__ = [
     "AlertRecord",
     "Commit",
+    "ErasureRecord",
     "FindingRecord",
     "HeadRecord",
     "PacketRecord",

@@ -157,8 +157,28 @@ class FindingRecord:
         return f"finding #{self.leaf_index} ({self.code}, device {self.device_id})"
 
 
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """A patient erased (crypto-shredded) at `time_ms`: their data key was destroyed, so
+    their sealed records stay in the log, checkable by hash, but can never be opened again.
+    `reason` says who and why (no patient data)."""
+
+    leaf_index: int
+    patient_id: str
+    time_ms: int
+    reason: str
+
+    kind = "erasure"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.patient_id, self.time_ms, self.reason])
+
+    def describe(self) -> str:
+        return f"erasure #{self.leaf_index}"
+
+
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
-          | FindingRecord)
+          | FindingRecord | ErasureRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +207,4 @@ class Commit:
     registrations: tuple[RegistrationRecord, ...] = ()
     twin_params: tuple[TwinParamsRecord, ...] = ()
     findings: tuple[FindingRecord, ...] = ()
+    erasures: tuple[ErasureRecord, ...] = ()

@@ -100,6 +100,15 @@ twin_params = Table(
     Column("envelope", LargeBinary, nullable=False),
 )
 
+erasures = Table(
+    "erasures", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_id", String(64), ForeignKey("patients.patient_id"), nullable=False,
+           unique=True),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 rejections = Table(
     "rejections", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

@@ -30,6 +30,7 @@ from medtwin.store import _schema as t
 from medtwin.store._records import (
     AlertRecord,
     Commit,
+    ErasureRecord,
     FindingRecord,
     HeadRecord,
     PacketRecord,
@@ -45,6 +46,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # durable before ack, even on power loss
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA secure_delete=ON")  # an overwritten (erased) key leaves no copy
     cursor.close()
 
 
@@ -89,10 +91,22 @@ class Store:
             raise ConflictError(f"store: patient {patient_id!r} already exists") from exc
 
     def patient_keys(self) -> dict[str, bytes]:
-        """Wrapped data key of every patient."""
+        """Wrapped data key of every patient not erased (an erased patient's key is empty)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.patients.c.patient_id, t.patients.c.wrapped_key))
-            return {r.patient_id: r.wrapped_key for r in rows}
+            return {r.patient_id: r.wrapped_key for r in rows if r.wrapped_key}
+
+    def erased_patients(self) -> set[str]:
+        """Ids of the patients whose data key was destroyed (crypto-shredded)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(t.erasures.c.patient_id)).scalars())
+
+    def _scrub_wal(self) -> None:
+        """Fold SQLite's write-ahead log into the database and empty it, so the page that
+        held a destroyed key does not survive there."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def devices(self) -> list[Device]:
         with self.engine.connect() as conn:
@@ -127,6 +141,11 @@ class Store:
                     conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
                 if batch.findings:
                     conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
+                for erasure in batch.erasures:
+                    conn.execute(insert(t.erasures).values(**_row(erasure)))
+                    conn.execute(update(t.patients)
+                                 .where(t.patients.c.patient_id == erasure.patient_id)
+                                 .values(wrapped_key=b""))
                 if batch.leaf_hashes:
                     conn.execute(insert(t.leaves), [
                         {"leaf_index": i, "kind": k, "leaf_hash": h}
@@ -144,6 +163,8 @@ class Store:
                         conn.execute(insert(t.tree_heads).values(**head))
         except SQLAlchemyError as exc:
             raise StoreError(f"store: batch not written: {type(exc).__name__}") from exc
+        if batch.erasures:
+            self._scrub_wal()
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -209,6 +230,8 @@ class Store:
                     select(t.twin_params).order_by(t.twin_params.c.leaf_index))),
                 (FindingRecord(**r._asdict()) for r in conn.execute(
                     select(t.findings).order_by(t.findings.c.leaf_index))),
+                (ErasureRecord(**r._asdict()) for r in conn.execute(
+                    select(t.erasures).order_by(t.erasures.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
