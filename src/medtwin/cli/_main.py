@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress, track
 from rich.table import Table
 
 from medtwin.access import Role, new_token
@@ -23,7 +23,7 @@ from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import Channel, Device, DeviceStatus
 from medtwin.errors import ConfigError, MedtwinError
-from medtwin.pipeline import Pipeline, WriterLock, verify_store
+from medtwin.pipeline import DEFAULT_REWRAP_BATCH, Pipeline, WriterLock, verify_store
 from medtwin.store import Store
 
 app = typer.Typer(help="medtwin: secure digital twin kernel for healthcare.",
@@ -340,6 +340,8 @@ def verify(data_dir: DataDir = None) -> None:
     if report.erasures:
         console.print(f"{report.erasures} patients erased: {report.unreadable} of their records "
                       "checked by hash only (their data keys are destroyed)")
+    if report.rotations:
+        console.print(f"{report.rotations} site KEK rotations logged")
 
 
 @keys_app.command("init")
@@ -431,6 +433,54 @@ def keys_erase_patient(patient_id: str, reason: Annotated[str, typer.Option(
     with _site(data_dir) as pipeline:
         pipeline.erase_patient(patient_id, reason, getpass.getuser())
     console.print(f"patient {patient_id} erased: their data key is destroyed")
+
+
+Batch = Annotated[int, typer.Option(
+    min=1, help="Patients re-wrapped per transaction (ingestion waits at most one batch).")]
+
+
+def _rewrap_with_progress(pipeline: Pipeline, batch: int) -> int:
+    """Re-wrap pending data keys under the current KEK, drawing a progress bar over patients."""
+    with Progress(console=console) as bar:
+        task = bar.add_task("re-wrapping data keys", total=len(pipeline.pending_rewrap()))
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return pipeline.rewrap_patients(batch, advance)
+
+
+@keys_app.command("rotate")
+def keys_rotate(reason: Annotated[str, typer.Option(
+        help="Who asked for the rotation and why (logged; required).")],
+                batch: Batch = DEFAULT_REWRAP_BATCH, data_dir: DataDir = None) -> None:
+    """Rotate the site key-encryption key: new data keys are wrapped by a fresh KEK, and
+    every patient's data key is re-wrapped under it in batches (erased patients skipped)."""
+    with _site(data_dir) as pipeline:
+        record = pipeline.start_rotation(getpass.getuser(), reason)
+        console.print(f"KEK rotated: {record.old_kek_id} -> {record.new_kek_id} (logged as "
+                      f"record #{record.leaf_index})")
+        done = _rewrap_with_progress(pipeline, batch)
+    console.print(f"{done} data keys re-wrapped under {record.new_kek_id}; once backups no "
+                  f"longer need it, `medtwin keys retire-kek {record.old_kek_id}`")
+
+
+@keys_app.command("rewrap")
+def keys_rewrap(batch: Batch = DEFAULT_REWRAP_BATCH, data_dir: DataDir = None) -> None:
+    """Finish an interrupted rotation: re-wrap the data keys still under an older KEK."""
+    with _site(data_dir) as pipeline:
+        done = _rewrap_with_progress(pipeline, batch)
+        current = pipeline.keys.kek_id
+    console.print(f"{done} data keys re-wrapped under {current}")
+
+
+@keys_app.command("retire-kek")
+def keys_retire_kek(kek_id: str, data_dir: DataDir = None) -> None:
+    """Remove a previous KEK from the key file; refused while any patient's data key still
+    needs it. Backups taken before the rotation need it: keep a copy with them."""
+    with _site(data_dir) as pipeline:
+        pipeline.retire_kek(kek_id)
+    console.print(f"KEK {kek_id} retired from the site key file")
 
 
 @token_app.command("create")

@@ -2,7 +2,13 @@
 
 from medtwin.crypto._envelope import envelope_suite, open_sealed, seal
 from medtwin.crypto._kem import KEM_SUITES, KemSuite, kem_suite
-from medtwin.crypto._keys import KeyRing, LogSigningKey, SiteKeys, load_or_create_signing_key
+from medtwin.crypto._keys import (
+    KeyRing,
+    LogSigningKey,
+    SiteKeys,
+    WrappedKey,
+    load_or_create_signing_key,
+)
 from medtwin.crypto._packets import sign_packet
 from medtwin.crypto._suites import (
     AEAD_SUITES,
@@ -24,6 +30,7 @@ __all__ = [
     "LogSigningKey",
     "SignatureSuite",
     "SiteKeys",
+    "WrappedKey",
     "aead_suite",
     "envelope_suite",
     "kem_suite",

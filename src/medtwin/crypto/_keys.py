@@ -6,12 +6,14 @@ import base64
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from medtwin.crypto._envelope import open_sealed, seal
 from medtwin.crypto._suites import aead_suite, signature_suite
-from medtwin.errors import ConfigError
+from medtwin.errors import ConfigError, ConflictError, NotFoundError
 
 KEK_FILE = "site-kek.json"
 LOG_KEY_FILE = "log-signing.json"
@@ -22,8 +24,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _write_secret(path: Path, document: dict[str, str]) -> None:
-    """Write a key file readable by its owner only, atomically, never over an existing one."""
+def _write_tmp(path: Path, document: Mapping[str, Any]) -> Path:
+    """Write `document` durably to a fresh owner-only (0600) file next to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)  # a leftover of a crash: never reuse it (or its mode)
@@ -33,20 +35,37 @@ def _write_secret(path: Path, document: dict[str, str]) -> None:
         json.dump(document, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    return tmp
+
+
+def _write_secret(path: Path, document: Mapping[str, Any]) -> None:
+    """Write a key file readable by its owner only, atomically, never over an existing one."""
+    tmp = _write_tmp(path, document)
     try:
         os.link(tmp, path)  # fails if the key file appeared meanwhile: keep that one
     except FileExistsError:
         pass
     finally:
         tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
+    _sync_dir(path.parent)
+
+
+def _replace_secret(path: Path, document: Mapping[str, Any]) -> None:
+    """Replace a key file atomically (0600): a crash leaves the old file or the new one."""
+    os.replace(_write_tmp(path, document), path)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(path: Path) -> None:
+    """Flush a directory entry, so a key file survives a power cut like the data it unlocks."""
+    directory = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the key file survives a power cut, like the data it unlocks
+        os.fsync(directory)
     finally:
         os.close(directory)
 
 
-def _read_secret(path: Path) -> dict[str, str]:
+def _read_secret(path: Path) -> dict[str, Any]:
     try:
         mode = path.stat().st_mode & 0o777
     except OSError as exc:
@@ -76,14 +95,48 @@ class LogSigningKey:
         return signature_suite(self.suite).sign(self.private_key, message)
 
 
+class WrappedKey(NamedTuple):
+    """A patient's data key as stored: sealed under the site KEK named `kek_id`."""
+
+    blob: bytes
+    kek_id: str
+
+
+def _new_kek_document(aead: str) -> dict[str, str]:
+    """A fresh KEK entry of the key file: id, suite and key (base64)."""
+    spec = aead_suite(aead)
+    return {"kek_id": f"kek-{secrets.token_hex(4)}", "suite": spec.name,
+            "key": _b64(secrets.token_bytes(spec.key_size))}
+
+
 @dataclass(frozen=True, slots=True)
 class SiteKeys:
-    """The site key-encryption key (wraps patient data keys) and the log signing key."""
+    """The site key-encryption key (wraps new patient data keys), older KEKs kept to unwrap
+    data keys not yet re-wrapped after a rotation, and the log signing key."""
 
     kek_id: str
     kek_suite: str
     kek: bytes = field(repr=False)
     log_key: LogSigningKey
+    #: KEKs retired from wrapping but still needed to unwrap, by id (the key file's
+    #: `previous` list; absent in key files written before rotation existed).
+    previous_keks: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def kek_ids(self) -> list[str]:
+        """Ids of every KEK held: the current one first, then the previous ones."""
+        return [self.kek_id, *self.previous_keks]
+
+    def kek_for(self, kek_id: str) -> bytes:
+        """The KEK named `kek_id`; ConfigError if this site no longer (or never) held it."""
+        if kek_id == self.kek_id:
+            return self.kek
+        try:
+            return self.previous_keks[kek_id]
+        except KeyError:
+            raise ConfigError(f"keys: KEK {kek_id!r} is not in the site key file; restore the "
+                              "key file that holds it (a backup from before it was retired)"
+                              ) from None
 
     @classmethod
     def exist(cls, keys_dir: Path) -> bool:
@@ -96,9 +149,7 @@ class SiteKeys:
         """Load the key files in `keys_dir`, creating them (mode 0600) on first run."""
         kek_path, log_path = keys_dir / KEK_FILE, keys_dir / LOG_KEY_FILE
         if not kek_path.exists():
-            spec = aead_suite(aead)
-            _write_secret(kek_path, {"kek_id": f"kek-{secrets.token_hex(4)}", "suite": spec.name,
-                                     "key": _b64(secrets.token_bytes(spec.key_size))})
+            _write_secret(kek_path, _new_kek_document(aead))
         if not log_path.exists():
             private, public = signature_suite(log_suite).generate()
             _write_secret(log_path, {"key_id": f"log-{secrets.token_hex(4)}", "suite": log_suite,
@@ -114,10 +165,39 @@ class SiteKeys:
             log_key = LogSigningKey(log_doc["key_id"], log_doc["suite"],
                                     base64.b64decode(log_doc["private_key"]),
                                     base64.b64decode(log_doc["public_key"]))
+            previous = {doc["kek_id"]: base64.b64decode(doc["key"])
+                        for doc in kek_doc.get("previous", [])}
             return cls(kek_doc["kek_id"], kek_doc["suite"], base64.b64decode(kek_doc["key"]),
-                       log_key)
-        except (KeyError, ValueError) as exc:
+                       log_key, previous)
+        except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"keys: malformed key file in {keys_dir}: {exc}") from exc
+
+    @classmethod
+    def rotate_kek(cls, keys_dir: Path, aead: str) -> SiteKeys:
+        """Make a fresh KEK (suite `aead`) current, keeping the old ones to unwrap; the key
+        file is replaced atomically, so a crash leaves the old ring or the new one."""
+        path = keys_dir / KEK_FILE
+        document = _read_secret(path)
+        previous = [{k: document[k] for k in ("kek_id", "suite", "key")},
+                    *document.get("previous", [])]
+        _replace_secret(path, {**_new_kek_document(aead), "previous": previous})
+        return cls.load(keys_dir)
+
+    @classmethod
+    def retire_kek(cls, keys_dir: Path, kek_id: str) -> SiteKeys:
+        """Drop the previous KEK `kek_id` from the key file (the caller has checked that no
+        data key still needs it); ConflictError for the current KEK, NotFoundError if absent."""
+        path = keys_dir / KEK_FILE
+        document = _read_secret(path)
+        if document.get("kek_id") == kek_id:
+            raise ConflictError(f"keys: {kek_id!r} is the current KEK; rotate first "
+                                "(`medtwin keys rotate`), then retire it")
+        previous = document.get("previous", [])
+        kept = [doc for doc in previous if doc.get("kek_id") != kek_id]
+        if len(kept) == len(previous):
+            raise NotFoundError(f"keys: no previous KEK {kek_id!r} in {path}")
+        _replace_secret(path, {**document, "previous": kept})
+        return cls.load(keys_dir)
 
 
 def load_or_create_signing_key(path: Path, suite: str = "ed25519") -> LogSigningKey:
@@ -143,16 +223,29 @@ class KeyRing:
         self._data_keys: dict[str, bytes] = {}
 
     def new_data_key(self, patient_id: str) -> bytes:
-        """A fresh data key for `patient_id`, returned wrapped by the site KEK."""
+        """A fresh data key for `patient_id`, returned wrapped by the current site KEK."""
         key = secrets.token_bytes(aead_suite(self.aead).key_size)
         self._data_keys[patient_id] = key
+        return self._wrap(patient_id, key)
+
+    def rewrap(self, patient_id: str, wrapped: WrappedKey) -> WrappedKey:
+        """The same data key of `patient_id`, re-wrapped under the current site KEK."""
+        key = self.data_key(patient_id, wrapped)
+        return WrappedKey(self._wrap(patient_id, key), self.site.kek_id)
+
+    def _wrap(self, patient_id: str, key: bytes) -> bytes:
         return seal(self.site.kek, key, _DATA_KEY_CONTEXT + patient_id.encode(), self.aead)
 
-    def data_key(self, patient_id: str, wrapped: bytes) -> bytes:
-        """The plaintext data key of `patient_id`, unwrapping `wrapped` on first use."""
+    def data_key(self, patient_id: str, wrapped: bytes | WrappedKey) -> bytes:
+        """The plaintext data key of `patient_id`, unwrapping `wrapped` on first use with the
+        KEK it names (plain bytes: wrapped by the current KEK)."""
         key = self._data_keys.get(patient_id)
         if key is None:
-            key = open_sealed(self.site.kek, wrapped, _DATA_KEY_CONTEXT + patient_id.encode())
+            if isinstance(wrapped, WrappedKey):
+                kek, blob = self.site.kek_for(wrapped.kek_id), wrapped.blob
+            else:
+                kek, blob = self.site.kek, wrapped
+            key = open_sealed(kek, blob, _DATA_KEY_CONTEXT + patient_id.encode())
             self._data_keys[patient_id] = key
         return key
 
@@ -160,10 +253,12 @@ class KeyRing:
         """Drop the cached data key of `patient_id` (erased: their key must not outlive it)."""
         self._data_keys.pop(patient_id, None)
 
-    def seal(self, patient_id: str, wrapped: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    def seal(self, patient_id: str, wrapped: bytes | WrappedKey, plaintext: bytes,
+             aad: bytes) -> bytes:
         """Encrypt a record of `patient_id` under their data key, bound to `aad`."""
         return seal(self.data_key(patient_id, wrapped), plaintext, aad, self.aead)
 
-    def open(self, patient_id: str, wrapped: bytes, envelope: bytes, aad: bytes) -> bytes:
+    def open(self, patient_id: str, wrapped: bytes | WrappedKey, envelope: bytes,
+             aad: bytes) -> bytes:
         """Decrypt a record of `patient_id`; DecryptionError if anything is off."""
         return open_sealed(self.data_key(patient_id, wrapped), envelope, aad)

@@ -5,6 +5,7 @@ from medtwin.pipeline._codec import decode_readings, encode_readings
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
 from medtwin.pipeline._pipeline import (
+    DEFAULT_REWRAP_BATCH,
     MAX_WHATIF_STEPS,
     Accepted,
     Outcome,
@@ -22,6 +23,7 @@ from medtwin.pipeline._pipeline import (
 from medtwin.pipeline._verify import VerifyReport, verify_store
 
 __all__ = [
+    "DEFAULT_REWRAP_BATCH",
     "MAX_WHATIF_STEPS",
     "Accepted",
     "EventHub",

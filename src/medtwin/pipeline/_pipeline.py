@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -27,7 +27,7 @@ from medtwin.clinical import (
     rules_over_events,
 )
 from medtwin.config import Settings
-from medtwin.crypto import KeyRing, SiteKeys, signature_suite
+from medtwin.crypto import KeyRing, SiteKeys, WrappedKey, signature_suite
 from medtwin.domain import (
     Alert,
     Channel,
@@ -101,9 +101,14 @@ from medtwin.store import (
     PacketRecord,
     RegistrationRecord,
     RejectionRecord,
+    RotationRecord,
     Store,
     TwinParamsRecord,
 )
+
+#: Patients whose data keys one rotation batch re-wraps in one store transaction (and one
+#: hold of the pipeline lock: ingestion waits at most one batch).
+DEFAULT_REWRAP_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +235,7 @@ class Pipeline:
         self._lock = threading.RLock()
         self._writer_lock: WriterLock | None = None
         self._check_store()
-        self._wrapped = store.patient_keys()
+        self._wrapped = {p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
         self._erased = store.erased_patients()
         #: Stored packets of erased patients that the restart replay skipped.
         self.replay_skipped = 0
@@ -584,7 +589,7 @@ class Pipeline:
             now = self.clock()
             wrapped = self.keyring.new_data_key(patient_id)
             self.store.add_patient(patient_id, wrapped, self.keys.kek_id, now)
-            self._wrapped[patient_id] = wrapped
+            self._wrapped[patient_id] = WrappedKey(wrapped, self.keys.kek_id)
             self.twin.row(patient_id)
             return Patient(patient_id, now)
 
@@ -611,6 +616,82 @@ class Pipeline:
             del self._wrapped[patient_id]
             self._erased.add(patient_id)
             self.keyring.forget(patient_id)
+
+    # Site KEK rotation ----------------------------------------------------------------------
+
+    def rotate_kek(self, by: str, reason: str, batch: int = DEFAULT_REWRAP_BATCH,
+                   progress: Callable[[int, int], None] | None = None) -> RotationRecord:
+        """Rotate the site KEK and re-wrap every patient's data key under it, batch by batch
+        while ingestion goes on; returns the logged rotation."""
+        record = self.start_rotation(by, reason)
+        self.rewrap_patients(batch, progress)
+        return record
+
+    def start_rotation(self, by: str, reason: str) -> RotationRecord:
+        """Make a fresh site KEK current for new data keys and log who rotated it and why;
+        stored data keys stay readable under their old KEK until re-wrapped. The key file
+        is replaced first, so a crash never leaves a logged KEK that does not exist.
+        InvalidInputError without a reason."""
+        if not reason.strip():
+            raise InvalidInputError("pipeline: rotating the site KEK needs a reason (who asked "
+                                    "and why), for the audit log")
+        with self._lock:
+            old = self.keys
+            keys = SiteKeys.rotate_kek(self.settings.resolved_keys_dir,
+                                       self.settings.aead_suite)
+            self.keys = self.keyring.site = keys
+            now = self.clock()
+            tree = self._tree.copy()
+            record = RotationRecord(tree.size, old.kek_id, keys.kek_id, keys.kek_suite, now,
+                                    f"by {by}: {reason}")
+            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            tree.append_hash(h)
+            self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
+                                     self._sign_head(tree, now), {}, rotations=(record,)))
+            self._tree = tree
+            return record
+
+    def pending_rewrap(self) -> list[str]:
+        """Patients (erased ones excluded) whose data key a KEK other than the current wraps."""
+        with self._lock:
+            return sorted(p for p, w in self._wrapped.items() if w.kek_id != self.keys.kek_id)
+
+    def rewrap_patients(self, batch: int = DEFAULT_REWRAP_BATCH,
+                        progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-wrap under the current KEK every data key still under an older one, `batch`
+        patients per store transaction and per hold of the lock (no downtime); calls
+        `progress(done, total)` after each batch; returns how many were re-wrapped."""
+        if batch < 1:
+            raise InvalidInputError(f"pipeline: a re-wrap batch needs at least 1 patient, "
+                                    f"not {batch}")
+        pending = self.pending_rewrap()
+        done = 0
+        for start in range(0, len(pending), batch):
+            chunk = pending[start:start + batch]
+            done += self._rewrap_batch(chunk)
+            if progress is not None:
+                progress(start + len(chunk), len(pending))
+        return done
+
+    def _rewrap_batch(self, patient_ids: Sequence[str]) -> int:
+        """Re-wrap one batch in one transaction; patients erased meanwhile are skipped."""
+        with self._lock:
+            fresh = {p: self.keyring.rewrap(p, self._wrapped[p]) for p in patient_ids
+                     if p in self._wrapped and self._wrapped[p].kek_id != self.keys.kek_id}
+            self.store.rewrap_patients({p: (w.blob, w.kek_id) for p, w in fresh.items()})
+            self._wrapped.update(fresh)
+            return len(fresh)
+
+    def retire_kek(self, kek_id: str) -> None:
+        """Remove a previous KEK from the key file once no patient's data key needs it;
+        ConflictError naming how many still do (finish with `medtwin keys rewrap`)."""
+        with self._lock:
+            needed = self.store.kek_usage().get(kek_id, 0)
+            if needed and kek_id != self.keys.kek_id:  # the current one: SiteKeys says so
+                raise ConflictError(f"keys: KEK {kek_id!r} still wraps the data keys of "
+                                    f"{needed} patients; run `medtwin keys rewrap` first")
+            self.keys = self.keyring.site = SiteKeys.retire_kek(
+                self.settings.resolved_keys_dir, kek_id)
 
     def add_device(self, device: Device) -> None:
         """Register a device to a known patient; NotFoundError or ConflictError otherwise."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from medtwin.crypto import KeyRing, LogSigningKey, verify_signature
+from medtwin.crypto import KeyRing, LogSigningKey, WrappedKey, verify_signature
 from medtwin.domain import PACKET_SIGNING_CONTEXT, DeviceStatus, Provenance
 from medtwin.errors import DecryptionError, SignatureError, VerificationError
 from medtwin.ingest import decode_json
@@ -56,6 +56,7 @@ class VerifyReport:
     signatures_checked: int = 0
     erasures: int = 0
     unreadable: int = 0
+    rotations: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey,
@@ -77,11 +78,12 @@ def verify_store(store: Store, log_key: LogSigningKey,
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
-              "finding": 0, "erasure": 0}
+              "finding": 0, "erasure": 0, "kek-rotation": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     last_seq: dict[str, int] = {}
-    wrapped = store.patient_keys() if keyring is not None else {}
+    wrapped = ({p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
+               if keyring is not None else {})
     erased = store.erased_patients()
     signatures = unreadable = 0
     for record in store.records():
@@ -157,7 +159,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
                 "sequence numbers: the devices table was altered", f"device {device_id}")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
-                        signatures, counts["erasure"], unreadable)
+                        signatures, counts["erasure"], unreadable, counts["kek-rotation"])
 
 
 _STATUSES = frozenset(s.value for s in DeviceStatus)
@@ -187,7 +189,7 @@ def _check_sequence(record: PacketRecord | RejectionRecord, device_id: str, seq:
 
 
 def _check_signature(record: PacketRecord, registration: RegistrationRecord,
-                     keyring: KeyRing, wrapped: dict[str, bytes]) -> None:
+                     keyring: KeyRing, wrapped: dict[str, WrappedKey]) -> None:
     where = record.describe()
     try:
         payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,

@@ -10,6 +10,7 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    RotationRecord,
     TwinParamsRecord,
 )
 from medtwin.store._store import Store
@@ -24,6 +25,7 @@ __all__ = [
     "Record",
     "RegistrationRecord",
     "RejectionRecord",
+    "RotationRecord",
     "Store",
     "TwinParamsRecord",
 ]

@@ -177,8 +177,31 @@ class ErasureRecord:
         return f"erasure #{self.leaf_index}"
 
 
+@dataclass(frozen=True, slots=True)
+class RotationRecord:
+    """The site KEK rotated at `time_ms`: new data keys are wrapped by `new_kek_id` (suite
+    `suite`) from now on, and stored ones are re-wrapped from `old_kek_id`. Ids only, never
+    key material; `reason` says who and why."""
+
+    leaf_index: int
+    old_kek_id: str
+    new_kek_id: str
+    suite: str
+    time_ms: int
+    reason: str
+
+    kind = "kek-rotation"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.old_kek_id, self.new_kek_id, self.suite, self.time_ms,
+                               self.reason])
+
+    def describe(self) -> str:
+        return f"KEK rotation #{self.leaf_index} ({self.old_kek_id} -> {self.new_kek_id})"
+
+
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
-          | FindingRecord | ErasureRecord)
+          | FindingRecord | ErasureRecord | RotationRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +231,4 @@ class Commit:
     twin_params: tuple[TwinParamsRecord, ...] = ()
     findings: tuple[FindingRecord, ...] = ()
     erasures: tuple[ErasureRecord, ...] = ()
+    rotations: tuple[RotationRecord, ...] = ()

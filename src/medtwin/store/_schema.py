@@ -109,6 +109,16 @@ erasures = Table(
     Column("reason", Text, nullable=False),
 )
 
+kek_rotations = Table(
+    "kek_rotations", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("old_kek_id", String(64), nullable=False),
+    Column("new_kek_id", String(64), nullable=False),
+    Column("suite", String(32), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 rejections = Table(
     "rejections", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

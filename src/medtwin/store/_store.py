@@ -37,6 +37,7 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    RotationRecord,
     TwinParamsRecord,
 )
 
@@ -96,6 +97,36 @@ class Store:
             rows = conn.execute(select(t.patients.c.patient_id, t.patients.c.wrapped_key))
             return {r.patient_id: r.wrapped_key for r in rows if r.wrapped_key}
 
+    def patient_wrapped_keys(self) -> dict[str, tuple[bytes, str]]:
+        """(wrapped data key, id of the KEK that wrapped it) of every patient not erased."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.patients.c.patient_id, t.patients.c.wrapped_key,
+                                       t.patients.c.kek_id))
+            return {r.patient_id: (r.wrapped_key, r.kek_id) for r in rows if r.wrapped_key}
+
+    def kek_usage(self) -> dict[str, int]:
+        """How many patients (not erased) have their data key wrapped by each KEK id."""
+        usage: dict[str, int] = {}
+        for _, kek_id in self.patient_wrapped_keys().values():
+            usage[kek_id] = usage.get(kek_id, 0) + 1
+        return usage
+
+    def rewrap_patients(self, keys: dict[str, tuple[bytes, str]]) -> None:
+        """Store re-wrapped data keys `{patient: (wrapped, kek_id)}` in one transaction; an
+        erased patient (empty key) is left erased."""
+        if not keys:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(t.patients)
+                    .where((t.patients.c.patient_id == bindparam("p"))
+                           & (func.length(t.patients.c.wrapped_key) > 0))
+                    .values(wrapped_key=bindparam("w"), kek_id=bindparam("k")),
+                    [{"p": p, "w": w, "k": k} for p, (w, k) in keys.items()])
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store: re-wrapped keys not written: {type(exc).__name__}") from exc
+
     def erased_patients(self) -> set[str]:
         """Ids of the patients whose data key was destroyed (crypto-shredded)."""
         with self.engine.connect() as conn:
@@ -141,6 +172,8 @@ class Store:
                     conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
                 if batch.findings:
                     conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
+                for rotation in batch.rotations:
+                    conn.execute(insert(t.kek_rotations).values(**_row(rotation)))
                 for erasure in batch.erasures:
                     conn.execute(insert(t.erasures).values(**_row(erasure)))
                     conn.execute(update(t.patients)
@@ -232,6 +265,8 @@ class Store:
                     select(t.findings).order_by(t.findings.c.leaf_index))),
                 (ErasureRecord(**r._asdict()) for r in conn.execute(
                     select(t.erasures).order_by(t.erasures.c.leaf_index))),
+                (RotationRecord(**r._asdict()) for r in conn.execute(
+                    select(t.kek_rotations).order_by(t.kek_rotations.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
