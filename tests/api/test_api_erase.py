@@ -44,7 +44,7 @@ def test_erasure_through_the_api(client: TestClient, pipeline: Pipeline, device:
     admin = _auth(pipeline, Role.ADMIN)
     assert client.post("/v1/patients/pt-1/erase", json={}, headers=admin).status_code == 422
     erased = client.post("/v1/patients/pt-1/erase", json={"reason": "ticket 42"}, headers=admin)
-    assert erased.json() == {"patient_id": "pt-1", "status": "erased"}
+    assert erased.json() == {"patient_id": "pt-1", "status": "erased", "scrubbed": True}
     again = client.post("/v1/patients/pt-1/erase", json={"reason": "ticket 42"}, headers=admin)
     assert again.status_code == 409
     unknown = client.post("/v1/patients/pt-9/erase", json={"reason": "x"}, headers=admin)

@@ -25,10 +25,11 @@ def test_keys_rotate_then_verify_then_retire(tmp_path: Path) -> None:
     rotated = runner.invoke(app, ["keys", "rotate", "--reason", "ticket 51", "--batch", "1",
                                   *site])
     assert rotated.exit_code == 0, rotated.output
-    found = re.search(r"KEK rotated: (kek-[0-9a-f]+) -> (kek-[0-9a-f]+)", rotated.output)
+    output = " ".join(rotated.output.split())               # as if unwrapped by the console
+    found = re.search(r"KEK rotated: (kek-[0-9a-f]+) -> (kek-[0-9a-f]+)", output)
     assert found is not None, rotated.output
     old, new = found.groups()
-    assert "2 data keys re-wrapped under " + new in rotated.output
+    assert "2 data keys re-wrapped under " + new in output
     assert SiteKeys.load(tmp_path / "site" / "keys").kek_ids == [new, old]
     verified = runner.invoke(app, ["verify", *site])
     assert verified.exit_code == 0, verified.output

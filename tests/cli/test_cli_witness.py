@@ -146,3 +146,16 @@ def test_the_witness_state_is_kept_per_log(state_dir: Path) -> None:
     assert _witness.load_state(path, "a.example/log").size == 3
     with pytest.raises(ConfigError, match="use another --state-dir"):
         _witness.load_state(path, "b.example/log")
+
+
+def test_one_witness_process_per_state_directory(tmp_path: Path) -> None:
+    """Two rounds on one state could both cosign from the same checkpoint: the second waits
+    for nothing, it refuses."""
+    from medtwin.cli._witness import state_lock
+
+    with (state_lock(tmp_path / "w"),
+          pytest.raises(ConfigError, match="another witness process"),
+          state_lock(tmp_path / "w")):
+        pass
+    with state_lock(tmp_path / "w"):                       # free again afterwards
+        pass

@@ -136,3 +136,19 @@ def test_unknown_suite_is_a_config_error_listing_the_known_ones() -> None:
         signature_suite("nope")
     with pytest.raises(ConfigError, match=r"unknown signature suite 'nope'"):
         verify_signature("nope", b"", MESSAGE, b"")
+
+
+def test_ecdsa_signs_with_low_s_and_refuses_the_high_s_twin() -> None:
+    """(r, s) and (r, n - s) both verify in plain ECDSA; medtwin makes and accepts only the
+    low one, so a signature cannot be altered into another valid one."""
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    suite = signature_suite("ecdsa-p256")
+    private, public = suite.generate()
+    for k in range(20):
+        message = f"packet {k}".encode()
+        signature = suite.sign(private, message)
+        r, s = signature[:32], int.from_bytes(signature[32:], "big")
+        assert s <= order // 2
+        suite.verify(public, message, signature)
+        with pytest.raises(SignatureError):
+            suite.verify(public, message, r + (order - s).to_bytes(32, "big"))

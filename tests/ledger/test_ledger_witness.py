@@ -120,3 +120,12 @@ def test_a_fresh_state_is_the_empty_tree() -> None:
 def test_a_malformed_cosignature_line_is_refused() -> None:
     with pytest.raises(VerificationError, match="cosignature line"):
         cosignature_key_name("witness AAAA\n")
+
+
+def test_a_malformed_proof_is_refused_but_is_no_split_view() -> None:
+    state = WitnessState(ORIGIN, 7, _root(7))
+    proof = consistency_proof(LEAVES, 7, 13)
+    proof[0] = proof[0][:31]
+    with pytest.raises(VerificationError, match="malformed") as caught:
+        _step(state, _note(13), proof)
+    assert not isinstance(caught.value, SplitViewError)

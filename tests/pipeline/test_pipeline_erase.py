@@ -3,11 +3,12 @@ store, unreadable, while the log still verifies and the site still restarts."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tests.conftest import DeviceSim, FakeClock
 
 from medtwin.config import Settings
@@ -18,6 +19,7 @@ from medtwin.errors import (
     InvalidInputError,
     NotFoundError,
     PatientErasedError,
+    VerificationError,
 )
 from medtwin.ingest import ImportSubmission
 from medtwin.pipeline import Accepted, Pipeline, Rejected
@@ -138,3 +140,31 @@ def test_erasing_twice_an_unknown_patient_or_without_reason_changes_nothing(
         _erase(pipeline)
     assert pipeline.tree_size() == size
     assert pipeline.store.erased_patients() == {"pt-1"}
+
+
+def test_an_open_reader_delays_the_scrub_and_the_erasure_says_so(
+        pipeline: Pipeline, two_patients: DeviceSim) -> None:
+    """SQLite cannot empty its write-ahead log while a reader holds a snapshot: the erasure
+    still happens, and reports that the old page lingers until the next checkpoint."""
+    path = pipeline.store.engine.url.database
+    assert path
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM patients").fetchone()
+        assert pipeline.erase_patient("pt-1", "ticket 43", "dpo") is False
+    finally:
+        reader.close()
+    assert pipeline.store.scrub_wal() is True
+    assert "pt-1" not in pipeline.patients()
+
+
+def test_verify_fails_when_an_erased_patients_key_comes_back(
+        pipeline: Pipeline, two_patients: DeviceSim) -> None:
+    wrapped = pipeline.store.patient_wrapped_keys()["pt-1"]
+    pipeline.erase_patient("pt-1", "ticket 44", "dpo")
+    with pipeline.store.engine.begin() as conn:          # a patients table from a backup
+        conn.execute(update(_schema.patients).where(_schema.patients.c.patient_id == "pt-1")
+                     .values(wrapped_key=wrapped[0]))
+    with pytest.raises(VerificationError, match="erased patient"):
+        pipeline.verify()

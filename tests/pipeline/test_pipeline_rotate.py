@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +15,13 @@ from tests.conftest import DeviceSim, FakeClock
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, WrappedKey
 from medtwin.crypto._keys import KEK_FILE
-from medtwin.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
+from medtwin.errors import (
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    StoreError,
+)
 from medtwin.pipeline import Accepted, Pipeline
 from medtwin.pipeline._codec import packet_aad
 from medtwin.store import _schema
@@ -211,3 +218,23 @@ def test_a_missing_kek_says_what_to_restore_without_key_material(
                                           "restore") as caught:
         pipeline.keys.kek_for("kek-gone")
     assert pipeline.keys.kek.hex() not in str(caught.value)
+
+
+def test_a_rotation_that_cannot_be_logged_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = Pipeline.open(Settings(data_dir=tmp_path / "site"))
+    try:
+        pipeline.add_patient("pt-1")
+        before = pipeline.keys.kek_id
+        key_file = json.loads((pipeline.settings.resolved_keys_dir / KEK_FILE).read_text())
+
+        def fail(*_args: object, **_kwargs: object) -> None:
+            raise StoreError("store: batch not written: OperationalError")
+
+        monkeypatch.setattr(pipeline.store, "commit", fail)
+        with pytest.raises(StoreError):
+            pipeline.start_rotation("sec-officer", "yearly rotation")
+        assert pipeline.keys.kek_id == before
+        assert json.loads((pipeline.settings.resolved_keys_dir / KEK_FILE).read_text()) == key_file
+    finally:
+        pipeline.close()

@@ -207,12 +207,14 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.post("/v1/patients/{patient_id}/erase", tags=["admin"])
     def erase_patient(patient_id: str, body: StatusIn, caller: Caller = manage
-                      ) -> dict[str, str]:
+                      ) -> dict[str, Any]:
         """Erase a patient (crypto-shredding): their data key is destroyed, so their stored
         records can never be read again while the log still verifies. Logged with the
-        caller's name and reason; later reads of the patient answer 410."""
-        pipeline.erase_patient(patient_id, body.reason, caller.name)
-        return {"patient_id": patient_id, "status": "erased"}
+        caller's name and reason; later reads of the patient answer 410. `scrubbed`: the
+        database's write-ahead log was emptied of the old key page at once (else at its
+        next checkpoint)."""
+        scrubbed = pipeline.erase_patient(patient_id, body.reason, caller.name)
+        return {"patient_id": patient_id, "status": "erased", "scrubbed": scrubbed}
 
     @app.post("/v1/devices", status_code=201, tags=["admin"])
     def add_device(body: DeviceIn, _caller: Caller = manage) -> dict[str, str]:

@@ -431,8 +431,10 @@ def keys_erase_patient(patient_id: str, reason: Annotated[str, typer.Option(
     can never be read again while the log still verifies. While the site is serving, use
     `POST /v1/patients/{id}/erase` instead."""
     with _site(data_dir) as pipeline:
-        pipeline.erase_patient(patient_id, reason, getpass.getuser())
-    console.print(f"patient {patient_id} erased: their data key is destroyed")
+        scrubbed = pipeline.erase_patient(patient_id, reason, getpass.getuser())
+    console.print(f"patient {patient_id} erased: their data key is destroyed"
+                  + ("" if scrubbed else " (the database's write-ahead log still holds the "
+                     "old page until its next checkpoint)"))
 
 
 Batch = Annotated[int, typer.Option(

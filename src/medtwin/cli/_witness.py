@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from medtwin.ledger import (
 DEFAULT_STATE_DIR = Path("medtwin-witness")
 KEY_FILE = "witness-key.json"
 STATE_FILE = "witness-state.json"
+LOCK_FILE = "witness.lock"
 #: Seconds an HTTP request to the site may take before the round fails.
 HTTP_TIMEOUT_S = 30.0
 #: Largest response read from the site (prevents memory exhaustion by a hostile log).
@@ -115,16 +119,38 @@ def load_state(path: Path, origin: str) -> WitnessState:
 
 
 def save_state(path: Path, state: WitnessState) -> None:
-    """Write the state atomically (a crash leaves the old or the new one, never half)."""
+    """Write the state atomically and durably (a crash, even a power cut, leaves the old or
+    the new one, never half, and never loses a state whose cosignature was posted)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"origin": state.origin, "size": state.size,
                    "root": base64.b64encode(state.root).decode()}, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory for one round: two witness processes on one state would
+    each cosign from the same last checkpoint, and could be shown two forks."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"witness: another witness process holds {state_dir}; run one "
+                              "per state directory") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_client(config: WitnessConfig) -> httpx.Client:
@@ -141,16 +167,17 @@ def witness_round(client: httpx.Client, config: WitnessConfig, signer: NoteSigne
     a conflicting checkpoint, even if the post fails.
     """
     state_path = config.state_dir / STATE_FILE
-    state = load_state(state_path, config.origin)
-    note = _request(client, "GET", "/v1/ledger/checkpoint").text
-    checkpoint, _opened = open_checkpoint_note(note, [config.log])
-    proof: list[bytes] = []
-    if 0 < state.size < checkpoint.size:
-        answer = _request(client, "GET", "/v1/ledger/proof/consistency",
-                          params={"old": state.size, "new": checkpoint.size}).json()
-        proof = _proof_hashes(answer)
-    step = witness_step(state, note, proof, config.log, signer, now_s)
-    save_state(state_path, step.state)
+    with state_lock(config.state_dir):
+        state = load_state(state_path, config.origin)
+        note = _request(client, "GET", "/v1/ledger/checkpoint").text
+        checkpoint, _opened = open_checkpoint_note(note, [config.log])
+        proof: list[bytes] = []
+        if 0 < state.size < checkpoint.size:
+            answer = _request(client, "GET", "/v1/ledger/proof/consistency",
+                              params={"old": state.size, "new": checkpoint.size}).json()
+            proof = _proof_hashes(answer)
+        step = witness_step(state, note, proof, config.log, signer, now_s)
+        save_state(state_path, step.state)
     _request(client, "POST", "/v1/ledger/cosignature", json={
         "size": step.checkpoint.size, "root": base64.b64encode(step.checkpoint.root).decode(),
         "cosignature": step.cosignature})
@@ -185,12 +212,17 @@ def _retryable(exc: MedtwinError) -> bool:
 def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """`method path` on the site; WitnessHttpError unless it answers 2xx within the limits."""
     try:
-        response = client.request(method, path, **kwargs)
+        with client.stream(method, path, **kwargs) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:      # stop reading a hostile log's flood
+                    raise WitnessHttpError(f"witness: {method} {path}: answer longer than "
+                                           f"{MAX_RESPONSE_BYTES} bytes")
     except httpx.HTTPError as exc:
         raise WitnessHttpError(f"witness: {method} {path}: {type(exc).__name__}: {exc}") from exc
-    if len(response.content) > MAX_RESPONSE_BYTES:
-        raise WitnessHttpError(f"witness: {method} {path}: answer longer than "
-                               f"{MAX_RESPONSE_BYTES} bytes")
+    response = httpx.Response(response.status_code, headers=response.headers,
+                              content=bytes(body), request=response.request)
     if not response.is_success:
         raise WitnessHttpError(f"witness: {method} {path}: HTTP {response.status_code}: "
                                f"{response.text[:500]}")

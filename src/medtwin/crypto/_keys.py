@@ -105,7 +105,7 @@ class WrappedKey(NamedTuple):
 def _new_kek_document(aead: str) -> dict[str, str]:
     """A fresh KEK entry of the key file: id, suite and key (base64)."""
     spec = aead_suite(aead)
-    return {"kek_id": f"kek-{secrets.token_hex(4)}", "suite": spec.name,
+    return {"kek_id": f"kek-{secrets.token_hex(16)}", "suite": spec.name,
             "key": _b64(secrets.token_bytes(spec.key_size))}
 
 
@@ -182,6 +182,17 @@ class SiteKeys:
                     *document.get("previous", [])]
         _replace_secret(path, {**_new_kek_document(aead), "previous": previous})
         return cls.load(keys_dir)
+
+    @staticmethod
+    def kek_ring_file(keys_dir: Path) -> dict[str, Any]:
+        """The KEK file's document as it is now (secrets: keep it in memory only), to put
+        back with `restore_kek_ring` if a rotation cannot be logged."""
+        return _read_secret(keys_dir / KEK_FILE)
+
+    @staticmethod
+    def restore_kek_ring(keys_dir: Path, document: dict[str, Any]) -> None:
+        """Put back a KEK file document read by `kek_ring_file` (atomically, mode 0600)."""
+        _replace_secret(keys_dir / KEK_FILE, document)
 
     @classmethod
     def retire_kek(cls, keys_dir: Path, kek_id: str) -> SiteKeys:

@@ -60,6 +60,9 @@ def _ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> None
 # simpler to bound and has one encoding per (r, s).
 _P256 = ec.SECP256R1()
 _P256_SCALAR_SIZE = 32
+#: The order of P-256's group: (r, s) and (r, n - s) both verify, so signatures are made with
+#: the low s and only the low s is accepted (one signature bytes per signing, no malleation).
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def _ecdsa_p256_generate() -> tuple[bytes, bytes]:
@@ -75,6 +78,7 @@ def _ecdsa_p256_sign(private_key: bytes, message: bytes) -> bytes:
         raise ValueError("crypto: an ecdsa-p256 private key is a 32-byte big-endian scalar")
     key = ec.derive_private_key(int.from_bytes(private_key, "big"), _P256)
     r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    s = min(s, _P256_ORDER - s)
     return r.to_bytes(_P256_SCALAR_SIZE, "big") + s.to_bytes(_P256_SCALAR_SIZE, "big")
 
 
@@ -86,6 +90,8 @@ def _ecdsa_p256_verify(public_key: bytes, message: bytes, signature: bytes) -> N
             raise ValueError("signature is not 64 bytes of r || s")
         r = int.from_bytes(signature[:_P256_SCALAR_SIZE], "big")
         s = int.from_bytes(signature[_P256_SCALAR_SIZE:], "big")
+        if not (0 < r < _P256_ORDER and 0 < s <= _P256_ORDER // 2):
+            raise ValueError("signature is not r || s with 0 < r < n and a low 0 < s <= n/2")
         key = ec.EllipticCurvePublicKey.from_encoded_point(_P256, public_key)
         key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError) as exc:

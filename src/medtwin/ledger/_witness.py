@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from medtwin.errors import SplitViewError, VerificationError
 from medtwin.ledger._checkpoint import checkpoint_body
-from medtwin.ledger._merkle import EMPTY_ROOT
+from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE
 from medtwin.ledger._note import (
     SIGNATURE_PREFIX,
     Checkpoint,
@@ -79,7 +79,11 @@ def witness_step(state: WitnessState, note: str, proof: Sequence[bytes], log: No
     if checkpoint.size == state.size and checkpoint.root != state.root:
         raise SplitViewError(f"witness: split view: log {state.origin} shows {shown}, but "
                              f"this witness cosigned {seen}", _RECORD)
-    # (4): the new tree extends the cosigned one.
+    # (4): the new tree extends the cosigned one (a proof that is not 32-byte hashes is
+    # malformed, not evidence of a fork).
+    if any(len(p) != HASH_SIZE for p in proof):
+        raise VerificationError(f"witness: the consistency proof from log {state.origin} is "
+                                f"malformed (hashes of {HASH_SIZE} bytes expected)", _RECORD)
     try:
         verify_consistency(state.size, checkpoint.size, state.root, checkpoint.root, proof)
     except VerificationError as exc:

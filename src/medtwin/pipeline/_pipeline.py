@@ -593,11 +593,13 @@ class Pipeline:
             self.twin.row(patient_id)
             return Patient(patient_id, now)
 
-    def erase_patient(self, patient_id: str, reason: str, by: str) -> None:
+    def erase_patient(self, patient_id: str, reason: str, by: str) -> bool:
         """Crypto-shred a patient: destroy their data key, so their stored records stay in
         the log (checkable by hash) but can never be opened again, and log who did it and
         why. NotFoundError if unknown, ConflictError if already erased, InvalidInputError
-        without a reason; nothing changes on error."""
+        without a reason; nothing changes on error. Returns whether the database's
+        write-ahead log was emptied of the old key page at once (else at its next
+        checkpoint)."""
         if not reason.strip():
             raise InvalidInputError("pipeline: erasing a patient needs a reason (who asked and "
                                     "on what grounds), for the audit log")
@@ -616,6 +618,7 @@ class Pipeline:
             del self._wrapped[patient_id]
             self._erased.add(patient_id)
             self.keyring.forget(patient_id)
+        return self.store.scrub_wal()
 
     # Site KEK rotation ----------------------------------------------------------------------
 
@@ -630,24 +633,30 @@ class Pipeline:
     def start_rotation(self, by: str, reason: str) -> RotationRecord:
         """Make a fresh site KEK current for new data keys and log who rotated it and why;
         stored data keys stay readable under their old KEK until re-wrapped. The key file
-        is replaced first, so a crash never leaves a logged KEK that does not exist.
+        is replaced first, so a crash never leaves a logged KEK that does not exist; if the
+        record cannot be committed, the old key ring is put back and nothing changes.
         InvalidInputError without a reason."""
         if not reason.strip():
             raise InvalidInputError("pipeline: rotating the site KEK needs a reason (who asked "
                                     "and why), for the audit log")
         with self._lock:
             old = self.keys
-            keys = SiteKeys.rotate_kek(self.settings.resolved_keys_dir,
-                                       self.settings.aead_suite)
-            self.keys = self.keyring.site = keys
+            keys_dir = self.settings.resolved_keys_dir
+            ring_before = SiteKeys.kek_ring_file(keys_dir)
+            keys = SiteKeys.rotate_kek(keys_dir, self.settings.aead_suite)
             now = self.clock()
             tree = self._tree.copy()
             record = RotationRecord(tree.size, old.kek_id, keys.kek_id, keys.kek_suite, now,
                                     f"by {by}: {reason}")
             h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
             tree.append_hash(h)
-            self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
-                                     self._sign_head(tree, now), {}, rotations=(record,)))
+            try:
+                self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
+                                         self._sign_head(tree, now), {}, rotations=(record,)))
+            except BaseException:
+                SiteKeys.restore_kek_ring(keys_dir, ring_before)  # not logged: not in force
+                raise
+            self.keys = self.keyring.site = keys
             self._tree = tree
             return record
 

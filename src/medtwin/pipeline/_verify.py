@@ -12,7 +12,8 @@
       device key registered when it arrived, and say the device, sequence number and send
       time its record says (a site cannot fabricate or re-file device data);
   (7) records of an erased patient (their data key destroyed) are checked by (2)-(5) from
-      their stored bytes alone, counted as `unreadable`, and never opened.
+      their stored bytes alone, counted as `unreadable`, and never opened; an erased
+      patient whose key is back in the store fails verification.
 The first failure raises VerificationError naming the record (or the head). The head is read
 first and the check covers the records it signs, so a site that keeps ingesting while it is
 verified is checked consistently; records appended since are reported as pending.
@@ -85,6 +86,11 @@ def verify_store(store: Store, log_key: LogSigningKey,
     wrapped = ({p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
                if keyring is not None else {})
     erased = store.erased_patients()
+    revived = erased & set(store.patient_wrapped_keys())
+    if revived:
+        raise VerificationError(
+            f"verify: {len(revived)} erased patient(s) have a data key again (a patients table "
+            "restored from a backup?); erase them again before trusting this store", "patients")
     signatures = unreadable = 0
     for record in store.records():
         if record.leaf_index >= signed_size:

@@ -5,6 +5,7 @@ patient data. Every batch is written in one transaction, committed durably befor
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,11 @@ from medtwin.store._records import (
     RotationRecord,
     TwinParamsRecord,
 )
+
+#: Tries, and the wait that grows by this much per try (s), to empty SQLite's write-ahead log
+#: after an erasure while readers come and go.
+SCRUB_ATTEMPTS = 5
+SCRUB_WAIT_S = 0.05
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -132,12 +138,22 @@ class Store:
         with self.engine.connect() as conn:
             return set(conn.execute(select(t.erasures.c.patient_id)).scalars())
 
-    def _scrub_wal(self) -> None:
+    def scrub_wal(self, attempts: int = SCRUB_ATTEMPTS) -> bool:
         """Fold SQLite's write-ahead log into the database and empty it, so the page that
-        held a destroyed key does not survive there."""
-        if self.engine.dialect.name == "sqlite":
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        held a destroyed key does not survive there; whether it was emptied (a reader that
+        stays open blocks it: then the next checkpoint does it). True on other databases."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        for attempt in range(attempts):
+            try:
+                with self.engine.connect() as conn:
+                    busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+            except SQLAlchemyError:
+                busy = 1
+            if busy == 0:
+                return True
+            time.sleep(SCRUB_WAIT_S * (attempt + 1))
+        return False
 
     def devices(self) -> list[Device]:
         with self.engine.connect() as conn:
@@ -196,8 +212,6 @@ class Store:
                         conn.execute(insert(t.tree_heads).values(**head))
         except SQLAlchemyError as exc:
             raise StoreError(f"store: batch not written: {type(exc).__name__}") from exc
-        if batch.erasures:
-            self._scrub_wal()
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -289,10 +303,14 @@ class Store:
 
     def put_cosignature(self, origin: str, size: int, root: bytes, witness: str, line: str,
                         timestamp_s: int, now_ms: int) -> None:
-        """Keep `witness`'s verified cosignature line of a checkpoint, replacing an older one."""
+        """Keep `witness`'s verified cosignature line of a checkpoint, replacing an older one
+        (by its timestamp: a replayed older line never displaces a newer one)."""
         key = ((t.cosignatures.c.origin == origin) & (t.cosignatures.c.size == size)
                & (t.cosignatures.c.root == root) & (t.cosignatures.c.witness == witness))
         with self.engine.begin() as conn:
+            newest = conn.execute(select(t.cosignatures.c.timestamp_s).where(key)).scalar()
+            if newest is not None and newest > timestamp_s:
+                return
             conn.execute(delete(t.cosignatures).where(key))
             conn.execute(insert(t.cosignatures).values(
                 origin=origin, size=size, root=root, witness=witness, line=line,
