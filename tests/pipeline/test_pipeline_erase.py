@@ -133,6 +133,8 @@ def test_erasing_twice_an_unknown_patient_or_without_reason_changes_nothing(
         pipeline.erase_patient("pt-9", "typo", "dpo")
     with pytest.raises(InvalidInputError, match="needs a reason"):
         pipeline.erase_patient("pt-1", "  ", "dpo")
+    with pytest.raises(InvalidInputError, match="at most 500 characters"):
+        pipeline.erase_patient("pt-1", "asked by " + "x" * 500, "dpo")
     assert pipeline.store.erased_patients() == set()
     _erase(pipeline)
     size = pipeline.tree_size()

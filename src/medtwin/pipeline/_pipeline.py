@@ -600,9 +600,7 @@ class Pipeline:
         without a reason; nothing changes on error. Returns whether the database's
         write-ahead log was emptied of the old key page at once (else at its next
         checkpoint)."""
-        if not reason.strip():
-            raise InvalidInputError("pipeline: erasing a patient needs a reason (who asked and "
-                                    "on what grounds), for the audit log")
+        _check_reason(reason, "erasing a patient", "who asked and on what grounds")
         with self._lock:
             if patient_id in self._erased:
                 raise ConflictError(f"pipeline: patient {patient_id!r} was already erased")
@@ -636,9 +634,7 @@ class Pipeline:
         is replaced first, so a crash never leaves a logged KEK that does not exist; if the
         record cannot be committed, the old key ring is put back and nothing changes.
         InvalidInputError without a reason."""
-        if not reason.strip():
-            raise InvalidInputError("pipeline: rotating the site KEK needs a reason (who asked "
-                                    "and why), for the audit log")
+        _check_reason(reason, "rotating the site KEK", "who asked and why")
         with self._lock:
             old = self.keys
             keys_dir = self.settings.resolved_keys_dir
@@ -728,9 +724,7 @@ class Pipeline:
         """Release a quarantined device: an explicit, logged admin action with its reason.
         Its residual tests start afresh. NotFoundError if unknown, ConflictError if it is not
         quarantined, InvalidInputError without a reason."""
-        if not reason.strip():
-            raise InvalidInputError("pipeline: releasing a device needs a reason (who checked "
-                                    "it and what was found), for the audit log")
+        _check_reason(reason, "releasing a device", "who checked it and what was found")
         with self._lock:
             device = self._devices.get(device_id)
             if device is None:
@@ -1153,3 +1147,19 @@ def alert_json(alert: Alert) -> dict[str, Any]:
 
 def _num(x: float) -> float | None:
     return None if np.isnan(x) else round(x, 2)
+
+
+#: Longest reason an administrative action may log: the log is permanent (an erasure's too),
+#: so a reason names a ticket and grounds, never a person's details.
+MAX_REASON_LENGTH = 500
+
+
+def _check_reason(reason: str, action: str, what: str) -> None:
+    """InvalidInputError unless `reason` is given and short enough for the permanent log."""
+    if not reason.strip():
+        raise InvalidInputError(f"pipeline: {action} needs a reason ({what}), for the audit "
+                                "log")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInputError(f"pipeline: a reason for {action} is at most "
+                                f"{MAX_REASON_LENGTH} characters (it stays in the log for good: "
+                                "give a ticket number and the grounds, no personal details)")
