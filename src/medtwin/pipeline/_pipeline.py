@@ -548,17 +548,25 @@ class Pipeline:
     def _register(self, device: Device, reason: str = "") -> None:
         """Log a device's registration (or status change) and make it current, durably."""
         now = self.clock()
-        tree = self._tree.copy()
-        record = RegistrationRecord(tree.size, device.device_id, device.patient_id,
-                                    device.suite, device.public_key, device.status.value, now,
-                                    reason)
-        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
-        tree.append_hash(h)
-        self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
-                                 self._sign_head(tree, now), {}, (record,)))
-        self._tree = tree
+        self._log_action(RegistrationRecord(self._tree.size, device.device_id,
+                                            device.patient_id, device.suite, device.public_key,
+                                            device.status.value, now, reason), now)
         self._devices[device.device_id] = device
         self._sync_blocked(device)
+
+    def _log_action(self, record: RegistrationRecord | ErasureRecord | RotationRecord,
+                    now: int) -> None:
+        """Log one administrative record (at leaf `record.leaf_index`, the log's size) under a
+        signed head, durably, and make it the log's newest; the caller holds the lock."""
+        tree = self._tree.copy()
+        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+        tree.append_hash(h)
+        self.store.commit(Commit(
+            (), (), (), ((record.leaf_index, record.kind, h),), self._sign_head(tree, now), {},
+            registrations=(record,) if isinstance(record, RegistrationRecord) else (),
+            erasures=(record,) if isinstance(record, ErasureRecord) else (),
+            rotations=(record,) if isinstance(record, RotationRecord) else ()))
+        self._tree = tree
 
     def _sync_blocked(self, device: Device) -> None:
         """Tell the guard whether a registered device's source is blocked."""
@@ -606,13 +614,8 @@ class Pipeline:
                 raise ConflictError(f"pipeline: patient {patient_id!r} was already erased")
             self._check_readable(patient_id)
             now = self.clock()
-            tree = self._tree.copy()
-            record = ErasureRecord(tree.size, patient_id, now, f"by {by}: {reason}")
-            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
-            tree.append_hash(h)
-            self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
-                                     self._sign_head(tree, now), {}, erasures=(record,)))
-            self._tree = tree
+            self._log_action(ErasureRecord(self._tree.size, patient_id, now,
+                                           f"by {by}: {reason}"), now)
             del self._wrapped[patient_id]
             self._erased.add(patient_id)
             self.keyring.forget(patient_id)
@@ -641,19 +644,14 @@ class Pipeline:
             ring_before = SiteKeys.kek_ring_file(keys_dir)
             keys = SiteKeys.rotate_kek(keys_dir, self.settings.aead_suite)
             now = self.clock()
-            tree = self._tree.copy()
-            record = RotationRecord(tree.size, old.kek_id, keys.kek_id, keys.kek_suite, now,
-                                    f"by {by}: {reason}")
-            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
-            tree.append_hash(h)
+            record = RotationRecord(self._tree.size, old.kek_id, keys.kek_id, keys.kek_suite,
+                                    now, f"by {by}: {reason}")
             try:
-                self.store.commit(Commit((), (), (), ((record.leaf_index, record.kind, h),),
-                                         self._sign_head(tree, now), {}, rotations=(record,)))
+                self._log_action(record, now)
             except BaseException:
                 SiteKeys.restore_kek_ring(keys_dir, ring_before)  # not logged: not in force
                 raise
             self.keys = self.keyring.site = keys
-            self._tree = tree
             return record
 
     def pending_rewrap(self) -> list[str]:
