@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from medtwin.errors import ConfigError, CryptoError
+from medtwin.crypto._suites import lookup_suite
+from medtwin.errors import CryptoError
 
 SHARED_SECRET_SIZE = 32
 
@@ -204,8 +205,4 @@ KEM_SUITES: dict[str, KemSuite] = {
 
 def kem_suite(name: str) -> KemSuite:
     """The KEM suite called `name`, or a ConfigError listing the known ones."""
-    try:
-        return KEM_SUITES[name]
-    except KeyError:
-        known = ", ".join(sorted(KEM_SUITES))
-        raise ConfigError(f"crypto: unknown KEM suite {name!r}; known: {known}") from None
+    return lookup_suite(KEM_SUITES, name, "KEM")

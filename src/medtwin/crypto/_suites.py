@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -136,22 +137,27 @@ SIGNATURE_SUITES: dict[str, SignatureSuite] = {
 }
 
 
+S = TypeVar("S")
+
+
+def lookup_suite(registry: Mapping[str, S], name: str, kind: str) -> S:
+    """The `kind` suite called `name` in `registry`, or a ConfigError listing the known
+    ones (the one lookup of every suite registry)."""
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(sorted(registry))
+        raise ConfigError(f"crypto: unknown {kind} suite {name!r}; known: {known}") from None
+
+
 def aead_suite(name: str) -> AeadSuite:
     """The AEAD suite called `name`, or a ConfigError listing the known ones."""
-    try:
-        return AEAD_SUITES[name]
-    except KeyError:
-        known = ", ".join(sorted(AEAD_SUITES))
-        raise ConfigError(f"crypto: unknown AEAD suite {name!r}; known: {known}") from None
+    return lookup_suite(AEAD_SUITES, name, "AEAD")
 
 
 def signature_suite(name: str) -> SignatureSuite:
     """The signature suite called `name`, or a ConfigError listing the known ones."""
-    try:
-        return SIGNATURE_SUITES[name]
-    except KeyError:
-        known = ", ".join(sorted(SIGNATURE_SUITES))
-        raise ConfigError(f"crypto: unknown signature suite {name!r}; known: {known}") from None
+    return lookup_suite(SIGNATURE_SUITES, name, "signature")
 
 
 def verify_signature(suite: str, public_key: bytes, message: bytes, signature: bytes) -> None:
