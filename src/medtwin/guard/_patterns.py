@@ -419,10 +419,17 @@ def replayed_segments(stream: Ints, time_ms: Ints, value: Floats, channel: Ints
         return short
     verbatim = np.abs(np.nan_to_num(short.offset, nan=np.inf)) <= short.threshold
     short = short._replace(alarm=short.alarm & (~smooth | verbatim))
-    long = replayed_windows(stream, time_ms, value, channel, window=REPLAY_LONG_WINDOW,
-                            min_variation=REPLAY_LONG_VARIATION)
-    take = smooth & long.alarm & ~short.alarm
-    return ReplayAlarm(*(np.where(take, lf, sf) for sf, lf in zip(short, long, strict=True)))
+    # the long pass over the smooth channels' streams only (whole streams: same result)
+    rows = np.flatnonzero(smooth)
+    long = replayed_windows(stream[rows], time_ms[rows], value[rows], channel[rows],
+                            window=REPLAY_LONG_WINDOW, min_variation=REPLAY_LONG_VARIATION)
+    take = long.alarm & ~short.alarm[rows]
+    merged = []
+    for sf, lf in zip(short, long, strict=True):
+        field = np.array(sf, copy=True)
+        field[rows[take]] = lf[take]
+        merged.append(field)
+    return ReplayAlarm(*merged)
 
 
 def _stream_rank(stream: Ints) -> Ints:
