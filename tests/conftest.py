@@ -4,6 +4,7 @@ registered patient and a device with a deterministic key pair that signs packets
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,17 @@ from medtwin.estimation import (
 from medtwin.ingest import SignedSubmission
 from medtwin.physiology import GlucoseParams, GlucoseState
 from medtwin.pipeline import Pipeline
+
+#: The interpreter's recursion limit before any test module is imported.
+RECURSION_LIMIT = sys.getrecursionlimit()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Test modules importing eth_account (py_ecc) or py-evm raise the recursion limit to
+    100,000 when collected; medtwin puts it back when it connects (`ledger._evm`), and so do
+    the tests: with it raised, the hostile deeply nested JSON test overflows the C stack."""
+    sys.setrecursionlimit(RECURSION_LIMIT)
+
 
 # Property tests draw the same examples on every run, and keep no example database.
 hypothesis_settings.register_profile("medtwin", derandomize=True, database=None, deadline=None)

@@ -33,6 +33,9 @@ DEFAULT_LOG_SIGNATURE_SUITE = "ed25519"
 DEFAULT_LOG_ORIGIN = "medtwin.local/log"
 #: Most packets the API gathers into one transaction (group commit).
 DEFAULT_MAX_BATCH = 256
+#: Seconds between two checkpoint anchors on the chain (0: no anchoring). One transaction
+#: per interval, never per reading: eth-tester makes 20-30 transactions/s.
+DEFAULT_ANCHOR_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,8 @@ class Settings:
     log_origin: str = DEFAULT_LOG_ORIGIN
     max_batch: int = DEFAULT_MAX_BATCH
     witnesses: tuple[TrustedWitness, ...] = ()
+    chain_url: str | None = None
+    anchor_interval_s: float = DEFAULT_ANCHOR_INTERVAL_S
     clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
 
     @property
@@ -115,6 +120,14 @@ class Settings:
                 raise ConfigError("config: MEDTWIN_MAX_CLOCK_SKEW_S must be a number") from exc
         if "MEDTWIN_AEAD_SUITE" in env:
             values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
+        if "MEDTWIN_CHAIN_URL" in env:
+            values["chain_url"] = env["MEDTWIN_CHAIN_URL"] or None
+        if "MEDTWIN_ANCHOR_INTERVAL_S" in env:
+            try:
+                values["anchor_interval_s"] = float(env["MEDTWIN_ANCHOR_INTERVAL_S"])
+            except ValueError as exc:
+                raise ConfigError("config: MEDTWIN_ANCHOR_INTERVAL_S must be a number of "
+                                  "seconds (0 turns anchoring off)") from exc
         if "MEDTWIN_WITNESSES" in env:
             values["witnesses"] = parse_witnesses(env["MEDTWIN_WITNESSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})

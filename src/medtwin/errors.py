@@ -13,6 +13,7 @@
     ├── VerificationError    the store, log or signed head do not agree; `.record` names where
     │   └── SplitViewError   a log showed a witness two views that cannot both be true
     ├── FhirError            a FHIR resource could not be read; `.line` says where
+    ├── ChainError           the anchoring chain could not be reached or refused a transaction
     └── InvalidInputError    a request's arguments are out of range (nothing was changed)
 
 Messages start with the stage that failed ("gate: bad-signature: …") and never contain
@@ -95,6 +96,11 @@ class FhirError(MedtwinError):
         self.line = line
         where = f"line {line}: " if line is not None else ""
         super().__init__(f"fhir: {where}{message}")
+
+
+class ChainError(MedtwinError):
+    """The EVM chain (embedded or JSON-RPC) could not be reached, refused a transaction, or
+    holds a contract other than the one medtwin expects."""
 
 
 class InvalidInputError(MedtwinError):

@@ -1,5 +1,5 @@
-"""Frozen values on SpO2 (judged against the oximeter's own repeats, spared at 100 %) and
-the run's first value: a slow drift is not a freeze."""
+"""Frozen values on SpO2 (judged against the oximeter's own repeats; at 100 %, against its
+own habit of staying there) and the run's first value: a slow drift is not a freeze."""
 
 from __future__ import annotations
 
@@ -32,9 +32,34 @@ def test_a_frozen_oximeter_is_caught_after_30_minutes() -> None:
 
 
 def test_an_oximeter_pinned_at_100_on_oxygen_is_not_stuck() -> None:
-    stream, time_ms, value, channel = oximeter(600, 2)
-    value[300:] = 100.0
-    assert not frozen_values(stream, time_ms, value, channel).alarm.any()
+    """On oxygen for hours, with a dip to 99 % now and then: once the sensor has a history
+    there (its first run has none, and is judged as a new one), 100 % is where it stays."""
+    stream, time_ms, value, channel = oximeter(900, 2)
+    value[:] = 100.0
+    value[::97] = 99.0
+    assert not frozen_values(stream, time_ms, value, channel).alarm[97:].any()
+
+
+def test_a_freeze_at_100_is_caught_on_a_sensor_that_only_touches_it() -> None:
+    """An oximeter that reads 100 % now and then, for a minute or two, frozen there."""
+    stream, time_ms, value, channel = oximeter(600, 6)
+    value[:400] = np.clip(value[:400] + 3, 70, 100)               # wanders 96-100 %
+    assert 0 < (value[:400] == 100).sum() < 200
+    assert not frozen_values(stream, time_ms, value, channel).alarm[:400].any()
+    value[400:450] = 100.0
+    r = frozen_values(stream, time_ms, value, channel)
+    hits = np.flatnonzero(r.alarm)
+    assert hits.size and 429 <= hits.min() <= 431 and hits.max() == 449
+    assert (r.repeat_share[hits] < 0.8).all()
+
+
+def test_a_patient_newly_pinned_at_100_is_flagged_for_2_hours_only() -> None:
+    """medtwin is not told when oxygen starts: a new run at 100 % is flagged from 30 min,
+    and after 2 h the patient is taken to be on oxygen."""
+    stream, time_ms, value, channel = oximeter(600, 7)
+    value[200:] = 100.0
+    hits = np.flatnonzero(frozen_values(stream, time_ms, value, channel).alarm)
+    assert hits.size and hits.min() == 230 and hits.max() == 320
 
 
 def test_a_drift_slower_than_the_resolution_per_reading_is_not_a_freeze() -> None:

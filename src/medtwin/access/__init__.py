@@ -1,5 +1,7 @@
-"""Identities, roles and permissions, and the bearer tokens that carry them."""
+"""Identities, roles and permissions, the bearer tokens that carry them, and access decisions
+that follow the patient's consent on the chain."""
 
+from medtwin.access._consent import AccessDecision, Caller, ConsentPolicy
 from medtwin.access._roles import (
     ROLE_PERMISSIONS,
     TOKEN_PREFIX,
@@ -13,6 +15,9 @@ from medtwin.access._roles import (
 __all__ = [
     "ROLE_PERMISSIONS",
     "TOKEN_PREFIX",
+    "AccessDecision",
+    "Caller",
+    "ConsentPolicy",
     "Permission",
     "Role",
     "allows",

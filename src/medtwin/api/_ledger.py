@@ -17,13 +17,11 @@ from medtwin.access import Permission
 from medtwin.api._auth import Caller, require
 from medtwin.errors import VerificationError
 from medtwin.ledger import (
-    NoteSigner,
     NoteVerifier,
     checkpoint_body,
     consistency_proof,
     cosignature_key_name,
     inclusion_proof,
-    sign_checkpoint_note,
     verify_cosignature,
 )
 from medtwin.pipeline import Pipeline
@@ -75,10 +73,10 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
     def checkpoint(_caller: Caller = read_audit) -> Response:
         """The latest checkpoint as a C2SP signed note by the site's log key (key name = the
         origin), followed by every stored witness cosignature of that exact checkpoint."""
-        head = signed_head()
-        key = pipeline.keys.log_key
-        note = sign_checkpoint_note(head.origin, head.size, head.root, [
-            NoteSigner(head.origin, key.suite, key.private_key, key.public_key)])
+        latest = pipeline.checkpoint_note()
+        if latest is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "api: the log is empty")
+        head, note = latest
         lines = pipeline.store.cosignatures(head.origin, head.size, head.root)
         return Response(note + "".join(lines), media_type=NOTE_MEDIA_TYPE,
                         headers={"Cache-Control": "no-store"})

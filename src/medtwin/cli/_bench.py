@@ -21,7 +21,9 @@ from rich.table import Table
 
 from medtwin.config import Settings
 from medtwin.crypto import (
+    AEAD_SUITES,
     KEM_SUITES,
+    SESSION_KEM_SUITE,
     SIGNATURE_SUITES,
     kem_suite,
     sign_packet,
@@ -29,7 +31,7 @@ from medtwin.crypto import (
 )
 from medtwin.domain import Channel, Device, Reading, packet_wire
 from medtwin.estimation import UKFParams, identify_glucose_params, ukf_predict, ukf_update
-from medtwin.ingest import SignedSubmission
+from medtwin.ingest import Admitted, Gate, SessionSubmission, SignedSubmission, Submission
 from medtwin.physiology import (
     default_glucose_params,
     glucose_dynamics,
@@ -37,6 +39,7 @@ from medtwin.physiology import (
     steady_state,
 )
 from medtwin.pipeline import Accepted, Pipeline
+from medtwin.sim import SessionDevice
 
 READINGS_PER_PACKET = 4
 
@@ -308,3 +311,96 @@ def crypto_suite_tables(quick: bool) -> tuple[Table, Table]:
     kems = _suite_table("KEM suites (raw-bytes API, key parsing included; one core)",
                         ("encapsulate", "decapsulate"), bench_kem_suites(seconds))
     return signatures, kems
+
+
+#: Packets checked per configuration by `bench_packet_cpu` (full run, `--quick`), in gate
+#: batches of `PACKET_CPU_BATCH`, from `PACKET_CPU_DEVICES` devices sending in turn.
+PACKET_CPU_PACKETS, PACKET_CPU_PACKETS_QUICK = 3000, 300
+PACKET_CPU_BATCH, PACKET_CPU_DEVICES = 64, 50
+
+
+@dataclass(frozen=True, slots=True)
+class PacketCpu:
+    """Gate CPU per packet of one kind: signed with a suite, or sealed in a session."""
+
+    kind: str
+    us_per_packet: float
+
+    @property
+    def packets_per_s(self) -> float:
+        return 1e6 / self.us_per_packet
+
+
+def _bench_readings(t: int, k: int) -> list[Reading]:
+    return [Reading(Channel.HEART_RATE, 70.0 + k % 7, t), Reading(Channel.SPO2, 97.0, t),
+            Reading(Channel.RESP_RATE, 14.0, t), Reading(Channel.TEMPERATURE, 36.8, t)]
+
+
+def _time_gate(gate: Gate, subs: list[Submission], devices: dict[str, Device],
+               now: int) -> float:
+    """Seconds per packet of `gate.check` over `subs` in batches; every packet must pass."""
+    patients: dict[str, object] = {d.patient_id: object() for d in devices.values()}
+    t0 = time.perf_counter()
+    for i in range(0, len(subs), PACKET_CPU_BATCH):
+        verdicts = gate.check(subs[i:i + PACKET_CPU_BATCH], now, devices, patients)
+        if not all(isinstance(v, Admitted) for v in verdicts):
+            raise RuntimeError("bench: a benchmark packet was refused by the gate")
+    return (time.perf_counter() - t0) / len(subs)
+
+
+def _session_fleet(gate: Gate, aead: str, now: int
+                   ) -> tuple[list[SessionDevice], dict[str, Device], float]:
+    """Devices with an open session each, and the gate's seconds per handshake."""
+    fleet = [SessionDevice(f"ecg-{i:05d}", f"pt-{i:05d}", aead=aead)
+             for i in range(PACKET_CPU_DEVICES)]
+    devices = {d.device_id: Device(d.device_id, d.patient_id, d.suite, d.public_key)
+               for d in fleet}
+    handshakes = [d.handshake(gate.session_public_key, now) for d in fleet]
+    t0 = time.perf_counter()
+    for envelope in handshakes:
+        gate.open_session(envelope, now, devices)
+    return fleet, devices, (time.perf_counter() - t0) / len(fleet)
+
+
+def bench_packet_cpu(n_packets: int) -> tuple[list[PacketCpu], float]:
+    """Gate CPU per packet (shape, authentication, replay, clock and reading checks; no
+    store), signed with each signature suite and sealed in a session with each AEAD suite,
+    over the same readings; and the gate's seconds per session handshake."""
+    now = int(time.time() * 1000)
+    settings = Settings(data_dir=Path(tempfile.gettempdir()), clock=lambda: now)
+    rows = []
+    for suite_name in SIGNATURE_SUITES:
+        suite = signature_suite(suite_name)
+        keys = [suite.generate() for _ in range(PACKET_CPU_DEVICES)]
+        devices = {f"vit-{i:05d}": Device(f"vit-{i:05d}", f"pt-{i:05d}", suite_name, pub)
+                   for i, (_, pub) in enumerate(keys)}
+        subs: list[Submission] = [SignedSubmission(sign_packet(packet_wire(
+            f"vit-{k % PACKET_CPU_DEVICES:05d}", k // PACKET_CPU_DEVICES, now,
+            _bench_readings(now, k)), keys[k % PACKET_CPU_DEVICES][0], suite_name))
+            for k in range(n_packets)]
+        rows.append(PacketCpu(f"signed, {suite_name}",
+                              1e6 * _time_gate(Gate(settings), subs, devices, now)))
+    handshake_s = 0.0
+    for aead in AEAD_SUITES:
+        gate = Gate(settings, sessions=True)
+        fleet, devices, handshake_s = _session_fleet(gate, aead, now)
+        subs = [SessionSubmission(fleet[k % len(fleet)].frame(_bench_readings(now, k), now))
+                for k in range(n_packets)]
+        rows.append(PacketCpu(f"session, {aead}", 1e6 * _time_gate(gate, subs, devices, now)))
+    return rows, handshake_s
+
+
+def packet_cpu_table(quick: bool) -> Table:
+    """CPU per packet through the gate: signed (each suite) against session (each AEAD)."""
+    n = PACKET_CPU_PACKETS_QUICK if quick else PACKET_CPU_PACKETS
+    rows, handshake_s = bench_packet_cpu(n)
+    table = Table(title=f"CPU per packet: signed (each suite) vs session (AEAD); gate checks "
+                        f"of {n} packets × {READINGS_PER_PACKET} readings in batches of "
+                        f"{PACKET_CPU_BATCH}, one core. A session handshake (ed25519 + "
+                        f"{SESSION_KEM_SUITE}) costs the gate {handshake_s * 1e6:,.0f} µs")
+    for col in ("packet", "µs/packet", "packets/s", "vs signed, ed25519"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.kind, f"{r.us_per_packet:,.1f}", f"{r.packets_per_s:,.0f}",
+                      _ratio(r.packets_per_s, rows[0].packets_per_s))
+    return table

@@ -22,8 +22,15 @@ from medtwin.access import Role, new_token
 from medtwin.config import Settings
 from medtwin.crypto import KeyRing, SiteKeys, signature_suite
 from medtwin.domain import Channel, Device, DeviceStatus
-from medtwin.errors import ConfigError, MedtwinError
-from medtwin.pipeline import DEFAULT_REWRAP_BATCH, Pipeline, WriterLock, verify_store
+from medtwin.errors import ChainError, ConfigError, MedtwinError
+from medtwin.ledger import connect_chain
+from medtwin.pipeline import (
+    DEFAULT_REWRAP_BATCH,
+    Pipeline,
+    WriterLock,
+    checkpoint_claims,
+    verify_store,
+)
 from medtwin.store import Store
 
 app = typer.Typer(help="medtwin: secure digital twin kernel for healthcare.",
@@ -113,10 +120,15 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the API (packets in; twins, alerts, audit and a live stream out)."""
-    from medtwin.cli._server import serve_forever
+    from medtwin.cli._server import open_anchorer, serve_forever
 
     with _site(data_dir) as pipeline:
-        serve_forever(pipeline, host, port)
+        try:
+            anchorer, line = open_anchorer(pipeline)
+        except MedtwinError as exc:
+            raise _fail(exc) from exc
+        console.print(line)
+        serve_forever(pipeline, host, port, anchorer)
 
 
 @app.command()
@@ -322,7 +334,10 @@ def verify(data_dir: DataDir = None) -> None:
     store = Store(settings.resolved_database_url)
     try:
         keys = SiteKeys.load(settings.resolved_keys_dir)
-        report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite))
+        chain = connect_chain(settings.chain_url) if settings.chain_url else None
+        claims = checkpoint_claims(store, settings, chain)
+        report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite),
+                              claims.claims)
     except MedtwinError as exc:
         raise _fail(exc) from exc
     finally:
@@ -342,6 +357,17 @@ def verify(data_dir: DataDir = None) -> None:
                       "checked by hash only (their data keys are destroyed)")
     if report.rotations:
         console.print(f"{report.rotations} site KEK rotations logged")
+    console.print(f"checkpoints held by others agree with the log: {claims.anchors_indexed} "
+                  f"anchors in the site's index, {claims.anchors_on_chain} read back from the "
+                  f"chain, {claims.cosignatures} witness cosignatures")
+    if claims.anchors_unreachable:
+        console.print(f"{claims.anchors_unreachable} indexed anchors are on a chain not "
+                      "reachable here (an embedded chain ends with its process; set "
+                      "MEDTWIN_CHAIN_URL to check a network's)")
+    if claims.cosignatures_unverified:
+        console.print(f"{claims.cosignatures_unverified} cosignatures are from witnesses no "
+                      "longer in MEDTWIN_WITNESSES: their roots were checked, not their "
+                      "signatures")
 
 
 @keys_app.command("init")
@@ -528,6 +554,7 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
         bench_personalize,
         bench_ukf,
         crypto_suite_tables,
+        packet_cpu_table,
         torch_device,
     )
 
@@ -595,6 +622,12 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
     console.print(personalize)
     for crypto_table in crypto_suite_tables(quick):
         console.print(crypto_table)
+    console.print(packet_cpu_table(quick))
+    try:
+        from medtwin.cli._bench_anchoring import anchoring_table
+        console.print(anchoring_table(quick))
+    except ChainError as exc:
+        console.print(f"ingest with anchoring: not measured ({exc})")
 
 
 @app.command()

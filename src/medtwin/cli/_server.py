@@ -1,4 +1,5 @@
-"""Run the API with uvicorn, in the foreground (`serve`) or on a background thread (`demo`)."""
+"""Run the API with uvicorn, in the foreground (`serve`) or on a background thread (`demo`),
+with the checkpoint anchorer beside it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 import uvicorn
 
 from medtwin.api import create_app
-from medtwin.pipeline import Pipeline
+from medtwin.errors import ChainError
+from medtwin.pipeline import Anchorer, Pipeline
 
 #: How long to wait for a background server to start listening.
 STARTUP_TIMEOUT_S = 20.0
@@ -22,12 +24,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class BackgroundServer:
-    """A uvicorn server on a daemon thread, stopped cleanly by `stop()`."""
+def open_anchorer(pipeline: Pipeline) -> tuple[Anchorer | None, str]:
+    """The site's anchorer and a line saying where it anchors. Without the `chain` extra
+    and with no chain configured, anchoring is off (said, not fatal); a configured chain
+    that cannot be reached is an error."""
+    try:
+        anchorer = Anchorer.open(pipeline)
+    except ChainError as exc:
+        if pipeline.settings.chain_url is not None:
+            raise
+        return None, f"anchoring off: {exc}"
+    if anchorer is None:
+        return None, "anchoring off (MEDTWIN_ANCHOR_INTERVAL_S=0)"
+    where = ("the embedded chain (in this process only: point MEDTWIN_CHAIN_URL at a "
+             "network to keep anchors)" if anchorer.chain.embedded
+             else f"chain {anchorer.chain.chain_id} at {anchorer.chain.url}")
+    return anchorer, (f"anchoring checkpoints every {anchorer.interval_s:g} s on {where}, "
+                      f"contract {anchorer.contract.address}")
 
-    def __init__(self, pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class BackgroundServer:
+    """A uvicorn server on a daemon thread, stopped cleanly by `stop()`; with an anchorer,
+    it anchors while the server runs."""
+
+    def __init__(self, pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0,
+                 anchorer: Anchorer | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.anchorer = anchorer
         config = uvicorn.Config(create_app(pipeline), host=self.host, port=self.port,
                                 log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
@@ -38,6 +62,8 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> BackgroundServer:
+        if self.anchorer is not None:
+            self.anchorer.start()
         self._thread.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self._server.started:
@@ -49,8 +75,17 @@ class BackgroundServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        if self.anchorer is not None:
+            self.anchorer.stop()
 
 
-def serve_forever(pipeline: Pipeline, host: str, port: int) -> None:
-    """Serve the API until interrupted."""
-    uvicorn.run(create_app(pipeline), host=host, port=port, log_level="info")
+def serve_forever(pipeline: Pipeline, host: str, port: int,
+                  anchorer: Anchorer | None = None) -> None:
+    """Serve the API until interrupted, anchoring beside it."""
+    if anchorer is not None:
+        anchorer.start()
+    try:
+        uvicorn.run(create_app(pipeline), host=host, port=port, log_level="info")
+    finally:
+        if anchorer is not None:
+            anchorer.stop()

@@ -225,6 +225,21 @@ def load_or_create_signing_key(path: Path, suite: str = "ed25519") -> LogSigning
         raise ConfigError(f"keys: malformed key file {path}: {exc}") from exc
 
 
+def load_or_create_secret(path: Path, kind: str, size: int = 32) -> bytes:
+    """`size` random bytes kept alone in `path` (mode 0600), created on first run and named
+    `kind` in the file: a key used outside medtwin's suites (the chain account's key)."""
+    if not path.exists():
+        _write_secret(path, {"kind": kind, "secret": _b64(secrets.token_bytes(size))})
+    doc = _read_secret(path)
+    try:
+        secret = base64.b64decode(doc["secret"], validate=True)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"keys: malformed key file {path}: {exc}") from exc
+    if doc.get("kind") != kind or len(secret) != size:
+        raise ConfigError(f"keys: {path} is not a {kind} key of {size} bytes")
+    return secret
+
+
 class KeyRing:
     """Wraps, unwraps and caches per-patient data keys; seals and opens patient records."""
 

@@ -216,6 +216,13 @@ class RejectReason(enum.StrEnum):
     WRONG_UNIT = "wrong-unit"
     IMPOSSIBLE_VALUE = "impossible-value"
     UNKNOWN_PATIENT = "unknown-patient"
+    #: A session packet names no live session of this site (never opened, evicted, or the
+    #: site restarted): the device opens a new session.
+    UNKNOWN_SESSION = "unknown-session"
+    #: The session is past its time or packet limit: the device opens a new session.
+    SESSION_EXPIRED = "session-expired"
+    #: A session packet's AEAD tag does not verify under its session key (altered or forged).
+    BAD_SESSION_TAG = "bad-session-tag"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,13 @@ import numpy as np
 from medtwin.domain import N_CHANNELS, Channel, iso_second
 from medtwin.guard._behaviour import Feature
 from medtwin.guard._consistency import Coherence, CoherenceRule
-from medtwin.guard._patterns import FROZEN_MIN_MS, FROZEN_RUN_P, JUMP_STEADY, MAX_RATE_PER_MIN
+from medtwin.guard._patterns import (
+    FROZEN_MIN_MS,
+    FROZEN_RUN_P,
+    JUMP_STEADY,
+    MAX_RATE_PER_MIN,
+    PINNED,
+)
 from medtwin.guard._residuals import CUSUM_THRESHOLD
 
 REPLAY_NAME = "replayed-segment"
@@ -69,11 +75,14 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
         since = int(a.since_ms[i])
         summary = (f"{name} stuck at {v:g} {unit} for {a.statistic[i] / 60_000:.0f} "
                    f"min ({int(a.run_readings[i])} readings)")
+        share = 100 * a.repeat_share[i]
+        habit = (f"at {v:g} {unit} it stayed there in {share:.0f} % of its readings"
+                 if v >= PINNED[int(ch)] else f"it repeats {share:.0f} % of its values")
         evidence = {"observed": f"{v:g} {unit} unchanged since {iso_second(since)}",
                     "expected": "readings that vary as a living patient's do",
                     "statistic": f"{a.statistic[i] / 60_000:.0f} min unchanged; a run this "
-                                 f"long has chance {a.chance[i]:.1e} for this sensor (it "
-                                 f"repeats {100 * a.repeat_share[i]:.0f} % of its values)",
+                                 f"long has chance {a.chance[i]:.1e} for this sensor "
+                                 f"({habit})",
                     "threshold": f"{FROZEN_MIN_MS[int(ch)] / 60_000:.0f} min and chance "
                                  f"below {FROZEN_RUN_P:g}",
                     "since": iso_second(since),

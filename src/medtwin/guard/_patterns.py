@@ -50,8 +50,9 @@ RESOLUTION = per_channel({Channel.TEMPERATURE: 0.1}, 1.0)
 #: CGM noise and physiology move glucose every 5-min reading; 30 min of repeats is a frozen
 #: sensor (the brief; exact repeats are rare at sensor noise of a few mg/dL). HR the same
 #: (a paced rhythm can sit at the pacing rate for hours: raise it for paced patients). SpO2
-#: too, except at 100 % (`REPORTING_HIGH`), where it pins on oxygen; the chance test below
-#: spares an oximeter that often repeats its whole percent. RR sits at the ventilator rate,
+#: too; at 100 %, where an oximeter pins on oxygen, the run is judged against how long this
+#: sensor has stayed there before (`PINNED`); the chance test below spares an oximeter that
+#: often repeats its whole percent. RR sits at the ventilator rate,
 #: temperature and cuff BP change little for hours at their resolution: not checked (inf).
 FROZEN_MIN_MS = per_channel(
     {Channel.GLUCOSE: 30 * MINUTE_MS, Channel.HEART_RATE: 30 * MINUTE_MS,
@@ -70,7 +71,18 @@ FROZEN_BASE_READINGS = 288
 #: Values a device reports at its limits ("LOW" / "HIGH" on a CGM: 40 and 400 mg/dL) stay
 #: put while the patient is beyond them: a run there is not a stuck sensor.
 REPORTING_LOW = per_channel({Channel.GLUCOSE: 40.0}, -np.inf)
-REPORTING_HIGH = per_channel({Channel.GLUCOSE: 400.0, Channel.SPO2: 100.0}, np.inf)
+REPORTING_HIGH = per_channel({Channel.GLUCOSE: 400.0}, np.inf)
+#: Real readings at which a sensor pins for hours with no fault: SpO2 100 % on supplemental
+#: oxygen. A run there is not exempt (a freeze at 100 % would hide a desaturation) but is
+#: judged by the sensor's own habit there: its share of readings at the level that stayed at
+#: it (over the `FROZEN_BASE_READINGS` before the run, with one stay and one change assumed).
+#: A patient on oxygen, pinned for hours already, stays near a share of 1 and never alarms;
+#: a sensor that touches 100 % now and then is called stuck after 30 min there. medtwin is
+#: not told when oxygen is started, so a patient newly pinned on it is flagged too, until the
+#: run has lasted `PINNED_MAX_MS`: from then on the patient is taken to be on oxygen (a
+#: freeze is flagged, every `_monitor.REPEAT_MS`, for that long, then let through).
+PINNED = per_channel({Channel.SPO2: 100.0}, np.inf)
+PINNED_MAX_MS = 2 * 60 * MINUTE_MS
 
 #: Level jumps (`level_jumps`): the lines through the `JUMP_SIDE` readings on each side of a
 #: step (its two readings at most `JUMP_MAX_GAP_MS` apart) miss each other by at least
@@ -177,7 +189,8 @@ class FrozenAlarm(NamedTuple):
     run_readings: Ints
     """readings in the run so far"""
     repeat_share: Floats
-    """share of the sensor's readings before the run that repeated the previous value"""
+    """share of the sensor's readings before the run that repeated the previous value (at a
+    `PINNED` level: share of its readings at that level that stayed there)"""
     chance: Floats
     """probability of a run this long by chance at that share"""
 
@@ -302,13 +315,22 @@ def frozen_values(
         if min_duration_ms is None
         else np.broadcast_to(np.asarray(min_duration_ms, dtype=np.float64), (n,))
     )
-    repeats = np.concatenate(([0], np.cumsum(~moved & (index != seg))))
+    repeated = ~moved & (index != seg)
+    repeats = np.concatenate(([0], np.cumsum(repeated)))
     base_lo = np.maximum(seg, run_start - FROZEN_BASE_READINGS)
     share = (repeats[run_start] - repeats[base_lo] + 1.0) / (run_start - base_lo + 2.0)
+    pinned = value >= PINNED[channel]
+    if pinned.any():
+        stays = np.concatenate(([0], np.cumsum(repeated & pinned)))
+        visits = np.concatenate(([0], np.cumsum(pinned)))
+        pin_share = ((stays[run_start] - stays[base_lo] + 1.0)
+                     / (visits[run_start] - visits[base_lo] + 2.0))
+        share = np.where(pinned, pin_share, share)
     run_readings = index - run_start + 1
     chance = share ** (run_readings - 1)
     at_limit = (value <= REPORTING_LOW[channel]) | (value >= REPORTING_HIGH[channel])
-    alarm = (duration >= threshold) & (chance < FROZEN_RUN_P) & ~at_limit
+    settled = pinned & (duration > PINNED_MAX_MS)
+    alarm = (duration >= threshold) & (chance < FROZEN_RUN_P) & ~at_limit & ~settled
     return FrozenAlarm(
         alarm,
         duration,

@@ -5,23 +5,35 @@ from medtwin.ingest._gate import (
     Gate,
     ImportSubmission,
     Refused,
+    SessionOpened,
+    SessionSubmission,
     SignedSubmission,
     Submission,
     Verdict,
     signed_packet_readings,
 )
-from medtwin.ingest._wire import ENVELOPE_ADAPTER, WireEnvelope, decode_json
+from medtwin.ingest._wire import (
+    ENVELOPE_ADAPTER,
+    HANDSHAKE_ADAPTER,
+    WireEnvelope,
+    WireHandshakeEnvelope,
+    decode_json,
+)
 
 __all__ = [
     "ENVELOPE_ADAPTER",
+    "HANDSHAKE_ADAPTER",
     "Admitted",
     "Gate",
     "ImportSubmission",
     "Refused",
+    "SessionOpened",
+    "SessionSubmission",
     "SignedSubmission",
     "Submission",
     "Verdict",
     "WireEnvelope",
+    "WireHandshakeEnvelope",
     "decode_json",
     "signed_packet_readings",
 ]

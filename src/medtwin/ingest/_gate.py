@@ -11,8 +11,22 @@ A signed device packet passes these steps, in order; the first that fails reject
   (6) clock: the send time is within the configured skew of the site clock;
   (7) readings: every reading has a known channel, that channel's unit, a physiologically
       possible value and a time neither in the future nor too old.
+A session packet (a binary frame, see `medtwin.crypto._session`) passes the same steps, with
+the session standing in for the signature:
+  (0) shape: within the size limit, a session frame header of this version;
+  (1) session: a live session of this gate (not past its time or packet limit);
+  (2) device: still registered, with the key and suite that signed the session's handshake;
+  (4) tag: the frame opens under the session key (its header is the associated data), and
+      holds a packet of the session's device with the header's sequence number;
+  (3), (5), (6), (7) as above; (5) also refuses a number not above the session's highest.
+A handshake (`Gate.open_session`) is checked like a signed packet: shape, suites, device,
+signature over the transcript, erased patient, clock; then its KEM ciphertext is opened.
 A trusted import (FHIR NDJSON) skips (1)–(6): it names a known, not erased, patient instead.
 Step (7) runs once for all packets of a batch, as array operations.
+
+Sessions live in this gate's memory only: a restarted site forgets them (and makes a fresh
+session KEM key), so devices handshake again; nothing durable depends on a session, because
+its packets carry the device's own sequence numbers, which the site keeps.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +44,19 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from medtwin.config import MAX_ID_LENGTH, MAX_PACKET_BYTES, Settings
-from medtwin.crypto import SIGNATURE_SUITES, verify_signature
+from medtwin.crypto import (
+    AEAD_SUITES,
+    HANDSHAKE_NONCE_SIZE,
+    SESSION_KEM_SUITE,
+    SIGNATURE_SUITES,
+    SessionKeys,
+    accept_handshake,
+    kem_suite,
+    open_frame,
+    parse_frame_header,
+    site_key_id,
+    verify_signature,
+)
 from medtwin.domain import (
     PACKET_SIGNING_CONTEXT,
     POSSIBLE_MAX,
@@ -42,16 +69,31 @@ from medtwin.domain import (
     RejectReason,
     canonical_json,
 )
-from medtwin.errors import GateRejection, SignatureError
+from medtwin.errors import CryptoError, DecryptionError, GateRejection, SignatureError
 from medtwin.ingest._wire import (
     DEVICE_ID_PATTERN,
     ENVELOPE_ADAPTER,
+    HANDSHAKE_ADAPTER,
     PACKET_ADAPTER,
     decode_json,
 )
 
 _CHANNEL_BY_CODE = {c.code: int(c) for c in Channel}
 _UCUM_BY_CHANNEL = np.array([c.ucum for c in Channel])
+
+#: How long a session is good for: a fresh handshake (~0.3 ms of site CPU) an hour bounds
+#: what one leaked session key exposes.
+SESSION_LIFETIME_MS = 3_600_000
+#: Packets one session may carry (far below AES-GCM's 2**32 per key), then a new handshake.
+MAX_SESSION_PACKETS = 1_000_000
+#: Live sessions per device: a new handshake beyond this evicts the device's oldest one (a
+#: device rekeys with one overlap; a device cannot fill the site's memory).
+MAX_SESSIONS_PER_DEVICE = 2
+#: Live sessions in all: beyond this the oldest is evicted (bounds memory; prevents DoS).
+MAX_SESSIONS = 200_000
+_NO_SESSIONS = "this site does not take session packets; send signed packets"
+#: Largest handshake body accepted (an ML-DSA-65 signature and a hybrid ciphertext fit).
+MAX_HANDSHAKE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +131,44 @@ class ImportSubmission:
     time_ms: npt.NDArray[np.int64]
 
 
-Submission = SignedSubmission | ImportSubmission
+@dataclass(frozen=True, slots=True)
+class SessionSubmission:
+    """A session packet frame as received, not yet trusted in any way (`size`: its length,
+    for a frame refused unread because it is over the limit, then `frame` is empty)."""
+
+    frame: bytes
+    size: int = 0
+
+    @classmethod
+    def from_bytes(cls, body: bytes, limit: int = MAX_PACKET_BYTES) -> SessionSubmission:
+        """A submission from a request body; an oversized one is refused (and recorded)."""
+        return cls(body if len(body) <= limit else b"", len(body))
+
+
+Submission = SignedSubmission | ImportSubmission | SessionSubmission
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """A session the gate opened from a handshake: its id (hex), device and limits."""
+
+    session_id: str
+    device_id: str
+    expires_at_ms: int
+    max_packets: int
+
+
+@dataclass(slots=True)
+class _Session:
+    """A live session: its keys, the device key that signed its handshake, its counters."""
+
+    keys: SessionKeys
+    device_id: str
+    suite: str
+    public_key: bytes
+    expires_at_ms: int
+    highest_seq: int = -1
+    packets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +186,21 @@ class _Candidate:
     units: Sequence[str]
     values: npt.NDArray[np.float64]
     time_ms: npt.NDArray[np.int64]
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """A packet the gate accepted, with the signature it carried and the exact bytes that
     signature covers (canonical JSON of the packet, without the context prefix); both None
-    for imports."""
+    for imports. A session packet has no signature, the exact packet JSON its AEAD tag covers
+    in `signed`, and the hex id of the session whose handshake the device signed in
+    `session_id`."""
 
     packet: Packet
     signature: bytes | None
     signed: bytes | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +220,136 @@ Verdict = Admitted | Refused
 
 
 class Gate:
-    """Checks submissions against the registered devices; holds no state of its own."""
+    """Checks submissions against the registered devices; its only state is its sessions and
+    their KEM key, in memory (a restart forgets them: devices handshake again)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sessions: bool = False,
+                 session_kem: str = SESSION_KEM_SUITE,
+                 session_lifetime_ms: int = SESSION_LIFETIME_MS,
+                 max_session_packets: int = MAX_SESSION_PACKETS) -> None:
         self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
         self.max_age_ms = int(settings.max_reading_age_s * 1000)
+        #: Whether session handshakes and packets are taken. Off by default: a caller that
+        #: stores packets must record session packets (no per-packet signature) in a way its
+        #: log verification accepts before it turns this on.
+        self.sessions = sessions
+        self.session_lifetime_ms = session_lifetime_ms
+        self.max_session_packets = max_session_packets
+        kem = kem_suite(session_kem)
+        #: The session KEM key pair, made fresh per gate: never on disk, so a stolen key file
+        #: or backup opens no recorded handshake.
+        self.session_kem = kem.name
+        self._session_private, self.session_public_key = kem.generate()
+        self._sessions: dict[bytes, _Session] = {}
+        self._device_sessions: dict[str, list[bytes]] = {}
+        self._sessions_lock = threading.Lock()
+
+    @property
+    def session_key(self) -> dict[str, str]:
+        """What a device needs to handshake: the KEM suite, public key (base64) and its id."""
+        return {"kem": self.session_kem, "site_key": site_key_id(self.session_public_key),
+                "public_key": base64.b64encode(self.session_public_key).decode("ascii")}
+
+    def open_session(self, envelope: Any, now_ms: int, devices: Mapping[str, Device],
+                     erased: Collection[str] = frozenset(), size: int = 0) -> SessionOpened:
+        """Open a session from a device's handshake (decoded JSON; `size` its encoded length
+        where known); GateRejection with the reason otherwise."""
+        if not self.sessions:
+            raise GateRejection(RejectReason.UNSUPPORTED_SUITE, _NO_SESSIONS)
+        # (0): shape
+        if size > MAX_HANDSHAKE_BYTES:
+            raise GateRejection(RejectReason.TOO_LARGE, f"handshake of {size} bytes exceeds "
+                                f"the limit of {MAX_HANDSHAKE_BYTES} bytes")
+        try:
+            env = HANDSHAKE_ADAPTER.validate_python(envelope)
+            nonce = base64.b64decode(env["handshake"]["nonce"], validate=True)
+        except (ValidationError, binascii.Error, ValueError):
+            raise GateRejection(RejectReason.MALFORMED, "handshake does not match the "
+                                "protocol (see medtwin.crypto.build_handshake)") from None
+        hs = env["handshake"]
+        device_id = hs["device_id"]
+        if len(nonce) != HANDSHAKE_NONCE_SIZE:
+            raise GateRejection(RejectReason.MALFORMED, "handshake nonce must be 16 bytes")
+        # (1): suites
+        if env["suite"] not in SIGNATURE_SUITES:
+            raise GateRejection(RejectReason.UNSUPPORTED_SUITE, f"signature suite must be one "
+                                f"of {', '.join(sorted(SIGNATURE_SUITES))}")
+        if hs["kem"] != self.session_kem or hs["aead"] not in AEAD_SUITES:
+            raise GateRejection(RejectReason.UNSUPPORTED_SUITE, f"session KEM must be "
+                                f"{self.session_kem!r} and AEAD one of "
+                                f"{', '.join(sorted(AEAD_SUITES))}")
+        # (2): device
+        device = devices.get(device_id)
+        if device is None:
+            raise GateRejection(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not "
+                                "registered; register it with `medtwin keys add-device`")
+        # (4): signature over the transcript, for this site's session key; then the KEM
+        try:
+            signature = base64.b64decode(env["signature"], validate=True)
+            if env["suite"] != device.suite:
+                raise SignatureError("suite differs from the device's registered suite")
+            keys = accept_handshake(envelope["handshake"], signature, device.suite,
+                                    device.public_key, self._session_private,
+                                    self.session_public_key)
+        except (SignatureError, binascii.Error, ValueError):
+            if hs["site_key"] != site_key_id(self.session_public_key):
+                raise GateRejection(RejectReason.UNKNOWN_SESSION, "handshake is for another "
+                                    "session key of this site (it restarted?): fetch the "
+                                    "current session key and handshake again") from None
+            raise GateRejection(RejectReason.BAD_SIGNATURE, f"handshake signature does not "
+                                f"verify with the registered key of device {device_id!r}"
+                                ) from None
+        except CryptoError:
+            raise GateRejection(RejectReason.MALFORMED, "handshake KEM ciphertext cannot be "
+                                f"opened; encapsulate to the {self.session_kem} key the site "
+                                "publishes") from None
+        # (3): an erased patient's device
+        if device.patient_id in erased:
+            raise GateRejection(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs "
+                                "to a patient who was erased: retire the device")
+        # (6): clock
+        skew_s = abs(hs["started_at"] - now_ms) / 1000
+        if skew_s * 1000 > self.max_skew_ms:
+            raise GateRejection(RejectReason.CLOCK_SKEW, f"handshake time is {skew_s:.0f} s "
+                                f"from the site clock (limit {self.max_skew_ms / 1000:.0f} s)")
+        return self._register(keys, device, now_ms)
+
+    def _register(self, keys: SessionKeys, device: Device, now_ms: int) -> SessionOpened:
+        """Hold a new session, evicting expired ones, the device's oldest beyond its share,
+        and the site's oldest beyond MAX_SESSIONS."""
+        session = _Session(keys, device.device_id, device.suite, device.public_key,
+                           now_ms + self.session_lifetime_ms)
+        with self._sessions_lock:
+            if keys.session_id in self._sessions:
+                raise GateRejection(RejectReason.REPLAYED_SEQUENCE, "this handshake was "
+                                    "already used; make a fresh one")
+            while self._sessions:
+                oldest_id, oldest = next(iter(self._sessions.items()))
+                if oldest.expires_at_ms > now_ms and len(self._sessions) < MAX_SESSIONS:
+                    break
+                self._forget(oldest_id)
+            mine = self._device_sessions.setdefault(device.device_id, [])
+            while len(mine) >= MAX_SESSIONS_PER_DEVICE:
+                self._forget(mine[0])
+            self._sessions[keys.session_id] = session
+            mine.append(keys.session_id)
+        return SessionOpened(keys.session_id.hex(), device.device_id, session.expires_at_ms,
+                             self.max_session_packets)
+
+    def _forget(self, session_id: bytes) -> None:
+        """Drop a session (the caller holds the sessions lock)."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            mine = self._device_sessions.get(session.device_id, [])
+            if session_id in mine:
+                mine.remove(session_id)
+            if not mine:
+                self._device_sessions.pop(session.device_id, None)
+
+    @property
+    def live_sessions(self) -> int:
+        """How many sessions the gate holds (expired ones included until evicted)."""
+        return len(self._sessions)
 
     def check(self, submissions: Sequence[Submission], now_ms: int,
               devices: Mapping[str, Device], patients: Mapping[str, object],
@@ -155,6 +363,8 @@ class Gate:
             try:
                 if isinstance(sub, ImportSubmission):
                     cand = self._admit_import(sub, patients, erased)
+                elif isinstance(sub, SessionSubmission):
+                    cand = self._admit_session(sub, now_ms, devices, seen_seq, erased)
                 else:
                     cand = self._admit_signed(sub, now_ms, devices, seen_seq, erased)
             except _Rejected as rejected:
@@ -232,6 +442,84 @@ class Gate:
             np.array([r["value"] for r in readings], dtype=np.float64),
             np.array([r["time"] for r in readings], dtype=np.int64))
 
+    def _admit_session(self, sub: SessionSubmission, now_ms: int,
+                       devices: Mapping[str, Device], seen_seq: dict[str, int],
+                       erased: Collection[str]) -> _Candidate:
+        if not self.sessions:
+            raise _Rejected(RejectReason.UNSUPPORTED_SUITE, _NO_SESSIONS, None)
+        # (0): shape
+        if sub.size > MAX_PACKET_BYTES or len(sub.frame) > MAX_PACKET_BYTES:
+            raise _Rejected(RejectReason.TOO_LARGE, f"packet of {max(sub.size, len(sub.frame))}"
+                            f" bytes exceeds the limit of {MAX_PACKET_BYTES} bytes", None)
+        try:
+            header = parse_frame_header(sub.frame)
+        except DecryptionError:
+            raise _Rejected(RejectReason.MALFORMED, "not a session packet frame of this "
+                            "protocol version (see medtwin.crypto.seal_frame)", None) from None
+        # (1): session
+        with self._sessions_lock:
+            session = self._sessions.get(header.session_id)
+            if session is not None and (now_ms >= session.expires_at_ms
+                                        or session.packets >= self.max_session_packets):
+                self._forget(header.session_id)
+                raise _Rejected(RejectReason.SESSION_EXPIRED, "the session is past its time or "
+                                "packet limit: open a new session", session.device_id)
+        if session is None:
+            raise _Rejected(RejectReason.UNKNOWN_SESSION, "no live session has this id (never "
+                            "opened, evicted, or the site restarted): open a new session", None)
+        device_id = session.device_id
+        # (2): device, with the key that signed the handshake
+        device = devices.get(device_id)
+        if device is None:
+            raise _Rejected(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is no longer "
+                            "registered", device_id)
+        if (device.suite, device.public_key) != (session.suite, session.public_key):
+            with self._sessions_lock:
+                self._forget(header.session_id)
+            raise _Rejected(RejectReason.UNKNOWN_SESSION, f"device {device_id!r} has another "
+                            "key than the one that opened this session: open a new session",
+                            device_id)
+        # (4): tag, and the packet inside
+        try:
+            seq, plaintext = open_frame(session.keys, sub.frame)
+        except DecryptionError:
+            raise _Rejected(RejectReason.BAD_SESSION_TAG, f"session packet does not verify "
+                            f"under the session key of device {device_id!r}", device_id
+                            ) from None
+        try:
+            pkt = PACKET_ADAPTER.validate_python(decode_json(plaintext))
+        except ValidationError:
+            raise _Rejected(RejectReason.MALFORMED, "session packet body is not a packet of "
+                            "the protocol", device_id) from None
+        if pkt["device_id"] != device_id or pkt["seq"] != seq:
+            raise _Rejected(RejectReason.MALFORMED, "session packet body must name the "
+                            "session's device and the frame's sequence number", device_id)
+        # (3): an erased patient's device
+        if device.patient_id in erased:
+            raise _Rejected(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs to a "
+                            "patient who was erased; their data can no longer be recorded: "
+                            "retire the device", device_id)
+        # (5): sequence, within the session and across the device's packets
+        last = max(session.highest_seq, device.last_seq, seen_seq.get(device_id, -1))
+        if seq <= last:
+            raise _Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {seq} is not above "
+                            f"{last}, the last accepted from this device", device_id)
+        # (6): clock
+        skew_s = abs(pkt["sent_at"] - now_ms) / 1000
+        if skew_s * 1000 > self.max_skew_ms:
+            raise _Rejected(RejectReason.CLOCK_SKEW, f"send time is {skew_s:.0f} s from the site "
+                            f"clock (limit {self.max_skew_ms / 1000:.0f} s)", device_id)
+        with self._sessions_lock:
+            session.highest_seq = max(session.highest_seq, seq)
+            session.packets += 1
+        seen_seq[device_id] = seq
+        readings = pkt["readings"]
+        return _Candidate(
+            device_id, device.patient_id, seq, pkt["sent_at"], Provenance.DEVICE_SIGNED, None,
+            plaintext, [r["code"] for r in readings], [r["unit"] for r in readings],
+            np.array([r["value"] for r in readings], dtype=np.float64),
+            np.array([r["time"] for r in readings], dtype=np.int64), session.keys.session_id.hex())
+
     def _admit_import(self, sub: ImportSubmission, patients: Mapping[str, object],
                       erased: Collection[str]) -> _Candidate:
         source = f"import:{sub.source}"[:MAX_ID_LENGTH]
@@ -291,7 +579,7 @@ class Gate:
             batch = ReadingBatch(channel[sl].astype(np.int8), values[sl], times[sl])
             verdicts[i] = Admitted(Packet(cand.device_id, cand.patient_id, cand.seq,
                                           cand.sent_at_ms, batch, cand.provenance),
-                                   cand.signature, cand.signed)
+                                   cand.signature, cand.signed, cand.session_id)
 
 
 def _reading_rejection(failure: int, position: int, code: str) -> GateRejection:

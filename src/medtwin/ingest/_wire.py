@@ -1,4 +1,5 @@
-"""The device protocol on the wire: the JSON shape of a signed packet envelope, with limits."""
+"""The device protocol on the wire: the JSON shapes of a signed packet envelope and of a
+session handshake, with limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_READINGS
 
 #: Longest base64 signature accepted (ML-DSA-87 signatures are 4,627 bytes).
 MAX_SIGNATURE_LENGTH = 8192
+#: Longest base64 KEM ciphertext accepted (x25519+ml-kem-768's 1,120 bytes are 1,496 chars).
+MAX_KEM_CIPHERTEXT_LENGTH = 4096
 #: Largest integer in a signed packet: canonical JSON (RFC 8785) covers integers to 2**53.
 _MAX_INT = 2**53 - 1
 
@@ -50,8 +53,31 @@ class WireEnvelope(TypedDict):
     signature: Annotated[StrictStr, Field(max_length=MAX_SIGNATURE_LENGTH)]
 
 
+#: Standard base64 with padding, nothing else (the handshake is signed as sent).
+_BASE64 = r"^[A-Za-z0-9+/]*={0,2}$"
+_SUITE_NAME = Annotated[StrictStr, Field(max_length=32)]
+
+
+class WireHandshake(TypedDict):
+    device_id: DeviceId
+    kem: _SUITE_NAME
+    site_key: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+    kem_ciphertext: Annotated[StrictStr, Field(max_length=MAX_KEM_CIPHERTEXT_LENGTH,
+                                               pattern=_BASE64)]
+    nonce: Annotated[StrictStr, Field(min_length=24, max_length=24, pattern=_BASE64)]
+    started_at: Millis
+    aead: _SUITE_NAME
+
+
+class WireHandshakeEnvelope(TypedDict):
+    handshake: WireHandshake
+    suite: _SUITE_NAME
+    signature: Annotated[StrictStr, Field(max_length=MAX_SIGNATURE_LENGTH)]
+
+
 ENVELOPE_ADAPTER: TypeAdapter[WireEnvelope] = TypeAdapter(WireEnvelope)
 PACKET_ADAPTER: TypeAdapter[WirePacket] = TypeAdapter(WirePacket)
+HANDSHAKE_ADAPTER: TypeAdapter[WireHandshakeEnvelope] = TypeAdapter(WireHandshakeEnvelope)
 
 
 def _refuse_constant(name: str) -> Any:

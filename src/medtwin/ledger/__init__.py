@@ -1,11 +1,21 @@
-"""The tamper-evident record: an RFC 9162 Merkle log, leaves, proofs and signed tree heads."""
+"""The tamper-evident record: an RFC 9162 Merkle log, leaves, proofs, signed tree heads and
+their anchors on an EVM chain."""
 
+from medtwin.ledger._anchor import (
+    AnchorContract,
+    Anchored,
+    AnchorReceipt,
+    note_hash,
+    origin_hash,
+)
 from medtwin.ledger._checkpoint import (
     SignedTreeHead,
     checkpoint_body,
     sign_tree_head,
     verify_tree_head,
 )
+from medtwin.ledger._evm import Artifact, Chain, compile_contract, load_artifact
+from medtwin.ledger._evm import connect as connect_chain
 from medtwin.ledger._leaves import leaf_data
 from medtwin.ledger._merkle import (
     EMPTY_ROOT,
@@ -38,6 +48,11 @@ from medtwin.ledger._witness import (
 
 __all__ = [
     "EMPTY_ROOT",
+    "AnchorContract",
+    "AnchorReceipt",
+    "Anchored",
+    "Artifact",
+    "Chain",
     "Checkpoint",
     "MerkleTree",
     "NoteSigner",
@@ -46,14 +61,19 @@ __all__ = [
     "WitnessState",
     "WitnessStep",
     "checkpoint_body",
+    "compile_contract",
+    "connect_chain",
     "consistency_proof",
     "cosign_checkpoint",
     "cosignature_key_name",
     "inclusion_proof",
     "leaf_data",
     "leaf_hash",
+    "load_artifact",
     "node_hash",
+    "note_hash",
     "open_checkpoint_note",
+    "origin_hash",
     "root_from_leaf_hashes",
     "sign_checkpoint_note",
     "sign_tree_head",

@@ -1,6 +1,13 @@
 """Composes the one path of a reading; the only place that knows the order of the steps."""
 
 from medtwin.ingest import SignedSubmission
+from medtwin.pipeline._anchoring import (
+    CHAIN_KEY_FILE,
+    Anchorer,
+    AnchorStatus,
+    Claims,
+    checkpoint_claims,
+)
 from medtwin.pipeline._codec import decode_readings, encode_readings
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
@@ -20,12 +27,17 @@ from medtwin.pipeline._pipeline import (
     twin_state_json,
     whatif_json,
 )
-from medtwin.pipeline._verify import VerifyReport, verify_store
+from medtwin.pipeline._verify import CheckpointClaim, VerifyReport, verify_store
 
 __all__ = [
+    "CHAIN_KEY_FILE",
     "DEFAULT_REWRAP_BATCH",
     "MAX_WHATIF_STEPS",
     "Accepted",
+    "AnchorStatus",
+    "Anchorer",
+    "CheckpointClaim",
+    "Claims",
     "EventHub",
     "Outcome",
     "PacketMeta",
@@ -37,6 +49,7 @@ __all__ = [
     "WhatIf",
     "WriterLock",
     "alert_json",
+    "checkpoint_claims",
     "decode_readings",
     "encode_readings",
     "finding_json",

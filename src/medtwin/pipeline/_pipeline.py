@@ -72,7 +72,14 @@ from medtwin.guard import (
     Screen,
 )
 from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
-from medtwin.ledger import MerkleTree, leaf_data, leaf_hash, sign_tree_head
+from medtwin.ledger import (
+    MerkleTree,
+    NoteSigner,
+    leaf_data,
+    leaf_hash,
+    sign_checkpoint_note,
+    sign_tree_head,
+)
 from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams, basal_infusion_rate
 from medtwin.pipeline._codec import (
     alert_aad,
@@ -234,6 +241,7 @@ class Pipeline:
         self.guard = GuardBank()
         self._lock = threading.RLock()
         self._writer_lock: WriterLock | None = None
+        self._note: tuple[HeadRecord, str] | None = None
         self._check_store()
         self._wrapped = {p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
         self._erased = store.erased_patients()
@@ -544,6 +552,22 @@ class Pipeline:
                              tree.root(), now)
         return HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
                           sth.suite, sth.signature)
+
+    def checkpoint_note(self) -> tuple[HeadRecord, str] | None:
+        """The latest signed tree head and its C2SP checkpoint note, signed by the log key
+        once per head (what the API serves and the chain anchors); None while nothing is
+        logged. Reads the store, not the twin: never waits for ingestion."""
+        head = self.store.latest_head()
+        if head is None:
+            return None
+        cached = self._note
+        if cached is not None and cached[0] == head:
+            return cached
+        key = self.keys.log_key
+        note = sign_checkpoint_note(head.origin, head.size, head.root, [
+            NoteSigner(head.origin, key.suite, key.private_key, key.public_key)])
+        self._note = (head, note)
+        return head, note
 
     def _register(self, device: Device, reason: str = "") -> None:
         """Log a device's registration (or status change) and make it current, durably."""

@@ -14,6 +14,9 @@
   (7) records of an erased patient (their data key destroyed) are checked by (2)-(5) from
       their stored bytes alone, counted as `unreadable`, and never opened; an erased
       patient whose key is back in the store fails verification.
+  (8) every checkpoint someone else holds (`claims`: anchors in the site's index and on the
+      chain, witness cosignatures) names the root the log had at its size: the log is
+      consistent with all of them (a log rolled back below an anchor fails too).
 The first failure raises VerificationError naming the record (or the head). The head is read
 first and the check covers the records it signs, so a site that keeps ingesting while it is
 verified is checked consistently; records appended since are reported as pending.
@@ -21,6 +24,8 @@ verified is checked consistently; records appended since are reported as pending
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -28,7 +33,14 @@ from medtwin.crypto import KeyRing, LogSigningKey, WrappedKey, verify_signature
 from medtwin.domain import PACKET_SIGNING_CONTEXT, DeviceStatus, Provenance
 from medtwin.errors import DecryptionError, SignatureError, VerificationError
 from medtwin.ingest import decode_json
-from medtwin.ledger import MerkleTree, SignedTreeHead, leaf_data, leaf_hash, verify_tree_head
+from medtwin.ledger import (
+    EMPTY_ROOT,
+    MerkleTree,
+    SignedTreeHead,
+    leaf_data,
+    leaf_hash,
+    verify_tree_head,
+)
 from medtwin.pipeline._codec import packet_aad, signed_bytes
 from medtwin.store import (
     AlertRecord,
@@ -40,6 +52,16 @@ from medtwin.store import (
     Store,
     TwinParamsRecord,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointClaim:
+    """A root that someone outside the store holds for a tree size: an anchor (in the
+    site's index or on the chain) or a witness's cosignature. `where` names it."""
+
+    size: int
+    root: bytes
+    where: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +80,14 @@ class VerifyReport:
     erasures: int = 0
     unreadable: int = 0
     rotations: int = 0
+    checkpoints_checked: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey,
-                 keyring: KeyRing | None = None) -> VerifyReport:
+                 keyring: KeyRing | None = None,
+                 claims: Sequence[CheckpointClaim] = ()) -> VerifyReport:
     """Check every stored record against the Merkle log and the signed tree head; with a
-    `keyring`, also every device signature."""
+    `keyring`, also every device signature; and every claimed checkpoint against the log."""
     # (1): signed head
     head_row = store.latest_head()
     head = None
@@ -76,6 +100,14 @@ def verify_store(store: Store, log_key: LogSigningKey,
                                     "tree-head")
         verify_tree_head(head, log_key.public_key)
     signed_size = head.size if head is not None else 0
+    claimed: defaultdict[int, list[CheckpointClaim]] = defaultdict(list)
+    for claim in claims:
+        if claim.size > signed_size:
+            raise VerificationError(
+                f"checkpoint: {claim.where} is of size {claim.size}, beyond the signed log "
+                f"(size {signed_size}): the log was truncated or rolled back", claim.where)
+        claimed[claim.size].append(claim)
+    _check_claims(claimed.pop(0, []), EMPTY_ROOT)
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
@@ -115,6 +147,8 @@ def verify_store(store: Store, log_key: LogSigningKey,
                 f"log: {record.describe()} does not match its log leaf: the record was altered",
                 record.describe())
         tree.append_hash(h)
+        if tree.size in claimed:
+            _check_claims(claimed.pop(tree.size), tree.root())
         counts[record.kind] += 1
         # (7): sealed under a destroyed key: checked by hash only
         shredded = _sealed_for(record) in erased
@@ -165,7 +199,17 @@ def verify_store(store: Store, log_key: LogSigningKey,
                 "sequence numbers: the devices table was altered", f"device {device_id}")
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
-                        signatures, counts["erasure"], unreadable, counts["kek-rotation"])
+                        signatures, counts["erasure"], unreadable, counts["kek-rotation"],
+                        len(claims))
+
+
+def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:
+    for claim in claims:
+        if claim.root != root:
+            raise VerificationError(
+                f"checkpoint: {claim.where} holds another root for size {claim.size} than the "
+                "log recomputed from the store: the log was altered after it was anchored or "
+                "cosigned (or the site showed a split view)", claim.where)
 
 
 _STATUSES = frozenset(s.value for s in DeviceStatus)

@@ -37,6 +37,7 @@ from medtwin.sim._devices import (
     tampered_envelope,
 )
 from medtwin.sim._glucose import GlucosePatient, GlucoseStep, cohort_names
+from medtwin.sim._sessions import SessionDevice
 from medtwin.sim._vitals import (
     VitalSigns,
     VitalsParams,
@@ -58,6 +59,7 @@ __all__ = [
     "DeviceRegistration",
     "GlucosePatient",
     "GlucoseStep",
+    "SessionDevice",
     "VirtualDevice",
     "VitalSigns",
     "VitalsParams",

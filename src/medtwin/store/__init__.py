@@ -2,6 +2,7 @@
 
 from medtwin.store._records import (
     AlertRecord,
+    AnchorRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
@@ -17,6 +18,7 @@ from medtwin.store._store import Store
 
 __all__ = [
     "AlertRecord",
+    "AnchorRecord",
     "Commit",
     "ErasureRecord",
     "FindingRecord",

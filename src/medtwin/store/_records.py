@@ -218,6 +218,21 @@ class HeadRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    """A checkpoint the site anchored on a chain, as its own index keeps it."""
+
+    chain_id: int
+    contract: str
+    size: int
+    root: bytes
+    note_hash: bytes
+    tx_hash: str
+    block_number: int
+    embedded: bool
+    anchored_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """Everything one batch writes, in one transaction: durable together or not at all."""
 

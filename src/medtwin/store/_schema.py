@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -157,6 +158,29 @@ cosignatures = Table(
     Column("line", Text, nullable=False),
     Column("timestamp_s", BigInteger, nullable=False),
     Column("received_at_ms", BigInteger, nullable=False),
+)
+
+#: medtwin's own index of its checkpoints anchored on a chain (no event-log queries needed).
+anchors = Table(
+    "anchors", metadata,
+    Column("chain_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("contract", String(64), primary_key=True),
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note_hash", LargeBinary, nullable=False),
+    Column("tx_hash", String(80), nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("embedded", Boolean, nullable=False),
+    Column("anchored_at_ms", BigInteger, nullable=False),
+)
+
+#: The anchor contract this log uses on each (non-embedded) chain, once deployed.
+anchor_contracts = Table(
+    "anchor_contracts", metadata,
+    Column("chain_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("origin", String(256), primary_key=True),
+    Column("contract", String(64), nullable=False),
+    Column("deployed_at_ms", BigInteger, nullable=False),
 )
 
 api_tokens = Table(

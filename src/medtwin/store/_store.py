@@ -30,6 +30,7 @@ from medtwin.errors import ConflictError, StoreError
 from medtwin.store import _schema as t
 from medtwin.store._records import (
     AlertRecord,
+    AnchorRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
@@ -324,6 +325,47 @@ class Store:
                 & (t.cosignatures.c.root == root)).order_by(t.cosignatures.c.witness))
             return [r.line for r in rows]
 
+    # Anchors of checkpoints on a chain -----------------------------------------------------
+
+    def put_anchor(self, anchor: AnchorRecord) -> None:
+        """Index one anchored checkpoint."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.anchors).values(**_row(anchor)))
+
+    def anchors(self) -> list[AnchorRecord]:
+        """Every indexed anchor, in the order they were anchored."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.anchors).order_by(t.anchors.c.anchored_at_ms,
+                                                           t.anchors.c.size))
+            return [AnchorRecord(**r._asdict()) for r in rows]
+
+    def anchor_contract(self, chain_id: int, origin: str) -> str | None:
+        """The address of this log's anchor contract on a chain, once deployed there."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.anchor_contracts.c.contract).where(
+                (t.anchor_contracts.c.chain_id == chain_id)
+                & (t.anchor_contracts.c.origin == origin))).scalar()
+
+    def put_anchor_contract(self, chain_id: int, origin: str, contract: str,
+                            now_ms: int) -> None:
+        """Remember this log's anchor contract on a chain (once per chain and origin)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.anchor_contracts).values(
+                    chain_id=chain_id, origin=origin, contract=contract,
+                    deployed_at_ms=now_ms))
+        except IntegrityError as exc:
+            raise ConflictError(f"store: chain {chain_id} already has an anchor contract for "
+                                f"{origin!r}") from exc
+
+    def all_cosignatures(self) -> list[tuple[str, int, bytes, str, str]]:
+        """Every stored cosignature as (origin, size, root, witness, line), by size."""
+        c = t.cosignatures.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.origin, c.size, c.root, c.witness, c.line)
+                                .order_by(c.size, c.witness))
+            return [(r.origin, int(r.size), r.root, r.witness, r.line) for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Rows per table, and readings accepted."""
         with self.engine.connect() as conn:
@@ -363,5 +405,5 @@ class Store:
         return None if r is None else (r.name, r.role)
 
 
-def _row(record: Record | HeadRecord) -> dict[str, Any]:
+def _row(record: Record | HeadRecord | AnchorRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__dataclass_fields__}

@@ -1,0 +1,79 @@
+"""Access decisions that follow the patient's consent on the chain: a caller may read a twin
+for a purpose only if their role reads twins and the twin's owner granted their chain address
+that purpose, unexpired and unrevoked. The consent view is refreshed before every decision, so
+a revocation holds from the next request; every decision comes back as a record to log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from medtwin.access._roles import Permission, Role, allows
+from medtwin.errors import ChainError, InvalidInputError
+from medtwin.ledger._consent import ConsentView
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a name for the audit trail, a role, and the chain address consent is
+    granted to (None: the caller has none on record)."""
+
+    name: str
+    role: Role
+    address: str | None
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    """One access decision, for the audit log: when (unix s), who, which twin (pseudonymous
+    id), for what purpose, the answer and why."""
+
+    at_s: float
+    caller: str
+    role: str
+    address: str | None
+    patient_id: str
+    purpose: str
+    allowed: bool
+    reason: str
+
+    def to_record(self) -> dict[str, object]:
+        """The decision as a flat dict, ready for a structured log line."""
+        return asdict(self)
+
+
+class ConsentPolicy:
+    """Decides twin reads from role and on-chain consent; fails closed when the chain cannot
+    be read. `audit` (if given) receives every decision."""
+
+    def __init__(self, view: ConsentView, clock: Callable[[], float] = time.time,
+                 audit: Callable[[AccessDecision], None] | None = None) -> None:
+        self.view = view
+        self.clock = clock
+        self.audit = audit
+
+    def decide(self, caller: Caller, patient_id: str, purpose: str) -> AccessDecision:
+        """May `caller` read the twin of `patient_id` for `purpose` now?"""
+        now_s = self.clock()
+        allowed, reason = self._answer(caller, patient_id, purpose, now_s)
+        decision = AccessDecision(now_s, caller.name, caller.role.value, caller.address,
+                                  patient_id, purpose, allowed, reason)
+        if self.audit is not None:
+            self.audit(decision)
+        return decision
+
+    def _answer(self, caller: Caller, patient_id: str, purpose: str,
+                now_s: float) -> tuple[bool, str]:
+        if not allows(caller.role, Permission.READ_TWIN):
+            return False, f"role {caller.role.value} may not read twins"
+        if caller.address is None:
+            return False, "no chain address on record for this caller"
+        try:
+            self.view.refresh()
+            consent = self.view.decide(patient_id, caller.address, purpose, now_s)
+        except ChainError as exc:
+            return False, f"consent state unavailable ({exc})"
+        except InvalidInputError as exc:
+            return False, f"invalid request: {exc}"
+        return consent.allowed, consent.reason

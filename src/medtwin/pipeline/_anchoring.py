@@ -1,0 +1,215 @@
+"""Anchoring in the background: every `Settings.anchor_interval_s`, the latest checkpoint (if
+the log grew) goes to the chain in one transaction, and the site indexes the receipt.
+
+A reading's path never touches the chain: the anchorer reads the signed head from the store
+on its own thread and holds no lock the pipeline takes, so a slow or unreachable chain only
+delays anchors (reported by `status`), never ingestion. The chain's account key lives in
+the keys directory (`chain.key`); on a JSON-RPC chain the log's contract is deployed once
+and remembered in the store, on the embedded chain a new one is deployed per process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from medtwin.config import Settings
+from medtwin.crypto import load_or_create_secret
+from medtwin.errors import ChainError, ConfigError, MedtwinError, VerificationError
+from medtwin.ledger import (
+    AnchorContract,
+    Chain,
+    NoteVerifier,
+    checkpoint_body,
+    connect_chain,
+    note_hash,
+    verify_cosignature,
+)
+from medtwin.pipeline._pipeline import Pipeline
+from medtwin.pipeline._verify import CheckpointClaim
+from medtwin.store import AnchorRecord, Store
+
+log = logging.getLogger("medtwin.anchoring")
+
+CHAIN_KEY_FILE = "chain.key"
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStatus:
+    """What the anchorer has done: anchors made, the last size anchored, the last error."""
+
+    anchors: int
+    last_size: int
+    last_error: str | None
+    chain_id: int
+    contract: str
+    embedded: bool
+
+
+class Anchorer:
+    """Anchors one site's checkpoints on one chain."""
+
+    def __init__(self, pipeline: Pipeline, chain: Chain, contract: AnchorContract,
+                 interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ConfigError("config: the anchor interval must be a positive number of "
+                              "seconds (0 turns anchoring off)")
+        self.pipeline = pipeline
+        self.chain = chain
+        self.contract = contract
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._anchors = 0
+        self._last_size = contract.latest_size() if contract.count() else -1
+        self._last_error: str | None = None
+
+    @classmethod
+    def open(cls, pipeline: Pipeline) -> Anchorer | None:
+        """The site's anchorer from its settings (None if `anchor_interval_s` is 0): connect,
+        then attach to the log's contract or deploy it."""
+        settings = pipeline.settings
+        if settings.anchor_interval_s == 0:
+            return None
+        key = load_or_create_secret(settings.resolved_keys_dir / CHAIN_KEY_FILE,
+                                    "secp256k1 chain account")
+        chain = connect_chain(settings.chain_url, key)
+        origin = settings.log_origin
+        address = None if chain.embedded else pipeline.store.anchor_contract(
+            chain.chain_id, origin)
+        if address is not None:
+            contract = AnchorContract.attach(chain, address, origin)
+        else:
+            contract = AnchorContract.deploy(chain, origin)
+            if not chain.embedded:
+                pipeline.store.put_anchor_contract(chain.chain_id, origin, contract.address,
+                                                   pipeline.clock())
+        return cls(pipeline, chain, contract, settings.anchor_interval_s)
+
+    def anchor_once(self) -> AnchorRecord | None:
+        """Anchor the latest checkpoint if the log grew since the last anchor; the index
+        record, or None if there was nothing new."""
+        with self._lock:
+            latest = self.pipeline.checkpoint_note()
+            if latest is None or latest[0].size <= self._last_size:
+                return None
+            head, note = latest
+            receipt = self.contract.anchor(head.size, head.root, note_hash(note))
+            record = AnchorRecord(receipt.chain_id, receipt.contract, head.size, head.root,
+                                  receipt.note_hash, receipt.tx_hash, receipt.block_number,
+                                  self.chain.embedded, self.pipeline.clock())
+            self.pipeline.store.put_anchor(record)
+            self._last_size = head.size
+            self._anchors += 1
+            return record
+
+    def status(self) -> AnchorStatus:
+        return AnchorStatus(self._anchors, self._last_size, self._last_error,
+                            self.chain.chain_id, self.contract.address, self.chain.embedded)
+
+    def start(self) -> None:
+        """Anchor every `interval_s` on a daemon thread until `stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="medtwin-anchorer",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, after a last anchor of what was logged until now."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join()
+        self._try_anchor()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._try_anchor()
+
+    def _try_anchor(self) -> None:
+        try:
+            self.anchor_once()
+            self._last_error = None
+        except MedtwinError as exc:  # ChainError, StoreError: try again next interval
+            self._last_error = str(exc)
+            log.warning("anchoring failed, will retry: %s", exc)
+
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The checkpoints others hold, for `verify_store`, and what could be checked."""
+
+    claims: tuple[CheckpointClaim, ...]
+    anchors_indexed: int
+    anchors_on_chain: int
+    anchors_unreachable: int
+    cosignatures: int
+    cosignatures_unverified: int
+
+
+def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
+                      contracts: Sequence[str] = ()) -> Claims:
+    """Every anchor in the site's index, every anchor on `chain` of this log's contracts
+    (those the index names, the one the store remembers for that chain, and `contracts`;
+    each index entry must be there, with the same root and note hash), and every stored
+    witness cosignature (its signature checked when the witness is configured). Anchors on
+    a chain that cannot be read here (an embedded chain of another process) count as
+    unreachable: the index still binds the log to them."""
+    claims: list[CheckpointClaim] = []
+    indexed = store.anchors()
+    claims += [CheckpointClaim(a.size, a.root, f"the anchor of size {a.size} in the site's "
+                               f"index (tx {a.tx_hash})") for a in indexed]
+    on_chain = unreachable = 0
+    known = {(a.chain_id, a.contract) for a in indexed}
+    if chain is not None:
+        remembered = store.anchor_contract(chain.chain_id, settings.log_origin)
+        extra = [*contracts, *([remembered] if remembered else [])]
+        known |= {(chain.chain_id, address) for address in extra}
+    for chain_id, address in sorted(known):
+        mine = [a for a in indexed if (a.chain_id, a.contract) == (chain_id, address)]
+        if chain is None or chain.chain_id != chain_id:
+            unreachable += len(mine)
+            continue
+        try:
+            contract = AnchorContract.attach(chain, address, settings.log_origin)
+        except ChainError as exc:
+            if all(a.embedded for a in mine):
+                unreachable += len(mine)
+                continue
+            raise VerificationError(f"chain: the anchor contract {address} the index names "
+                                    f"cannot be read on chain {chain_id}: {exc}",
+                                    f"contract {address}") from exc
+        held = {}
+        for size in contract.sizes():
+            anchored = contract.anchored(size)
+            if anchored is None:
+                continue
+            held[size] = anchored
+            claims.append(CheckpointClaim(size, anchored.root, f"the anchor of size {size} "
+                                          f"on chain {chain_id} ({address})"))
+        for a in mine:
+            found = held.get(a.size)
+            if found is None or (found.root, found.note_hash) != (a.root, a.note_hash):
+                raise VerificationError(
+                    f"chain: the index records an anchor of size {a.size} (tx {a.tx_hash}) "
+                    f"that contract {address} does not hold as recorded: the index or the "
+                    "chain was altered", f"anchor {a.size}")
+        on_chain += len(held)
+    witnesses = {w.name: NoteVerifier(w.name, "ed25519", w.public_key, cosigner=True)
+                 for w in settings.witnesses}
+    cosigned = unverified = 0
+    for origin, size, root, witness, line in store.all_cosignatures():
+        verifier = witnesses.get(witness)
+        if verifier is None:
+            unverified += 1
+        else:
+            verify_cosignature(checkpoint_body(origin, size, root), line, verifier)
+        cosigned += 1
+        claims.append(CheckpointClaim(size, root, f"{witness}'s cosignature of size {size}"))
+    return Claims(tuple(claims), len(indexed), on_chain, unreachable, cosigned, unverified)
