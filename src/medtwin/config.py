@@ -84,6 +84,7 @@ class Settings:
     witnesses: tuple[TrustedWitness, ...] = ()
     chain_url: str | None = None
     anchor_interval_s: float = DEFAULT_ANCHOR_INTERVAL_S
+    consent_required: bool = False
     clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
 
     @property
@@ -128,6 +129,12 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError("config: MEDTWIN_ANCHOR_INTERVAL_S must be a number of "
                                   "seconds (0 turns anchoring off)") from exc
+        if "MEDTWIN_CONSENT" in env:
+            flag = env["MEDTWIN_CONSENT"].strip().lower()
+            if flag not in ("0", "1", "true", "false", ""):
+                raise ConfigError("config: MEDTWIN_CONSENT must be 1 (reads of a twin need its "
+                                  "patient's grant on the chain) or 0")
+            values["consent_required"] = flag in ("1", "true")
         if "MEDTWIN_WITNESSES" in env:
             values["witnesses"] = parse_witnesses(env["MEDTWIN_WITNESSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -77,7 +77,8 @@ def test_anchors_on_a_json_rpc_node_survive_a_restart(node_url: str, settings: S
         [outcome] = pipeline.process([device.submit(device.vitals())])
         assert isinstance(outcome, Accepted)
         assert anchorer.anchor_once() is not None
-    remembered = pipeline.store.anchor_contract(anchorer.chain.chain_id, site.log_origin)
+    remembered = pipeline.store.chain_contract(anchorer.chain.chain_id,
+                                                f"anchor {site.log_origin}")
     assert remembered == anchorer.contract.address
     again = Anchorer.open(pipeline)                       # a restarted site: same contract
     assert again is not None and again.contract.address == remembered

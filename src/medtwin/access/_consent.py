@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from medtwin.access._roles import Permission, Role, allows
 from medtwin.errors import ChainError, InvalidInputError
-from medtwin.ledger._consent import ConsentView
+from medtwin.ledger import ConsentView
 
 
 @dataclass(frozen=True)

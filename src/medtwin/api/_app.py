@@ -17,14 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtwin.access import Permission, Role, allows, new_token
-from medtwin.api._auth import Caller, caller_of, require
+from medtwin.access import Caller, Permission, Role, allows, new_token
+from medtwin.api._auth import caller_of, require
 from medtwin.api._batcher import IngestBatcher
 from medtwin.api._ledger import ledger_router
 from medtwin.api._limits import RateLimiter, RegisteredDevices, address_of, throttled_response
 from medtwin.config import ID_PATTERN, MAX_ID_LENGTH, MAX_PACKET_BYTES
 from medtwin.domain import Device, DeviceStatus, RejectReason
 from medtwin.errors import (
+    ChainError,
     ConfigError,
     ConflictError,
     InvalidInputError,
@@ -37,6 +38,7 @@ from medtwin.pipeline import (
     Accepted,
     Pipeline,
     SignedSubmission,
+    SiteConsent,
     alert_json,
     finding_json,
     twin_state_json,
@@ -64,8 +66,20 @@ _REJECTION_STATUS = {
 IdStr = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
+#: An Ethereum address (the chain account a consent token is held by or granted to).
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+Address = Annotated[str, Field(pattern=ADDRESS_PATTERN)]
+
+
 class PatientIn(BaseModel):
     patient_id: IdStr
+    owner: Address | None = Field(None, description="The patient's chain address: their twin's "
+                                                    "consent token is minted to it (needed "
+                                                    "where the site requires consent)")
+
+
+class OwnerIn(BaseModel):
+    owner: Address
 
 
 class DeviceIn(BaseModel):
@@ -112,6 +126,15 @@ class StatusIn(BaseModel):
 class TokenIn(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     role: Role
+    address: Address | None = Field(None, description="The holder's chain address, to which "
+                                                      "patients grant consent")
+
+
+def _event_patient(event: dict[str, Any]) -> str | None:
+    """The patient a live-stream event is about."""
+    body = event.get("state") or event.get("alert") or event.get("finding") or {}
+    patient = body.get("patient_id")
+    return patient if isinstance(patient, str) else None
 
 
 async def _read_capped(request: Request, limit: int) -> tuple[bytes, int]:
@@ -129,8 +152,9 @@ async def _read_capped(request: Request, limit: int) -> tuple[bytes, int]:
     return b"".join(chunks), size
 
 
-def create_app(pipeline: Pipeline) -> FastAPI:
-    """The API of one site, serving `pipeline`."""
+def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAPI:
+    """The API of one site, serving `pipeline`; with `consent`, reading a patient's twin
+    needs the patient's grant on the chain (purpose treatment), and every decision is kept."""
     batcher = IngestBatcher(pipeline, pipeline.settings.max_batch)
     limiter = RateLimiter(pipeline.clock, RegisteredDevices(
         lambda: [d.device_id for d in pipeline.devices()]))
@@ -160,11 +184,25 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.exception_handler(MedtwinError)
     async def medtwin_error(_request: Request, exc: MedtwinError) -> JSONResponse:
-        code = (410 if isinstance(exc, PatientErasedError)
+        code = (503 if isinstance(exc, ChainError)
+                else 410 if isinstance(exc, PatientErasedError)
                 else 404 if isinstance(exc, NotFoundError)
                 else 409 if isinstance(exc, ConflictError)
                 else 422 if isinstance(exc, ConfigError | InvalidInputError) else 500)
         return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    def consented(caller: Caller, patient_id: str) -> None:
+        """Refuse (403, with the reason) a read of a twin the patient has not granted."""
+        if consent is None:
+            return
+        decision = consent.decide(caller, patient_id)
+        if not decision.allowed:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"api: no consent to read this twin: {decision.reason}")
+
+    def readable(caller: Caller, patient_ids: set[str]) -> set[str]:
+        """The patients among `patient_ids` whose twins the caller may read."""
+        return patient_ids if consent is None else consent.readable(caller, patient_ids)
 
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
@@ -200,10 +238,31 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                             status_code=_REJECTION_STATUS[error.reason])
 
     @app.post("/v1/patients", status_code=201, tags=["admin"])
-    def add_patient(body: PatientIn, _caller: Caller = manage) -> dict[str, str]:
-        """Register a patient (creates their data key)."""
+    def add_patient(body: PatientIn, _caller: Caller = manage) -> dict[str, Any]:
+        """Register a patient (creates their data key); with `owner`, mint their twin's
+        consent token to that address (required where the site requires consent)."""
+        if consent is not None and body.owner is None:
+            raise InvalidInputError("api: this site requires consent: give the patient's "
+                                    "chain address as owner")
         pipeline.add_patient(body.patient_id)
-        return {"patient_id": body.patient_id}
+        if consent is None or body.owner is None:
+            return {"patient_id": body.patient_id}
+        try:
+            token_id = consent.mint(body.patient_id, body.owner)
+        except ChainError as exc:
+            raise ChainError(f"{exc}; the patient is registered: mint the token again with "
+                             f"POST /v1/patients/{body.patient_id}/owner") from exc
+        return {"patient_id": body.patient_id, "token_id": hex(token_id)}
+
+    @app.post("/v1/patients/{patient_id}/owner", status_code=201, tags=["admin"])
+    def mint_owner(patient_id: str, body: OwnerIn, _caller: Caller = manage) -> dict[str, Any]:
+        """Mint a registered patient's consent token to their chain address (once)."""
+        if consent is None:
+            raise ConflictError("api: this site does not use consent tokens "
+                                "(MEDTWIN_CONSENT=1 turns them on)")
+        if patient_id not in pipeline.patients():
+            raise NotFoundError(f"api: unknown patient {patient_id!r}")
+        return {"patient_id": patient_id, "token_id": hex(consent.mint(patient_id, body.owner))}
 
     @app.post("/v1/patients/{patient_id}/erase", tags=["admin"])
     def erase_patient(patient_id: str, body: StatusIn, caller: Caller = manage
@@ -252,18 +311,24 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         return {"device_id": device_id, "status": DeviceStatus.ACTIVE.value}
 
     @app.get("/v1/findings", tags=["twin"])
-    def list_findings(_caller: Caller = read_twin, patient_id: str | None = None,
+    def list_findings(caller: Caller = read_twin, patient_id: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100
                       ) -> dict[str, Any]:
         """Recent guard findings, newest first, each with its code, confidence and evidence
         (expected vs observed, statistic and threshold, since when, what would clear it)."""
-        return {"findings": [finding_json(f) for f in pipeline.findings(patient_id, limit)]}
+        if patient_id is not None:
+            consented(caller, patient_id)
+        found = pipeline.findings(patient_id, limit)
+        allowed = readable(caller, {f.patient_id for f in found})
+        return {"findings": [finding_json(f) for f in found if f.patient_id in allowed]}
 
     @app.post("/v1/tokens", status_code=201, tags=["admin"])
     def create_token(body: TokenIn, _caller: Caller = manage) -> dict[str, str]:
         """Create a token for `name` with `role`; the token is shown only in this answer."""
         token, token_hash = new_token()
         pipeline.store.add_token(token_hash, body.name, body.role.value, pipeline.clock())
+        if body.address is not None:
+            pipeline.store.set_token_address(token_hash, body.address)
         return {"name": body.name, "role": body.role.value, "token": token}
 
     @app.delete("/v1/tokens/{name}", tags=["admin"])
@@ -272,21 +337,26 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         return {"name": name, "revoked": pipeline.store.revoke_tokens(name)}
 
     @app.get("/v1/patients", tags=["twin"])
-    def list_patients(_caller: Caller = read_twin) -> list[dict[str, Any]]:
-        """Every patient with their twin state."""
-        return [twin_state_json(s) for s in pipeline.twin_states()]
+    def list_patients(caller: Caller = read_twin) -> list[dict[str, Any]]:
+        """Every patient with their twin state (where consent is required: those whose
+        patients granted the caller)."""
+        states = pipeline.twin_states()
+        allowed = readable(caller, {s.patient_id for s in states})
+        return [twin_state_json(s) for s in states if s.patient_id in allowed]
 
     @app.get("/v1/patients/{patient_id}/twin", tags=["twin"])
-    def get_twin(patient_id: str, _caller: Caller = read_twin) -> dict[str, Any]:
+    def get_twin(patient_id: str, caller: Caller = read_twin) -> dict[str, Any]:
         """One patient's twin: latest values and ages, estimates, NEWS2, active alerts."""
+        consented(caller, patient_id)
         return twin_state_json(pipeline.twin_state(patient_id))
 
     @app.post("/v1/patients/{patient_id}/whatif", tags=["twin"])
-    def whatif(patient_id: str, body: WhatIfIn, _caller: Caller = read_twin) -> dict[str, Any]:
+    def whatif(patient_id: str, body: WhatIfIn, caller: Caller = read_twin) -> dict[str, Any]:
         """Simulate a future of meals and insulin from the patient's glucose twin now (e.g. a
         bolus scaled by 1.3, a skipped meal, a basal change) and return glucose (interstitial,
         the CGM's quantity) on a grid of `step_min`, with its 95 % interval. Nothing is
         stored or changed."""
+        consented(caller, patient_id)
         steps = max(1, math.ceil(body.hours * 60.0 / body.step_min))
         if steps > MAX_WHATIF_STEPS:
             raise InvalidInputError(f"api: at most {MAX_WHATIF_STEPS} steps; use a longer "
@@ -316,18 +386,26 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                 "uncertainty": r.uncertainty, "n_cgm": r.n_cgm}
 
     @app.get("/v1/alerts", tags=["twin"])
-    def list_alerts(_caller: Caller = read_twin, patient_id: str | None = None,
+    def list_alerts(caller: Caller = read_twin, patient_id: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100
                           ) -> list[dict[str, Any]]:
         """Recent alerts, newest first, with their explanations."""
-        return [alert_json(a) for a in pipeline.alerts(patient_id, limit)]
+        if patient_id is not None:
+            consented(caller, patient_id)
+        found = pipeline.alerts(patient_id, limit)
+        allowed = readable(caller, {a.patient_id for a in found})
+        return [alert_json(a) for a in found if a.patient_id in allowed]
 
     @app.get("/v1/stream", tags=["twin"])
-    async def stream(request: Request, _caller: Caller = read_twin) -> StreamingResponse:
+    async def stream(request: Request, caller: Caller = read_twin) -> StreamingResponse:
         """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts,
         `finding` on guard findings.
-        The token is checked again at every keep-alive, so a revoked token's stream ends."""
+        The token is checked again at every keep-alive, so a revoked token's stream ends;
+        where consent is required, only granted patients' events are sent, re-decided at
+        every keep-alive."""
         queue = pipeline.events.subscribe()
+        granted = (None if consent is None else
+                   await asyncio.to_thread(readable, caller, set(pipeline.patients())))
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
 
         async def still_allowed() -> bool:
@@ -335,6 +413,7 @@ def create_app(pipeline: Pipeline) -> FastAPI:
             return now is not None and allows(now.role, Permission.READ_TWIN)
 
         async def events() -> AsyncIterator[str]:
+            nonlocal granted
             try:
                 yield ": connected\n\n"
                 while not await request.is_disconnected():
@@ -344,7 +423,12 @@ def create_app(pipeline: Pipeline) -> FastAPI:
                         if not await still_allowed():
                             yield "event: end\ndata: {\"reason\": \"token revoked\"}\n\n"
                             return
+                        if granted is not None:
+                            granted = await asyncio.to_thread(readable, caller,
+                                                              set(pipeline.patients()))
                         yield ": keep-alive\n\n"
+                        continue
+                    if granted is not None and _event_patient(event) not in granted:
                         continue
                     yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
             finally:
@@ -378,6 +462,14 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         return {"origin": head.origin, "size": head.size, "root": head.root.hex(),
                 "timestamp_ms": head.timestamp_ms, "key_id": head.key_id, "suite": head.suite,
                 "signature": base64.b64encode(head.signature).decode()}
+
+    @app.get("/v1/access-decisions", tags=["audit"])
+    def access_decisions(_caller: Caller = read_audit,
+                         limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                         ) -> dict[str, Any]:
+        """The latest consent-gated access decisions, newest first: who asked for which twin,
+        for what purpose, the answer and why."""
+        return {"decisions": pipeline.store.access_decisions(limit)}
 
     @app.get("/v1/verify", tags=["audit"])
     async def verify(_caller: Caller = read_audit) -> dict[str, Any]:

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from medtwin.access import Permission, Role, allows, hash_token
+from medtwin.access import Caller, Permission, Role, allows, hash_token
 from medtwin.pipeline import Pipeline
 
 _bearer = HTTPBearer(auto_error=False, description="A medtwin API token (`medtwin token create`)")
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    name: str
-    role: Role
-
-
 def caller_of(pipeline: Pipeline, token: str) -> Caller | None:
-    """Who holds `token`, or None if it is unknown or revoked."""
-    found = pipeline.store.token_role(hash_token(token))
-    return None if found is None else Caller(found[0], Role(found[1]))
+    """Who holds `token` (name, role, the chain address consent is granted to), or None if
+    it is unknown or revoked."""
+    token_hash = hash_token(token)
+    found = pipeline.store.token_role(token_hash)
+    if found is None:
+        return None
+    return Caller(found[0], Role(found[1]), pipeline.store.token_address(token_hash))
 
 
 def require(permission: Permission) -> Callable[..., Caller]:

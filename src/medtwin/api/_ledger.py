@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
-from medtwin.access import Permission
-from medtwin.api._auth import Caller, require
+from medtwin.access import Caller, Permission
+from medtwin.api._auth import require
 from medtwin.errors import VerificationError
 from medtwin.ledger import (
     NoteVerifier,

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medtwin.access import Role, new_token
-from medtwin.cli._server import BackgroundServer, open_anchorer
+from medtwin.cli._server import BackgroundServer, open_chain_services
 from medtwin.clinical import RULES
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading
@@ -244,10 +244,11 @@ def run_demo(data_dir: Path, patients: int, speed: float, duration_s: float, hea
     clinician, clinician_hash = new_token()
     pipeline.store.add_token(admin_hash, "demo-admin", Role.ADMIN.value, start_ms)
     pipeline.store.add_token(clinician_hash, "demo-clinician", Role.CLINICIAN.value, start_ms)
-    anchorer, anchoring = open_anchorer(pipeline)
-    server = BackgroundServer(pipeline, anchorer=anchorer).start()
+    services = open_chain_services(pipeline)
+    server = BackgroundServer(pipeline, services=services).start()
     console.print(f"[bold]medtwin[/] site at [link]{server.url}[/]  (API docs: {server.url}/docs)")
-    console.print(anchoring)
+    for line in services.lines:
+        console.print(line)
     console.print(f"data directory: {data_dir}  ·  clinician token: {clinician}")
     with console.status("building the virtual ward (UVA/Padova patients)…"):
         ward = Ward(patients, start_ms, seed=seed, deteriorating=DETERIORATING,

@@ -120,15 +120,16 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Serve the API (packets in; twins, alerts, audit and a live stream out)."""
-    from medtwin.cli._server import open_anchorer, serve_forever
+    from medtwin.cli._server import open_chain_services, serve_forever
 
     with _site(data_dir) as pipeline:
         try:
-            anchorer, line = open_anchorer(pipeline)
+            services = open_chain_services(pipeline)
         except MedtwinError as exc:
             raise _fail(exc) from exc
-        console.print(line)
-        serve_forever(pipeline, host, port, anchorer)
+        for line in services.lines:
+            console.print(line)
+        serve_forever(pipeline, host, port, services)
 
 
 @app.command()

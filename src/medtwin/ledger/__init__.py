@@ -14,6 +14,15 @@ from medtwin.ledger._checkpoint import (
     sign_tree_head,
     verify_tree_head,
 )
+from medtwin.ledger._consent import (
+    ConsentDecision,
+    ConsentEvent,
+    ConsentRegistry,
+    ConsentView,
+    Purpose,
+    token_id_for,
+    with_key,
+)
 from medtwin.ledger._evm import Artifact, Chain, compile_contract, load_artifact
 from medtwin.ledger._evm import connect as connect_chain
 from medtwin.ledger._leaves import leaf_data
@@ -54,9 +63,14 @@ __all__ = [
     "Artifact",
     "Chain",
     "Checkpoint",
+    "ConsentDecision",
+    "ConsentEvent",
+    "ConsentRegistry",
+    "ConsentView",
     "MerkleTree",
     "NoteSigner",
     "NoteVerifier",
+    "Purpose",
     "SignedTreeHead",
     "WitnessState",
     "WitnessStep",
@@ -77,9 +91,11 @@ __all__ = [
     "root_from_leaf_hashes",
     "sign_checkpoint_note",
     "sign_tree_head",
+    "token_id_for",
     "verify_consistency",
     "verify_cosignature",
     "verify_inclusion",
     "verify_tree_head",
+    "with_key",
     "witness_step",
 ]

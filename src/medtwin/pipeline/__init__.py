@@ -7,8 +7,10 @@ from medtwin.pipeline._anchoring import (
     AnchorStatus,
     Claims,
     checkpoint_claims,
+    site_chain,
 )
 from medtwin.pipeline._codec import decode_readings, encode_readings
+from medtwin.pipeline._consent_site import CONSENT_KEY_FILE, SiteConsent
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
 from medtwin.pipeline._pipeline import (
@@ -31,6 +33,7 @@ from medtwin.pipeline._verify import CheckpointClaim, VerifyReport, verify_store
 
 __all__ = [
     "CHAIN_KEY_FILE",
+    "CONSENT_KEY_FILE",
     "DEFAULT_REWRAP_BATCH",
     "MAX_WHATIF_STEPS",
     "Accepted",
@@ -45,6 +48,7 @@ __all__ = [
     "Pipeline",
     "Rejected",
     "SignedSubmission",
+    "SiteConsent",
     "VerifyReport",
     "WhatIf",
     "WriterLock",
@@ -54,6 +58,7 @@ __all__ = [
     "encode_readings",
     "finding_json",
     "forecast_json",
+    "site_chain",
     "twin_state_json",
     "verify_store",
     "whatif_json",

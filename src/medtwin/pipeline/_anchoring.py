@@ -47,6 +47,16 @@ class AnchorStatus:
     embedded: bool
 
 
+def site_chain(pipeline: Pipeline) -> Chain:
+    """The chain of the site's settings (`chain_url`; the embedded chain if unset), signed for
+    with the site's chain key (`keys/chain.key`, created on first use). One per process: the
+    anchorer and the consent registry share it (an embedded chain lives in its object)."""
+    settings = pipeline.settings
+    key = load_or_create_secret(settings.resolved_keys_dir / CHAIN_KEY_FILE,
+                                "secp256k1 chain account")
+    return connect_chain(settings.chain_url, key)
+
+
 class Anchorer:
     """Anchors one site's checkpoints on one chain."""
 
@@ -67,25 +77,26 @@ class Anchorer:
         self._last_error: str | None = None
 
     @classmethod
-    def open(cls, pipeline: Pipeline) -> Anchorer | None:
-        """The site's anchorer from its settings (None if `anchor_interval_s` is 0): connect,
-        then attach to the log's contract or deploy it."""
+    def open(cls, pipeline: Pipeline, chain: Chain | None = None) -> Anchorer | None:
+        """The site's anchorer from its settings (None if `anchor_interval_s` is 0): on
+        `chain` (default: `site_chain`), attached to the log's contract or deploying it."""
         settings = pipeline.settings
         if settings.anchor_interval_s == 0:
             return None
-        key = load_or_create_secret(settings.resolved_keys_dir / CHAIN_KEY_FILE,
-                                    "secp256k1 chain account")
-        chain = connect_chain(settings.chain_url, key)
+        if settings.anchor_interval_s < 0:
+            raise ConfigError("config: the anchor interval must be a positive number of "
+                              "seconds (0 turns anchoring off)")
+        chain = chain if chain is not None else site_chain(pipeline)
         origin = settings.log_origin
-        address = None if chain.embedded else pipeline.store.anchor_contract(
-            chain.chain_id, origin)
+        name = f"anchor {origin}"
+        address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id, name)
         if address is not None:
             contract = AnchorContract.attach(chain, address, origin)
         else:
             contract = AnchorContract.deploy(chain, origin)
             if not chain.embedded:
-                pipeline.store.put_anchor_contract(chain.chain_id, origin, contract.address,
-                                                   pipeline.clock())
+                pipeline.store.put_chain_contract(chain.chain_id, name, contract.address,
+                                                  pipeline.clock())
         return cls(pipeline, chain, contract, settings.anchor_interval_s)
 
     def anchor_once(self) -> AnchorRecord | None:
@@ -168,7 +179,7 @@ def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
     on_chain = unreachable = 0
     known = {(a.chain_id, a.contract) for a in indexed}
     if chain is not None:
-        remembered = store.anchor_contract(chain.chain_id, settings.log_origin)
+        remembered = store.chain_contract(chain.chain_id, f"anchor {settings.log_origin}")
         extra = [*contracts, *([remembered] if remembered else [])]
         known |= {(chain.chain_id, address) for address in extra}
     for chain_id, address in sorted(known):

@@ -174,13 +174,35 @@ anchors = Table(
     Column("anchored_at_ms", BigInteger, nullable=False),
 )
 
-#: The anchor contract this log uses on each (non-embedded) chain, once deployed.
-anchor_contracts = Table(
-    "anchor_contracts", metadata,
+#: The contracts this site deployed on each (non-embedded) chain, by name ("anchor <origin>",
+#: "consent <origin>"), so a restarted site attaches to them.
+chain_contracts = Table(
+    "chain_contracts", metadata,
     Column("chain_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("origin", String(256), primary_key=True),
+    Column("name", String(300), primary_key=True),
     Column("contract", String(64), nullable=False),
     Column("deployed_at_ms", BigInteger, nullable=False),
+)
+
+#: The chain address each API token's holder is granted consent at (consent-gated reads).
+token_addresses = Table(
+    "token_addresses", metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("address", String(64), nullable=False),
+)
+
+#: Every consent-gated access decision: who asked for which patient's twin, and the answer.
+access_decisions = Table(
+    "access_decisions", metadata,
+    Column("decision_id", Integer, primary_key=True, autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("caller", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("address", String(64), nullable=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("allowed", Boolean, nullable=False),
+    Column("reason", String(300), nullable=False),
 )
 
 api_tokens = Table(

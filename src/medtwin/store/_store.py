@@ -339,24 +339,54 @@ class Store:
                                                            t.anchors.c.size))
             return [AnchorRecord(**r._asdict()) for r in rows]
 
-    def anchor_contract(self, chain_id: int, origin: str) -> str | None:
-        """The address of this log's anchor contract on a chain, once deployed there."""
+    def chain_contract(self, chain_id: int, name: str) -> str | None:
+        """The address of this site's contract `name` on a chain, once deployed there."""
+        c = t.chain_contracts.c
         with self.engine.connect() as conn:
-            return conn.execute(select(t.anchor_contracts.c.contract).where(
-                (t.anchor_contracts.c.chain_id == chain_id)
-                & (t.anchor_contracts.c.origin == origin))).scalar()
+            return conn.execute(select(c.contract).where(
+                (c.chain_id == chain_id) & (c.name == name))).scalar()
 
-    def put_anchor_contract(self, chain_id: int, origin: str, contract: str,
-                            now_ms: int) -> None:
-        """Remember this log's anchor contract on a chain (once per chain and origin)."""
+    def put_chain_contract(self, chain_id: int, name: str, contract: str,
+                           now_ms: int) -> None:
+        """Remember this site's contract `name` on a chain (once per chain and name)."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(t.anchor_contracts).values(
-                    chain_id=chain_id, origin=origin, contract=contract,
-                    deployed_at_ms=now_ms))
+                conn.execute(insert(t.chain_contracts).values(
+                    chain_id=chain_id, name=name, contract=contract, deployed_at_ms=now_ms))
         except IntegrityError as exc:
-            raise ConflictError(f"store: chain {chain_id} already has an anchor contract for "
-                                f"{origin!r}") from exc
+            raise ConflictError(f"store: chain {chain_id} already has a contract "
+                                f"{name!r}") from exc
+
+    # Consent-gated access -----------------------------------------------------------------
+
+    def set_token_address(self, token_hash: bytes, address: str) -> None:
+        """Record the chain address a token's holder is granted consent at."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.token_addresses).where(
+                t.token_addresses.c.token_hash == token_hash))
+            conn.execute(insert(t.token_addresses).values(token_hash=token_hash,
+                                                          address=address))
+
+    def token_address(self, token_hash: bytes) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.token_addresses.c.address).where(
+                t.token_addresses.c.token_hash == token_hash)).scalar()
+
+    def log_access(self, at_ms: int, caller: str, role: str, address: str | None,
+                   patient_id: str, purpose: str, allowed: bool, reason: str) -> None:
+        """Keep one access decision."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.access_decisions).values(
+                at_ms=at_ms, caller=caller, role=role, address=address,
+                patient_id=patient_id, purpose=purpose, allowed=allowed, reason=reason[:300]))
+
+    def access_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest access decisions, newest first."""
+        c = t.access_decisions.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.access_decisions).order_by(c.decision_id.desc())
+                                .limit(limit))
+            return [r._asdict() for r in rows]
 
     def all_cosignatures(self) -> list[tuple[str, int, bytes, str, str]]:
         """Every stored cosignature as (origin, size, root, witness, line), by size."""

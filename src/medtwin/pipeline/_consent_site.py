@@ -1,0 +1,62 @@
+"""Consent-gated reads for a site (`Settings.consent_required`): the `Consent` contract on the
+site's chain (deployed once and remembered; per process on the embedded chain), each twin's
+token minted to its patient's key, and a policy that follows the chain's grants and keeps
+every decision in the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from medtwin.access import AccessDecision, Caller, ConsentPolicy
+from medtwin.crypto import load_or_create_secret
+from medtwin.ledger import Chain, ConsentRegistry, ConsentView, Purpose
+from medtwin.pipeline._pipeline import Pipeline
+
+#: The key under which token ids are derived from patient ids; it must never change.
+CONSENT_KEY_FILE = "consent-token.key"
+
+
+class SiteConsent:
+    """The site's consent registry and its access policy."""
+
+    def __init__(self, pipeline: Pipeline, registry: ConsentRegistry) -> None:
+        self.registry = registry
+        self._store = pipeline.store
+        self.policy = ConsentPolicy(ConsentView(registry),
+                                    clock=lambda: pipeline.clock() / 1000.0, audit=self._log)
+
+    @classmethod
+    def open(cls, pipeline: Pipeline, chain: Chain) -> SiteConsent:
+        """Attach to the site's consent contract on `chain`, or deploy it."""
+        settings = pipeline.settings
+        key = load_or_create_secret(settings.resolved_keys_dir / CONSENT_KEY_FILE,
+                                    "consent token key")
+        name = f"consent {settings.log_origin}"
+        address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id,
+                                                                             name)
+        if address is not None:
+            registry = ConsentRegistry.attach(chain, address, key)
+        else:
+            registry = ConsentRegistry.deploy(chain, key)
+            if not chain.embedded:
+                pipeline.store.put_chain_contract(chain.chain_id, name, registry.address,
+                                                  pipeline.clock())
+        return cls(pipeline, registry)
+
+    def mint(self, patient_id: str, owner: str) -> int:
+        """Mint the twin's ownership token to the patient's address."""
+        return self.registry.mint_twin(patient_id, owner)
+
+    def decide(self, caller: Caller, patient_id: str,
+               purpose: str = Purpose.TREATMENT) -> AccessDecision:
+        """May `caller` read this twin now? The chain's grants decide; the decision is kept."""
+        return self.policy.decide(caller, patient_id, purpose)
+
+    def readable(self, caller: Caller, patient_ids: Iterable[str]) -> set[str]:
+        """The patients among `patient_ids` whose twins `caller` may read now."""
+        return {p for p in patient_ids if self.decide(caller, p).allowed}
+
+    def _log(self, decision: AccessDecision) -> None:
+        self._store.log_access(int(decision.at_s * 1000), decision.caller, decision.role,
+                               decision.address, decision.patient_id, decision.purpose,
+                               decision.allowed, decision.reason)
