@@ -33,6 +33,9 @@ DEFAULT_LOG_SIGNATURE_SUITE = "ed25519"
 DEFAULT_LOG_ORIGIN = "medtwin.local/log"
 #: Most packets the API gathers into one transaction (group commit).
 DEFAULT_MAX_BATCH = 256
+#: Seconds of site time between two twin snapshots in the log (0: none); `verify --replay`
+#: re-derives each from the logged inputs.
+DEFAULT_SNAPSHOT_INTERVAL_S = 900.0
 #: Seconds between two checkpoint anchors on the chain (0: no anchoring). One transaction
 #: per interval, never per reading: eth-tester makes 20-30 transactions/s.
 DEFAULT_ANCHOR_INTERVAL_S = 5.0
@@ -85,6 +88,7 @@ class Settings:
     chain_url: str | None = None
     anchor_interval_s: float = DEFAULT_ANCHOR_INTERVAL_S
     consent_required: bool = False
+    snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     clock: Callable[[], int] = field(default=wall_clock_ms, compare=False)
 
     @property
@@ -135,6 +139,12 @@ class Settings:
                 raise ConfigError("config: MEDTWIN_CONSENT must be 1 (reads of a twin need its "
                                   "patient's grant on the chain) or 0")
             values["consent_required"] = flag in ("1", "true")
+        if "MEDTWIN_SNAPSHOT_INTERVAL_S" in env:
+            try:
+                values["snapshot_interval_s"] = float(env["MEDTWIN_SNAPSHOT_INTERVAL_S"])
+            except ValueError as exc:
+                raise ConfigError("config: MEDTWIN_SNAPSHOT_INTERVAL_S must be a number of "
+                                  "seconds (0: no snapshots)") from exc
         if "MEDTWIN_WITNESSES" in env:
             values["witnesses"] = parse_witnesses(env["MEDTWIN_WITNESSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})

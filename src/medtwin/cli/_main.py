@@ -319,7 +319,11 @@ def personalize(
 
 
 @app.command()
-def verify(data_dir: DataDir = None) -> None:
+def verify(data_dir: DataDir = None,
+           replay: Annotated[bool, typer.Option(
+               "--replay", help="Also re-derive the twins and alerts from the logged inputs "
+                                "and compare them with every logged snapshot and alert (the "
+                                "evil-twin check; stop the site first).")] = False) -> None:
     """Recompute the log from the store and check every record and the signed tree head."""
     settings = _settings(data_dir)
     if not Path(settings.resolved_database_url.removeprefix("sqlite:///")).exists() and (
@@ -330,6 +334,10 @@ def verify(data_dir: DataDir = None) -> None:
         lock: WriterLock | None = WriterLock.acquire(settings.data_dir)
     except ConfigError:
         lock = None
+        if replay:
+            console.print("[bold red]error:[/] the site is live; stop it before "
+                          "`verify --replay` (the replay must see a log that stands still)")
+            raise typer.Exit(1) from None
         console.print("the site is live: records written during the check may be reported as "
                       "a mismatch; `GET /v1/verify` checks a live site consistently")
     store = Store(settings.resolved_database_url)
@@ -339,6 +347,7 @@ def verify(data_dir: DataDir = None) -> None:
         claims = checkpoint_claims(store, settings, chain)
         report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite),
                               claims.claims)
+        replayed = Pipeline.check_replay(settings) if replay else None
     except MedtwinError as exc:
         raise _fail(exc) from exc
     finally:
@@ -365,6 +374,15 @@ def verify(data_dir: DataDir = None) -> None:
         console.print(f"{claims.anchors_unreachable} indexed anchors are on a chain not "
                       "reachable here (an embedded chain ends with its process; set "
                       "MEDTWIN_CHAIN_URL to check a network's)")
+    if replayed is not None:
+        if not replayed.ok:
+            for line in replayed.mismatches[:20]:
+                console.print(f"[bold red]replay:[/] {line}")
+            console.print(f"[bold red]verify --replay: FAILED[/] {len(replayed.mismatches)} "
+                          "snapshots or alerts are not what the logged inputs imply")
+            raise typer.Exit(1)
+        console.print(f"replay: {replayed.batches} batches re-derived from the logged inputs; "
+                      f"{replayed.snapshots} twin snapshots and {replayed.alerts} alerts match")
     if claims.cosignatures_unverified:
         console.print(f"{claims.cosignatures_unverified} cosignatures are from witnesses no "
                       "longer in MEDTWIN_WITNESSES: their roots were checked, not their "
@@ -624,6 +642,8 @@ def bench(quick: Annotated[bool, typer.Option(help="A small, fast run (CI).")] =
     for crypto_table in crypto_suite_tables(quick):
         console.print(crypto_table)
     console.print(packet_cpu_table(quick))
+    from medtwin.cli._bench_log import log_table
+    console.print(log_table(quick))
     try:
         from medtwin.cli._bench_anchoring import anchoring_table
         console.print(anchoring_table(quick))

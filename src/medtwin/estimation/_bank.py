@@ -15,6 +15,7 @@ A patient's twin has three parts that see the same readings:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,17 @@ class TwinBank:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def digest(self, patient_id: str) -> bytes:
+        """SHA-256 over everything the twin holds for one patient (state, model rows and
+        parameters, bit for bit): two twins with equal digests are the same twin."""
+        row = self._rows[patient_id]
+        h = hashlib.sha256(patient_id.encode("utf-8"))
+        for part in (self._state, self._glucose, self._glucose_params, self._vitals,
+                     self._vitals_params):
+            for array in part:
+                h.update(np.ascontiguousarray(array[row]).tobytes())
+        return h.digest()
 
     def row(self, patient_id: str) -> int:
         """The row of `patient_id`, adding the patient on first sight."""

@@ -6,7 +6,10 @@ memory changes until the batch is durable in the store, so a failed write change
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
+import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -41,6 +44,7 @@ from medtwin.domain import (
     Provenance,
     ReadingBatch,
     TwinState,
+    canonical_json,
 )
 from medtwin.errors import (
     ConfigError,
@@ -109,6 +113,7 @@ from medtwin.store import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SnapshotRecord,
     Store,
     TwinParamsRecord,
 )
@@ -200,6 +205,21 @@ GLUCOSE_MODEL = "glucose"
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What replaying the logged inputs re-derived (`verify --replay`): batches replayed,
+    snapshots and alerts compared, and every one the inputs do not imply."""
+
+    batches: int
+    snapshots: int
+    alerts: int
+    mismatches: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+@dataclass(frozen=True, slots=True)
 class Personalized:
     """A patient's identified glucose-model parameters, as logged at `leaf_index`: values and
     posterior log-standard deviations (≈ relative spreads) of the identified fields, and how
@@ -229,7 +249,8 @@ class WhatIf:
 class Pipeline:
     """A site's twin kernel: registered devices, the twin bank, the log and the store."""
 
-    def __init__(self, settings: Settings, store: Store, keys: SiteKeys) -> None:
+    def __init__(self, settings: Settings, store: Store, keys: SiteKeys,
+                 check_replay: bool = False) -> None:
         self.settings = settings
         self.clock = settings.clock
         self.store = store
@@ -250,7 +271,11 @@ class Pipeline:
         self._devices = {d.device_id: d for d in store.devices()}
         self._tree = MerkleTree(store.leaf_hashes())
         self._active = np.zeros((0, N_RULES), dtype=bool)
-        self._rebuild_twin()
+        snapshots = store.snapshots()
+        self._next_snapshot_ms = (snapshots[-1].time_ms + self._snapshot_every_ms()
+                                  if snapshots else 0)
+        #: What the restart replay checked (snapshots and alerts only with `check_replay`).
+        self.replay_report = self._rebuild_twin(check_replay)
 
     @classmethod
     def open(cls, settings: Settings) -> Pipeline:
@@ -277,6 +302,18 @@ class Pipeline:
             raise
         pipeline._writer_lock = lock
         return pipeline
+
+    @classmethod
+    def check_replay(cls, settings: Settings) -> ReplayReport:
+        """The evil-twin check of a site: re-derive its twins and alerts from the logged
+        inputs (reading the store, writing nothing) and compare them with every logged
+        snapshot and alert. Run it on a stopped site, or under its writer lock."""
+        store = Store(settings.resolved_database_url)
+        try:
+            keys = SiteKeys.load(settings.resolved_keys_dir)
+            return cls(settings, store, keys, check_replay=True).replay_report
+        finally:
+            store.close()
 
     def _check_store(self) -> None:
         """Refuse a store whose records, leaves, devices or sequence numbers disagree with
@@ -315,13 +352,17 @@ class Pipeline:
             # held, residual tests, device behaviour; (3) clinical rules on the patients
             # the batch touched
             step = self._advance([a.packet for a in admitted], self._packet_meta(verdicts, now))
-            # (4) seal and log: records, leaves and a signed tree head
+            # (4) seal and log: records, leaves and a signed tree head; when due, first a
+            # snapshot of the twins as they stand before this batch
             tree = self._tree.copy()
-            commit, outcomes = self._seal_and_log(verdicts, step, tree, now)
+            snapshot = self._snapshot(tree.size, now) if verdicts else None
+            commit, outcomes = self._seal_and_log(verdicts, step, tree, now, snapshot)
             # (5) durable before anything is acknowledged or shown
             self.store.commit(commit)
             # (6) make it current, and tell the subscribers
             self._tree = tree
+            if snapshot is not None:
+                self._next_snapshot_ms = now + self._snapshot_every_ms()
             self.twin.apply(step.update)
             self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined),
                              step.held)
@@ -444,8 +485,24 @@ class Pipeline:
             out.append((draft, self.guard.finding(draft, convicts)))
         return out, quarantined
 
+    def _snapshot_every_ms(self) -> int:
+        return int(self.settings.snapshot_interval_s * 1000)
+
+    def _snapshot(self, leaf_index: int, now: int) -> SnapshotRecord | None:
+        """A snapshot of every (not erased) twin before the batch at `leaf_index`, if one
+        is due (`Settings.snapshot_interval_s` since the last; 0: never)."""
+        if self.settings.snapshot_interval_s <= 0 or now < self._next_snapshot_ms:
+            return None
+        return SnapshotRecord(leaf_index, now, self._digests())
+
+    def _digests(self) -> bytes:
+        return canonical_json([[p, self.twin.digest(p).hex()]
+                               for p in sorted(self.twin.patient_ids())
+                               if p not in self._erased])
+
     def _seal_and_log(self, verdicts: Sequence[Verdict], step: _Step, tree: MerkleTree,
-                      now: int) -> tuple[Commit, list[Outcome]]:
+                      now: int, snapshot: SnapshotRecord | None = None
+                      ) -> tuple[Commit, list[Outcome]]:
         packets: list[PacketRecord] = []
         rejections: list[RejectionRecord] = []
         alert_records: list[AlertRecord] = []
@@ -459,10 +516,13 @@ class Pipeline:
         update = step.update
 
         def log(record: PacketRecord | AlertRecord | RejectionRecord | FindingRecord
-                | RegistrationRecord) -> None:
+                | RegistrationRecord | SnapshotRecord) -> None:
             h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
             tree.append_hash(h)
             leaves.append((record.leaf_index, record.kind, h))
+
+        if snapshot is not None:
+            log(snapshot)
 
         admitted_at: list[int] = []
         for k, verdict in enumerate(verdicts):
@@ -544,7 +604,8 @@ class Pipeline:
             outcomes[k] = replace(accepted, findings=tuple(found))
         head = self._sign_head(tree, now) if leaves else None
         commit = Commit(tuple(packets), tuple(alert_records), tuple(rejections), tuple(leaves),
-                        head, seqs, tuple(registrations), findings=tuple(finding_records))
+                        head, seqs, tuple(registrations), findings=tuple(finding_records),
+                        snapshots=(snapshot,) if snapshot is not None else ())
         return commit, outcomes
 
     def _sign_head(self, tree: MerkleTree, now: int) -> HeadRecord:
@@ -1015,44 +1076,68 @@ class Pipeline:
                 bands[c] = (float(low[0, 0, i]), float(high[0, 0, i]))
         return bands
 
-    def _rebuild_twin(self) -> None:
+    def _rebuild_twin(self, check: bool = False) -> ReplayReport:
         """Replay the stored packets, batch by batch as they were processed, with the twin
         parameters and device statuses where they were logged, so a restart resumes with
         exactly the twin, guard and rule state the site had. Erased patients' packets cannot
-        be opened: they are skipped and counted in `replay_skipped`."""
+        be opened: they are skipped and counted in `replay_skipped`. With `check`, every
+        logged snapshot is compared with the replayed twins at its place in the log, and
+        every logged alert with the alerts the replayed batches raise (the evil-twin check)."""
         for patient_id in self._wrapped:
             self.twin.row(patient_id)
-        params = iter(p for p in self.store.twin_params() if p.patient_id not in self._erased)
-        statuses = iter(self.store.registrations())
-        waiting = next(params, None)
-        status = next(statuses, None)
-        for batch_index, records in itertools.groupby(self.store.packets(),
-                                                      key=lambda r: r.batch_index):
-            while waiting is not None and waiting.leaf_index < batch_index:
-                self._apply_params(waiting)
-                waiting = next(params, None)
-            while status is not None and status.leaf_index < batch_index:
-                self._replay_status(status)
-                status = next(statuses, None)
-            stored = list(records)
-            batch = [r for r in stored if r.patient_id not in self._erased]
-            self.replay_skipped += len(stored) - len(batch)
-            if not batch:
-                continue
-            packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
-                              self._open_readings(r), Provenance(r.provenance))
-                       for r in batch]
-            step = self._advance(packets, self._stored_meta(batch))
-            self.twin.apply(step.update)
-            self.guard.apply(step.screen, step.judgement, step.behaviour, list(step.quarantined),
-                             step.held)
-            self._active[step.update.rows] = step.active
-        while waiting is not None:
-            self._apply_params(waiting)
-            waiting = next(params, None)
-        while status is not None:
-            self._replay_status(status)
-            status = next(statuses, None)
+        params = (p for p in self.store.twin_params() if p.patient_id not in self._erased)
+        batches = ((index, list(records)) for index, records in
+                   itertools.groupby(self.store.packets(), key=lambda r: r.batch_index))
+        events: list[Any] = [((p.leaf_index, 1), p) for p in params]
+        events += [((r.leaf_index, 1), r) for r in self.store.registrations()]
+        events += [((s.leaf_index, 0), s) for s in (self.store.snapshots() if check else ())]
+        mismatches: list[str] = []
+        replayed_alerts: list[tuple[int, tuple[str, str, str, int]]] = []
+        n_batches = 0
+        for _, item in heapq.merge(sorted(events, key=lambda e: e[0]),
+                                   (((b, 1), (b, recs)) for b, recs in batches),
+                                   key=lambda e: e[0]):
+            if isinstance(item, TwinParamsRecord):
+                self._apply_params(item)
+            elif isinstance(item, RegistrationRecord):
+                self._replay_status(item)
+            elif isinstance(item, SnapshotRecord):
+                mismatches += self._compare_snapshot(item)
+            else:
+                batch_index, stored = item
+                batch = [r for r in stored if r.patient_id not in self._erased]
+                self.replay_skipped += len(stored) - len(batch)
+                if not batch:
+                    continue
+                n_batches += 1
+                packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
+                                  self._open_readings(r), Provenance(r.provenance))
+                           for r in batch]
+                step = self._advance(packets, self._stored_meta(batch))
+                self.twin.apply(step.update)
+                self.guard.apply(step.screen, step.judgement, step.behaviour,
+                                 list(step.quarantined), step.held)
+                self._active[step.update.rows] = step.active
+                if check:
+                    replayed_alerts += [(batch_index, (a.patient_id, a.rule,
+                                                       a.severity.value, a.time_ms))
+                                        for a in step.alerts]
+        if not check:
+            return ReplayReport(n_batches, 0, 0, ())
+        logged = [a for a in self.store.alert_records() if a.patient_id not in self._erased]
+        mismatches += _compare_alerts(logged, replayed_alerts)
+        return ReplayReport(n_batches, sum(isinstance(e[1], SnapshotRecord) for e in events),
+                            len(logged), tuple(mismatches))
+
+    def _compare_snapshot(self, snapshot: SnapshotRecord) -> list[str]:
+        """Where the replayed twins differ from a logged snapshot (erased patients aside)."""
+        logged = {p: d for p, d in json.loads(snapshot.digests) if p not in self._erased}
+        now = dict(json.loads(self._digests()))
+        differ = sorted(p for p in set(logged) | set(now) if logged.get(p) != now.get(p))
+        if not differ:
+            return []
+        return [f"{snapshot.describe()}: the twin of {len(differ)} patient(s) (first "
+                f"{differ[0]!r}) is not what the logged inputs imply"]
 
     def _replay_status(self, record: RegistrationRecord) -> None:
         source = np.array([self.guard.source(record.patient_id, record.device_id)], np.intp)
@@ -1185,3 +1270,24 @@ def _check_reason(reason: str, action: str, what: str) -> None:
         raise InvalidInputError(f"pipeline: a reason for {action} is at most "
                                 f"{MAX_REASON_LENGTH} characters (it stays in the log for good: "
                                 "give a ticket number and the grounds, no personal details)")
+
+
+def _compare_alerts(logged: Sequence[AlertRecord],
+                    replayed: Sequence[tuple[int, tuple[str, str, str, int]]]) -> list[str]:
+    """Alerts logged that the replayed batches did not raise, and the reverse: each logged
+    alert belongs to the last replayed batch that starts before it."""
+    starts = sorted({b for b, _ in replayed} | {0})
+    by_batch: dict[int, list[tuple[str, str, str, int]]] = {}
+    for b, key in replayed:
+        by_batch.setdefault(b, []).append(key)
+    out = []
+    for record in logged:
+        b = starts[bisect.bisect_right(starts, record.leaf_index) - 1]
+        key = (record.patient_id, record.rule, record.severity, record.time_ms)
+        if key in by_batch.get(b, []):
+            by_batch[b].remove(key)
+        else:
+            out.append(f"{record.describe()}: the logged inputs do not raise this alert")
+    for b, keys in sorted(by_batch.items()):
+        out += [f"the batch at #{b} raises a {rule} alert the log lacks" for _, rule, _, _ in keys]
+    return out

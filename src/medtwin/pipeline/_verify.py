@@ -81,6 +81,7 @@ class VerifyReport:
     unreadable: int = 0
     rotations: int = 0
     checkpoints_checked: int = 0
+    snapshots: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey,
@@ -111,7 +112,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
-              "finding": 0, "erasure": 0, "kek-rotation": 0}
+              "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     last_seq: dict[str, int] = {}
@@ -200,7 +201,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures, counts["erasure"], unreadable, counts["kek-rotation"],
-                        len(claims))
+                        len(claims), counts["snapshot"])
 
 
 def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:

@@ -12,6 +12,7 @@ from medtwin.store._records import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SnapshotRecord,
     TwinParamsRecord,
 )
 from medtwin.store._store import Store
@@ -28,6 +29,7 @@ __all__ = [
     "RegistrationRecord",
     "RejectionRecord",
     "RotationRecord",
+    "SnapshotRecord",
     "Store",
     "TwinParamsRecord",
 ]

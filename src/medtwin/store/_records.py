@@ -136,6 +136,26 @@ class TwinParamsRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """The twins as they stood before the batch starting at `leaf_index` was applied: one
+    SHA-256 per patient over everything their twin holds (state, model rows, parameters),
+    `digests` as canonical JSON [[patient_id, hex], ...]. Hashes only: a snapshot reveals no
+    value, and replaying the logged inputs must reproduce every one (`verify --replay`)."""
+
+    leaf_index: int
+    time_ms: int
+    digests: bytes
+
+    kind = "snapshot"
+
+    def commit_bytes(self) -> bytes:
+        return b"\n".join((canonical_json([self.time_ms]), self.digests))
+
+    def describe(self) -> str:
+        return f"twin snapshot #{self.leaf_index}"
+
+
+@dataclass(frozen=True, slots=True)
 class FindingRecord:
     """A guard finding: its code, device and data time in the clear (a security analyst
     counts them without patient data), the explanation only as ciphertext."""
@@ -201,7 +221,7 @@ class RotationRecord:
 
 
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
-          | FindingRecord | ErasureRecord | RotationRecord)
+          | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,3 +267,4 @@ class Commit:
     findings: tuple[FindingRecord, ...] = ()
     erasures: tuple[ErasureRecord, ...] = ()
     rotations: tuple[RotationRecord, ...] = ()
+    snapshots: tuple[SnapshotRecord, ...] = ()

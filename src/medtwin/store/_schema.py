@@ -92,6 +92,13 @@ findings = Table(
     Column("envelope", LargeBinary, nullable=False),
 )
 
+snapshots = Table(
+    "snapshots", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("digests", LargeBinary, nullable=False),
+)
+
 twin_params = Table(
     "twin_params", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

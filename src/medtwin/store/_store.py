@@ -40,6 +40,7 @@ from medtwin.store._records import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SnapshotRecord,
     TwinParamsRecord,
 )
 
@@ -189,6 +190,8 @@ class Store:
                     conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
                 if batch.findings:
                     conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
+                if batch.snapshots:
+                    conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
                 for rotation in batch.rotations:
                     conn.execute(insert(t.kek_rotations).values(**_row(rotation)))
                 for erasure in batch.erasures:
@@ -282,8 +285,22 @@ class Store:
                     select(t.erasures).order_by(t.erasures.c.leaf_index))),
                 (RotationRecord(**r._asdict()) for r in conn.execute(
                     select(t.kek_rotations).order_by(t.kek_rotations.c.leaf_index))),
+                (SnapshotRecord(**r._asdict()) for r in conn.execute(
+                    select(t.snapshots).order_by(t.snapshots.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        """Every twin snapshot, in leaf order."""
+        with self.engine.connect() as conn:
+            return [SnapshotRecord(**r._asdict()) for r in conn.execute(
+                select(t.snapshots).order_by(t.snapshots.c.leaf_index))]
+
+    def alert_records(self) -> list[AlertRecord]:
+        """Every alert record, in leaf order (rule, severity and time in the clear)."""
+        with self.engine.connect() as conn:
+            return [AlertRecord(**r._asdict()) for r in conn.execute(
+                select(t.alerts).order_by(t.alerts.c.leaf_index))]
 
     def leaf_hashes(self) -> list[bytes]:
         """Stored leaf hashes in order."""
