@@ -28,15 +28,19 @@ from medtwin.errors import (
     ChainError,
     ConfigError,
     ConflictError,
+    GateRejection,
     InvalidInputError,
     MedtwinError,
     NotFoundError,
     PatientErasedError,
 )
+from medtwin.ingest import decode_json
 from medtwin.pipeline import (
     MAX_WHATIF_STEPS,
     Accepted,
+    Outcome,
     Pipeline,
+    SessionSubmission,
     SignedSubmission,
     SiteConsent,
     alert_json,
@@ -61,6 +65,9 @@ _REJECTION_STATUS = {
     RejectReason.WRONG_UNIT: 422,
     RejectReason.IMPOSSIBLE_VALUE: 422,
     RejectReason.UNKNOWN_PATIENT: 422,
+    RejectReason.UNKNOWN_SESSION: 401,
+    RejectReason.SESSION_EXPIRED: 401,
+    RejectReason.BAD_SESSION_TAG: 401,
 }
 
 IdStr = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
@@ -128,6 +135,19 @@ class TokenIn(BaseModel):
     role: Role
     address: Address | None = Field(None, description="The holder's chain address, to which "
                                                       "patients grant consent")
+
+
+def _packet_answer(outcome: Outcome, limiter: RateLimiter, address: str) -> JSONResponse:
+    """The answer to one ingested packet (signed or session), once durable."""
+    if isinstance(outcome, Accepted):
+        limiter.vouch(outcome.device_id, address)
+        return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,
+                             "device_id": outcome.device_id, "seq": outcome.seq,
+                             "readings": outcome.n_readings, "held": int(outcome.held.sum())})
+    error = outcome.error
+    return JSONResponse({"status": "rejected", "reason": error.reason.value,
+                         "detail": str(error), "leaf_index": outcome.leaf_index},
+                        status_code=_REJECTION_STATUS[error.reason])
 
 
 def _event_patient(event: dict[str, Any]) -> str | None:
@@ -225,17 +245,59 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
         throttled = await limiter.admit(submission.envelope, address)
         if throttled is not None:  # answered here: a flood never reaches the gate or log
             return throttled_response(throttled)
-        outcome = await batcher.submit(submission)
-        if isinstance(outcome, Accepted):
-            limiter.vouch(outcome.device_id, address)
-            return JSONResponse({"status": "accepted", "leaf_index": outcome.leaf_index,
-                                 "device_id": outcome.device_id, "seq": outcome.seq,
-                                 "readings": outcome.n_readings,
-                                 "held": int(outcome.held.sum())})
-        error = outcome.error
-        return JSONResponse({"status": "rejected", "reason": error.reason.value,
-                             "detail": str(error), "leaf_index": outcome.leaf_index},
-                            status_code=_REJECTION_STATUS[error.reason])
+        return _packet_answer(await batcher.submit(submission), limiter, address)
+
+    @app.get("/v1/session-key", tags=["ingest"])
+    def session_key() -> dict[str, str]:
+        """The site's session KEM key (suite, public key in base64 and its id) that a device
+        encapsulates to in a session handshake. New at every start of the site: a device
+        whose frames answer `unknown-session` fetches it and handshakes again."""
+        return pipeline.gate.session_key
+
+    @app.post("/v1/sessions", status_code=201, tags=["ingest"], responses={
+        400: {"description": "Malformed"}, 401: {"description": "Unknown device, bad "
+                                                              "signature, stale session key"},
+        409: {"description": "Handshake already used"},
+        429: {"description": "Rate-limited"}})
+    async def open_session(request: Request) -> JSONResponse:
+        """Open a device session from a handshake signed by the device's registered key and
+        keyed by hybrid X25519+ML-KEM-768 (`medtwin.crypto.build_handshake`); then send
+        AEAD frames to `/v1/session-packets`. The handshake is logged."""
+        body, size = await _read_capped(request, MAX_PACKET_BYTES)
+        envelope = decode_json(body) if size <= MAX_PACKET_BYTES else None
+        handshake = envelope.get("handshake") if isinstance(envelope, dict) else None
+        claimed = handshake.get("device_id") if isinstance(handshake, dict) else None
+        address = address_of(request)
+        [throttled] = limiter.take([claimed if isinstance(claimed, str) else None], address)
+        if throttled is not None:
+            return throttled_response(throttled)
+        try:
+            opened = await asyncio.to_thread(pipeline.open_session, envelope, size)
+        except GateRejection as error:
+            return JSONResponse({"status": "rejected", "reason": error.reason.value,
+                                 "detail": str(error)},
+                                status_code=_REJECTION_STATUS[error.reason])
+        limiter.vouch(opened.device_id, address)
+        return JSONResponse({"session_id": opened.session_id, "device_id": opened.device_id,
+                             "expires_at_ms": opened.expires_at_ms,
+                             "max_packets": opened.max_packets}, status_code=201)
+
+    @app.post("/v1/session-packets", tags=["ingest"], responses={
+        200: {"description": "Accepted and durable"},
+        401: {"description": "Unknown or expired session, or a bad tag"},
+        409: {"description": "Replayed sequence"}, 413: {"description": "Too large"},
+        422: {"description": "Readings refused"}, 429: {"description": "Rate-limited"}})
+    async def ingest_session_packet(request: Request) -> JSONResponse:
+        """Ingest one session frame (binary: header, then the AEAD-sealed packet JSON);
+        authenticated by the session's key, replay-protected by its sequence number."""
+        body, size = await _read_capped(request, MAX_PACKET_BYTES)
+        submission = SessionSubmission.from_bytes(body if size <= MAX_PACKET_BYTES else b"",
+                                                  size)
+        address = address_of(request)
+        [throttled] = limiter.take([pipeline.gate.session_device(submission.frame)], address)
+        if throttled is not None:
+            return throttled_response(throttled)
+        return _packet_answer(await batcher.submit(submission), limiter, address)
 
     @app.post("/v1/patients", status_code=201, tags=["admin"])
     def add_patient(body: PatientIn, _caller: Caller = manage) -> dict[str, Any]:

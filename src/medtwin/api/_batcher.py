@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from medtwin.pipeline import Outcome, Pipeline, SignedSubmission
+from medtwin.pipeline import Outcome, Pipeline, SessionSubmission, SignedSubmission
 
 
 class IngestBatcher:
@@ -17,7 +17,8 @@ class IngestBatcher:
     def __init__(self, pipeline: Pipeline, max_batch: int) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[SignedSubmission, asyncio.Future[Outcome]]] | None
+        self._queue: asyncio.Queue[tuple[SignedSubmission | SessionSubmission,
+                                         asyncio.Future[Outcome]]] | None
         self._queue = None
         self._task: asyncio.Task[None] | None = None
 
@@ -31,7 +32,7 @@ class IngestBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, submission: SignedSubmission) -> Outcome:
+    async def submit(self, submission: SignedSubmission | SessionSubmission) -> Outcome:
         """Queue one submission; returns its outcome once durable (or raises the batch's
         error)."""
         if self._queue is None:

@@ -336,6 +336,22 @@ class Gate:
         return SessionOpened(keys.session_id.hex(), device.device_id, session.expires_at_ms,
                              self.max_session_packets)
 
+    def session_device(self, frame: bytes) -> str | None:
+        """The device whose live session a frame's header names (untrusted until the gate
+        opens the frame: used to rate-limit), or None."""
+        try:
+            header = parse_frame_header(frame)
+        except (CryptoError, ValueError):
+            return None
+        with self._sessions_lock:
+            session = self._sessions.get(header.session_id)
+            return None if session is None else session.device_id
+
+    def close_session(self, session_id: str) -> None:
+        """End a session now (hex id; unknown ids are ignored)."""
+        with self._sessions_lock:
+            self._forget(bytes.fromhex(session_id))
+
     def _forget(self, session_id: bytes) -> None:
         """Drop a session (the caller holds the sessions lock)."""
         session = self._sessions.pop(session_id, None)

@@ -1,6 +1,6 @@
 """Composes the one path of a reading; the only place that knows the order of the steps."""
 
-from medtwin.ingest import SignedSubmission
+from medtwin.ingest import SessionSubmission, SignedSubmission
 from medtwin.pipeline._anchoring import (
     CHAIN_KEY_FILE,
     Anchorer,
@@ -49,6 +49,7 @@ __all__ = [
     "Pipeline",
     "Rejected",
     "ReplayReport",
+    "SessionSubmission",
     "SignedSubmission",
     "SiteConsent",
     "VerifyReport",

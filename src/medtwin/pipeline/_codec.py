@@ -36,6 +36,9 @@ def encode_readings(batch: ReadingBatch) -> bytes:
 
 
 SIGNED_PACKET_TAG = b"\x02"
+#: Where a signed packet's record keeps its signature, a session packet's keeps this mark and
+#: the 16-byte id of the logged session whose key authenticated it.
+SESSION_MARK = b"session:"
 
 
 def encode_signed_packet(signed: bytes) -> bytes:

@@ -43,6 +43,7 @@ from medtwin.domain import (
     Patient,
     Provenance,
     ReadingBatch,
+    RejectReason,
     TwinState,
     canonical_json,
 )
@@ -75,7 +76,7 @@ from medtwin.guard import (
     Judgement,
     Screen,
 )
-from medtwin.ingest import Admitted, Gate, Refused, Submission, Verdict
+from medtwin.ingest import Admitted, Gate, Refused, SessionOpened, Submission, Verdict
 from medtwin.ledger import (
     MerkleTree,
     NoteSigner,
@@ -86,6 +87,7 @@ from medtwin.ledger import (
 )
 from medtwin.physiology import VITALS_OBSERVED_CHANNELS, GlucoseParams, basal_infusion_rate
 from medtwin.pipeline._codec import (
+    SESSION_MARK,
     alert_aad,
     decode_alert,
     decode_finding,
@@ -113,6 +115,7 @@ from medtwin.store import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SessionRecord,
     SnapshotRecord,
     Store,
     TwinParamsRecord,
@@ -256,7 +259,7 @@ class Pipeline:
         self.store = store
         self.keys = keys
         self.keyring = KeyRing(keys, settings.aead_suite)
-        self.gate = Gate(settings)
+        self.gate = Gate(settings, sessions=True)
         self.events = EventHub()
         self.twin = TwinBank()
         self.guard = GuardBank()
@@ -542,9 +545,13 @@ class Pipeline:
                        else encode_readings(pkt.readings))
             envelope = self.keyring.seal(pkt.patient_id, self._wrapped[pkt.patient_id],
                                          payload, packet_aad(index, pkt.patient_id))
+            # a session packet keeps, where a signed one keeps its signature, the id of the
+            # logged session whose key authenticated it
+            authenticated_by = (verdict.signature if verdict.session_id is None
+                                else SESSION_MARK + bytes.fromhex(verdict.session_id))
             prec = PacketRecord(index, batch_index, pkt.device_id, pkt.patient_id, pkt.seq,
                                 pkt.sent_at_ms, now, pkt.provenance.value, n, envelope,
-                                verdict.signature)
+                                authenticated_by)
             packets.append(prec)
             log(prec)
             if pkt.device_id in self._devices:
@@ -639,8 +646,8 @@ class Pipeline:
         self._devices[device.device_id] = device
         self._sync_blocked(device)
 
-    def _log_action(self, record: RegistrationRecord | ErasureRecord | RotationRecord,
-                    now: int) -> None:
+    def _log_action(self, record: RegistrationRecord | ErasureRecord | RotationRecord
+                    | SessionRecord, now: int) -> None:
         """Log one administrative record (at leaf `record.leaf_index`, the log's size) under a
         signed head, durably, and make it the log's newest; the caller holds the lock."""
         tree = self._tree.copy()
@@ -650,7 +657,8 @@ class Pipeline:
             (), (), (), ((record.leaf_index, record.kind, h),), self._sign_head(tree, now), {},
             registrations=(record,) if isinstance(record, RegistrationRecord) else (),
             erasures=(record,) if isinstance(record, ErasureRecord) else (),
-            rotations=(record,) if isinstance(record, RotationRecord) else ()))
+            rotations=(record,) if isinstance(record, RotationRecord) else (),
+            sessions=(record,) if isinstance(record, SessionRecord) else ()))
         self._tree = tree
 
     def _sync_blocked(self, device: Device) -> None:
@@ -670,6 +678,26 @@ class Pipeline:
         return events
 
     # Registration ---------------------------------------------------------------------------
+
+    def open_session(self, envelope: Any, size: int = 0) -> SessionOpened:
+        """Open a device session from its signed handshake (decoded JSON) and log the
+        handshake, so every session packet traces back to a handshake its device signed;
+        GateRejection with the reason if the gate refuses it."""
+        with self._lock:
+            now = self.clock()
+            opened = self.gate.open_session(envelope, now, self._devices, self._erased, size)
+            try:
+                if self.store.has_session(opened.session_id):
+                    raise GateRejection(RejectReason.REPLAYED_SEQUENCE, "this handshake was "
+                                        "already used; make a fresh one")
+                device = self._devices[opened.device_id]
+                self._log_action(SessionRecord(self._tree.size, device.device_id,
+                                               device.patient_id, opened.session_id, now,
+                                               canonical_json(envelope)), now)
+            except BaseException:
+                self.gate.close_session(opened.session_id)
+                raise
+            return opened
 
     def add_patient(self, patient_id: str) -> Patient:
         """Register a patient and create their data key; ConflictError if known."""

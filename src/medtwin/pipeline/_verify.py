@@ -11,6 +11,11 @@
   (6) with the site's keys: every device packet's stored bytes carry a valid signature of the
       device key registered when it arrived, and say the device, sequence number and send
       time its record says (a site cannot fabricate or re-file device data);
+  (6b) a session packet instead traces to a logged session of its device, whose handshake
+      carries the device's valid signature and names that session id; the packet's stored
+      bytes say the device, sequence number and send time its record says. Its per-packet
+      tag used the session key, which only the site and the device held: the handshake is
+      what anyone can re-check;
   (7) records of an erased patient (their data key destroyed) are checked by (2)-(5) from
       their stored bytes alone, counted as `unreadable`, and never opened; an erased
       patient whose key is back in the store fails verification.
@@ -24,12 +29,20 @@ verified is checked consistently; records appended since are reported as pending
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from medtwin.crypto import KeyRing, LogSigningKey, WrappedKey, verify_signature
+from medtwin.crypto import (
+    KeyRing,
+    LogSigningKey,
+    WrappedKey,
+    handshake_transcript,
+    verify_signature,
+)
 from medtwin.domain import PACKET_SIGNING_CONTEXT, DeviceStatus, Provenance
 from medtwin.errors import DecryptionError, SignatureError, VerificationError
 from medtwin.ingest import decode_json
@@ -41,7 +54,7 @@ from medtwin.ledger import (
     leaf_hash,
     verify_tree_head,
 )
-from medtwin.pipeline._codec import packet_aad, signed_bytes
+from medtwin.pipeline._codec import SESSION_MARK, packet_aad, signed_bytes
 from medtwin.store import (
     AlertRecord,
     FindingRecord,
@@ -49,6 +62,7 @@ from medtwin.store import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    SessionRecord,
     Store,
     TwinParamsRecord,
 )
@@ -82,6 +96,7 @@ class VerifyReport:
     rotations: int = 0
     checkpoints_checked: int = 0
     snapshots: int = 0
+    sessions: int = 0
 
 
 def verify_store(store: Store, log_key: LogSigningKey,
@@ -112,9 +127,10 @@ def verify_store(store: Store, log_key: LogSigningKey,
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
-              "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0}
+              "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
+    sessions: dict[str, SessionRecord] = {}
     last_seq: dict[str, int] = {}
     wrapped = ({p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
                if keyring is not None else {})
@@ -156,6 +172,9 @@ def verify_store(store: Store, log_key: LogSigningKey,
         unreadable += shredded
         if isinstance(record, RegistrationRecord):
             registered[record.device_id] = record
+        elif isinstance(record, SessionRecord):
+            _check_session(record, registered.get(record.device_id), keyring is not None)
+            sessions[record.session_id] = record
         elif isinstance(record, RejectionRecord) and record.seq is not None:
             _check_sequence(record, record.device_id or "", record.seq, last_seq)
         elif (isinstance(record, PacketRecord)
@@ -169,7 +188,16 @@ def verify_store(store: Store, log_key: LogSigningKey,
                     f"log: {record.describe()} is not from a device registered to its "
                     "patient", record.describe())
             _check_sequence(record, record.device_id, record.seq, last_seq)
-            if keyring is not None and not shredded:
+            if record.signature.startswith(SESSION_MARK):
+                # (6b): a session its device opened, logged before the packet
+                session = sessions.get(record.signature[len(SESSION_MARK):].hex())
+                if session is None or session.device_id != record.device_id:
+                    raise VerificationError(
+                        f"log: {record.describe()} names no logged session of its device",
+                        record.describe())
+                if keyring is not None and not shredded:
+                    _check_packet_claims(record, keyring, wrapped)
+            elif keyring is not None and not shredded:
                 # (6): the device's signature over the stored bytes
                 _check_signature(record, registration, keyring, wrapped)
                 signatures += 1
@@ -201,7 +229,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures, counts["erasure"], unreadable, counts["kek-rotation"],
-                        len(claims), counts["snapshot"])
+                        len(claims), counts["snapshot"], counts["session"])
 
 
 def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:
@@ -237,6 +265,45 @@ def _check_sequence(record: PacketRecord | RejectionRecord, device_id: str, seq:
             f"log: {record.describe()} reuses sequence number {seq} of device {device_id!r}: "
             "a replayed or duplicated packet", record.describe())
     last_seq[device_id] = seq
+
+
+def _check_session(record: SessionRecord, registration: RegistrationRecord | None,
+                   signatures: bool) -> None:
+    """(6b): the logged handshake is its device's, for this session id, and (with
+    `signatures`) signed by the device's registered key."""
+    where = record.describe()
+    if (registration is None or registration.patient_id != record.patient_id
+            or registration.status not in _STATUSES):
+        raise VerificationError(f"log: {where} is not from a device registered to its "
+                                "patient", where)
+    try:
+        envelope = decode_json(record.handshake)
+        transcript = handshake_transcript(envelope["handshake"])
+        if (envelope["handshake"]["device_id"] != record.device_id
+                or hashlib.sha256(transcript).digest()[:16].hex() != record.session_id):
+            raise SignatureError("the handshake is another session's")
+        if signatures:
+            verify_signature(registration.suite, registration.public_key, transcript,
+                             base64.b64decode(envelope["signature"], validate=True))
+    except (SignatureError, KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(f"session: {where} is not a handshake its device signed for "
+                                "that session", where) from exc
+
+
+def _check_packet_claims(record: PacketRecord, keyring: KeyRing,
+                         wrapped: dict[str, WrappedKey]) -> None:
+    """(6b): a session packet's stored bytes say what its record says."""
+    where = record.describe()
+    try:
+        payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
+                               packet_aad(record.leaf_index, record.patient_id))
+        packet = decode_json(signed_bytes(payload) or b"")
+        if (packet["device_id"], packet["seq"], packet["sent_at"]) != (
+                record.device_id, record.seq, record.sent_at_ms):
+            raise SignatureError("the stored packet is another packet")
+    except (DecryptionError, SignatureError, KeyError, TypeError) as exc:
+        raise VerificationError(f"session: {where} does not hold the packet its record "
+                                "describes: the packet was altered", where) from exc
 
 
 def _check_signature(record: PacketRecord, registration: RegistrationRecord,

@@ -12,6 +12,7 @@ from medtwin.store._records import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SessionRecord,
     SnapshotRecord,
     TwinParamsRecord,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RegistrationRecord",
     "RejectionRecord",
     "RotationRecord",
+    "SessionRecord",
     "SnapshotRecord",
     "Store",
     "TwinParamsRecord",

@@ -136,6 +136,29 @@ class TwinParamsRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A device session the gate opened: the device's signed handshake as it came (it binds
+    the site's session key, the KEM ciphertext and the session's start; no readings), so
+    `verify` can check that every session packet belongs to a session its device opened."""
+
+    leaf_index: int
+    device_id: str
+    patient_id: str
+    session_id: str
+    time_ms: int
+    handshake: bytes
+
+    kind = "session"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.device_id, self.patient_id, self.session_id, self.time_ms])
+        return b"\n".join((meta, self.handshake))
+
+    def describe(self) -> str:
+        return f"session #{self.leaf_index} of {self.device_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotRecord:
     """The twins as they stood before the batch starting at `leaf_index` was applied: one
     SHA-256 per patient over everything their twin holds (state, model rows, parameters),
@@ -221,7 +244,7 @@ class RotationRecord:
 
 
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
-          | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord)
+          | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord | SessionRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,3 +291,4 @@ class Commit:
     erasures: tuple[ErasureRecord, ...] = ()
     rotations: tuple[RotationRecord, ...] = ()
     snapshots: tuple[SnapshotRecord, ...] = ()
+    sessions: tuple[SessionRecord, ...] = ()

@@ -92,6 +92,16 @@ findings = Table(
     Column("envelope", LargeBinary, nullable=False),
 )
 
+sessions = Table(
+    "sessions", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("device_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("session_id", String(32), nullable=False, unique=True),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("handshake", LargeBinary, nullable=False),
+)
+
 snapshots = Table(
     "snapshots", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

@@ -40,6 +40,7 @@ from medtwin.store._records import (
     RegistrationRecord,
     RejectionRecord,
     RotationRecord,
+    SessionRecord,
     SnapshotRecord,
     TwinParamsRecord,
 )
@@ -192,6 +193,8 @@ class Store:
                     conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
                 if batch.snapshots:
                     conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
+                if batch.sessions:
+                    conn.execute(insert(t.sessions), [_row(s) for s in batch.sessions])
                 for rotation in batch.rotations:
                     conn.execute(insert(t.kek_rotations).values(**_row(rotation)))
                 for erasure in batch.erasures:
@@ -287,8 +290,16 @@ class Store:
                     select(t.kek_rotations).order_by(t.kek_rotations.c.leaf_index))),
                 (SnapshotRecord(**r._asdict()) for r in conn.execute(
                     select(t.snapshots).order_by(t.snapshots.c.leaf_index))),
+                (SessionRecord(**r._asdict()) for r in conn.execute(
+                    select(t.sessions).order_by(t.sessions.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether a session of this id was ever logged."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.sessions.c.leaf_index).where(
+                t.sessions.c.session_id == session_id)).first() is not None
 
     def snapshots(self) -> list[SnapshotRecord]:
         """Every twin snapshot, in leaf order."""

@@ -1,0 +1,97 @@
+"""Device sessions through the site: a handshake signed by the device key opens a session
+(logged), AEAD frames then carry packets with the device's one sequence of numbers, replays
+are refused, and `verify` traces every session packet back to its device's handshake."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.conftest import FakeClock
+
+from medtwin.api import create_app
+from medtwin.domain import Device
+from medtwin.errors import VerificationError
+from medtwin.pipeline import Pipeline, verify_store
+from medtwin.sim import SessionDevice
+
+
+@pytest.fixture
+def client(pipeline: Pipeline) -> Iterator[TestClient]:
+    with TestClient(create_app(pipeline)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def patch(pipeline: Pipeline, patient_id: str) -> SessionDevice:
+    device = SessionDevice("ecg-1", patient_id)
+    pipeline.add_device(Device(device.device_id, patient_id, device.suite, device.public_key))
+    return device
+
+
+def _open(client: TestClient, device: SessionDevice, clock: FakeClock) -> dict[str, object]:
+    key = client.get("/v1/session-key").json()
+    assert key["kem"] == "x25519+ml-kem-768"
+    answer = client.post("/v1/sessions", json=device.handshake(
+        base64.b64decode(key["public_key"]), clock()))
+    assert answer.status_code == 201, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
+def _frame(client: TestClient, device: SessionDevice, clock: FakeClock, hr: float = 72.0
+           ) -> tuple[int, dict[str, object], bytes]:
+    from medtwin.domain import Channel, Reading
+
+    clock.advance(1)
+    frame = device.frame([Reading(Channel.HEART_RATE, hr, clock())], clock())
+    answer = client.post("/v1/session-packets", content=frame,
+                         headers={"Content-Type": "application/octet-stream"})
+    return answer.status_code, answer.json(), frame
+
+
+def test_a_session_carries_packets_and_verifies(client: TestClient, pipeline: Pipeline,
+                                                patch: SessionDevice, clock: FakeClock) -> None:
+    opened = _open(client, patch, clock)
+    assert opened["device_id"] == "ecg-1"
+    for k in range(5):
+        status, body, _ = _frame(client, patch, clock, 70.0 + k)
+        assert (status, body["status"], body["seq"]) == (200, "accepted", k)
+    report = verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+    assert (report.sessions, report.packets) == (1, 5)
+    assert pipeline.store.has_session(str(opened["session_id"]))
+
+
+def test_replays_and_forgeries_are_refused(client: TestClient, pipeline: Pipeline,
+                                           patch: SessionDevice, clock: FakeClock) -> None:
+    handshake_key = base64.b64decode(client.get("/v1/session-key").json()["public_key"])
+    handshake = patch.handshake(handshake_key, clock())
+    assert client.post("/v1/sessions", json=handshake).status_code == 201
+    again = client.post("/v1/sessions", json=handshake)
+    assert (again.status_code, again.json()["reason"]) == (409, "replayed-sequence")
+    _, _, frame = _frame(client, patch, clock)
+    replay = client.post("/v1/session-packets", content=frame)
+    assert (replay.status_code, replay.json()["reason"]) == (409, "replayed-sequence")
+    tampered = bytearray(frame)
+    tampered[-1] ^= 1
+    bad = client.post("/v1/session-packets", content=bytes(tampered))
+    assert bad.status_code == 401
+    stranger = SessionDevice("ecg-9", "pt-1")
+    refused = client.post("/v1/sessions", json=stranger.handshake(handshake_key, clock()))
+    assert (refused.status_code, refused.json()["reason"]) == (401, "unknown-device")
+
+
+def test_verify_refuses_a_session_packet_without_its_handshake(
+        client: TestClient, pipeline: Pipeline, patch: SessionDevice, clock: FakeClock) -> None:
+    from sqlalchemy import update
+
+    from medtwin.store import _schema
+
+    _open(client, patch, clock)
+    _frame(client, patch, clock)
+    with pipeline.store.engine.begin() as conn:           # the logged handshake, altered
+        conn.execute(update(_schema.sessions).values(session_id="00" * 16))
+    with pytest.raises(VerificationError, match="session"):
+        verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
