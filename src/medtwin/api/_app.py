@@ -85,6 +85,12 @@ class PatientIn(BaseModel):
                                                     "where the site requires consent)")
 
 
+class DeviceKeyIn(BaseModel):
+    suite: str = "ed25519"
+    public_key: str = Field(description="The device's new raw public key, base64")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
 class OwnerIn(BaseModel):
     owner: Address
 
@@ -346,6 +352,19 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
             raise HTTPException(422, "api: public_key must be base64") from None
         pipeline.add_device(Device(body.device_id, body.patient_id, body.suite, key))
         return {"device_id": body.device_id, "patient_id": body.patient_id}
+
+    @app.post("/v1/devices/{device_id}/key", tags=["admin"])
+    def rotate_device_key(device_id: str, body: DeviceKeyIn, caller: Caller = manage
+                          ) -> dict[str, str]:
+        """Give a device a new key (rotation, or a new suite), logged with the caller's name
+        and reason; the old key signs nothing from now on and its sessions end."""
+        try:
+            key = base64.b64decode(body.public_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPException(422, "api: public_key must be base64") from None
+        pipeline.rotate_device_key(device_id, body.suite, key, f"by {caller.name}: "
+                                   f"{body.reason}")
+        return {"device_id": device_id, "suite": body.suite}
 
     @app.get("/v1/devices", tags=["admin"])
     def list_devices(_caller: Caller = manage) -> list[dict[str, Any]]:

@@ -433,6 +433,37 @@ def keys_add_device(
     console.print(f"device {device_id} registered to {patient}; key file {out}")
 
 
+@keys_app.command("rotate-device")
+def keys_rotate_device(
+    device_id: str,
+    out: Annotated[Path, typer.Option(help="Where to write the device's new private key file.")],
+    reason: Annotated[str, typer.Option(help="Who asked and why (a ticket; no patient "
+                                             "data).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Give a device a new Ed25519 key pair, logged; write the new key file (mode 0600) for
+    provisioning. The old key signs nothing from then on."""
+    if out.exists():
+        console.print(f"[bold red]error:[/] {out} exists; refusing to overwrite a key file")
+        raise typer.Exit(1)
+    private, public = signature_suite("ed25519").generate()
+    # the key file first: a rotation whose new private key was lost would lock the device out
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"device_id": device_id, "suite": "ed25519",
+                   "private_key": base64.b64encode(private).decode(),
+                   "public_key": base64.b64encode(public).decode()}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        with _site(data_dir) as pipeline:
+            pipeline.rotate_device_key(device_id, "ed25519", public, f"cli: {reason}")
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    console.print(f"device {device_id} has a new key (logged); key file {out}")
+
+
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """List registered devices (works while the site is serving)."""

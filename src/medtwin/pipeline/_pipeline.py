@@ -831,6 +831,24 @@ class Pipeline:
                 raise NotFoundError(f"pipeline: unknown device {device_id!r}")
             self._register(replace(self._devices[device_id], status=status), reason)
 
+    def rotate_device_key(self, device_id: str, suite: str, public_key: bytes,
+                          reason: str) -> None:
+        """Give a registered device a new key (of any registered suite), without downtime:
+        logged as a registration with the new key and `reason`; from the next packet on only
+        the new key signs, its live sessions end, and `verify` checks each packet with the key
+        registered when it came. NotFoundError if unknown, InvalidInputError without a reason,
+        ConflictError if the key is the current one."""
+        _check_reason(reason, "rotating a device key", "who asked and why (a ticket)")
+        signature_suite(suite)
+        with self._lock:
+            device = self._devices.get(device_id)
+            if device is None:
+                raise NotFoundError(f"pipeline: unknown device {device_id!r}")
+            if (device.suite, device.public_key) == (suite, public_key):
+                raise ConflictError(f"pipeline: device {device_id!r} already has that key")
+            self._register(replace(device, suite=suite, public_key=public_key),
+                           f"key rotation: {reason}")
+
     def release_device(self, device_id: str, reason: str) -> None:
         """Release a quarantined device: an explicit, logged admin action with its reason.
         Its residual tests start afresh. NotFoundError if unknown, ConflictError if it is not
