@@ -86,6 +86,7 @@ class Settings:
     max_batch: int = DEFAULT_MAX_BATCH
     witnesses: tuple[TrustedWitness, ...] = ()
     chain_url: str | None = None
+    anchor_contract: str | None = None
     anchor_interval_s: float = DEFAULT_ANCHOR_INTERVAL_S
     consent_required: bool = False
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
@@ -127,6 +128,8 @@ class Settings:
             values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
         if "MEDTWIN_CHAIN_URL" in env:
             values["chain_url"] = env["MEDTWIN_CHAIN_URL"] or None
+        if "MEDTWIN_ANCHOR_CONTRACT" in env:
+            values["anchor_contract"] = env["MEDTWIN_ANCHOR_CONTRACT"] or None
         if "MEDTWIN_ANCHOR_INTERVAL_S" in env:
             try:
                 values["anchor_interval_s"] = float(env["MEDTWIN_ANCHOR_INTERVAL_S"])

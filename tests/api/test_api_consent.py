@@ -95,6 +95,12 @@ def test_callers_without_a_grant_or_an_address_are_refused(
         assert answer.status_code == 403 and reason in answer.json()["detail"]
         answer = client.get("/v1/findings", params={"patient_id": "pt-7"}, headers=headers)
         assert answer.status_code == 403
+        answer = client.post("/v1/patients/pt-7/whatif", json={"hours": 1},
+                             headers=headers)
+        assert answer.status_code == 403
+    admin = _auth(pipeline, Role.ADMIN, "admin-3", Account.create().address)
+    refused = client.post("/v1/patients/pt-7/personalize", json={}, headers=admin)
+    assert refused.status_code == 403 and "no grant" in refused.json()["detail"]
 
 
 def test_every_decision_is_kept_for_auditors(
@@ -126,7 +132,7 @@ def test_a_token_address_must_be_a_chain_address(client: TestClient, pipeline: P
     assert good.status_code == 201
 
 
-def test_the_site_opens_consent_on_the_anchoring_chain(
+def test_consent_needs_a_chain_that_outlives_the_process(
         pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     from medtwin.cli._server import open_chain_services
     from medtwin.config import Settings
@@ -138,7 +144,5 @@ def test_the_site_opens_consent_on_the_anchoring_chain(
     monkeypatch.setenv("MEDTWIN_CONSENT", "1")
     pipeline.settings = Settings.from_env(data_dir=pipeline.settings.data_dir,  # type: ignore[misc]
                                           clock=pipeline.clock)
-    services = open_chain_services(pipeline)
-    assert services.consent is not None and services.anchorer is not None
-    assert services.consent.registry.chain is services.anchorer.chain
-    assert any(line.startswith("consent required") for line in services.lines)
+    with pytest.raises(ConfigError, match="MEDTWIN_CHAIN_URL"):
+        open_chain_services(pipeline)         # grants on the embedded chain die with it

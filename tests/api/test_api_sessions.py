@@ -95,3 +95,29 @@ def test_verify_refuses_a_session_packet_without_its_handshake(
         conn.execute(update(_schema.sessions).values(session_id="00" * 16))
     with pytest.raises(VerificationError, match="session"):
         verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+
+
+def test_a_replayed_handshake_never_ends_a_live_session(
+        client: TestClient, pipeline: Pipeline, patch: SessionDevice, clock: FakeClock) -> None:
+    """Once the gate evicted a session, its handshake replayed must not evict the live ones."""
+    key = base64.b64decode(client.get("/v1/session-key").json()["public_key"])
+    first = patch.handshake(key, clock())
+    for handshake in (first, patch.handshake(key, clock()), patch.handshake(key, clock())):
+        assert client.post("/v1/sessions", json=handshake).status_code == 201
+    live = pipeline.gate.live_sessions
+    again = client.post("/v1/sessions", json=first)       # evicted by now; replayed
+    assert (again.status_code, again.json()["reason"]) == (409, "replayed-sequence")
+    assert pipeline.gate.live_sessions == live
+    status, body, _ = _frame(client, patch, clock)         # the newest session still works
+    assert (status, body["status"]) == (200, "accepted")
+
+
+def test_rotating_the_device_key_ends_its_sessions(
+        client: TestClient, pipeline: Pipeline, patch: SessionDevice, clock: FakeClock) -> None:
+    from medtwin.crypto import signature_suite
+
+    _open(client, patch, clock)
+    _, new_public = signature_suite("ed25519").generate()
+    pipeline.rotate_device_key("ecg-1", "ed25519", new_public, "ticket 11")
+    status, body, _ = _frame(client, patch, clock)
+    assert (status, body["reason"]) == (401, "unknown-session")

@@ -206,3 +206,23 @@ def test_witness_cosignatures_are_checked_and_held_to_the_log(
     claims = checkpoint_claims(pipeline.store, trusting, None)
     with pytest.raises(VerificationError, match=r"witness\.example's cosignature"):
         verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+
+
+def test_the_anchorer_survives_a_failing_store_and_never_anchors_twice(
+        pipeline: Pipeline, device: DeviceSim, clock: FakeClock, anchorer: Anchorer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    _send(pipeline, device, clock)
+
+    def locked(_record: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(pipeline.store, "put_anchor", locked)
+    anchorer._try_anchor()
+    status = anchorer.status()
+    assert status.last_error == "OperationalError" and status.last_size == pipeline.tree_size()
+    monkeypatch.undo()
+    assert anchorer.anchor_once() is None                  # that size is on the chain already
+    _send(pipeline, device, clock)
+    assert anchorer.anchor_once() is not None and anchorer.contract.count() == 2

@@ -126,3 +126,31 @@ def test_the_glucose_twin_replays_bit_for_bit(
     report = Pipeline.check_replay(snapshotting)
     assert report.ok, report.mismatches
     assert report.snapshots >= 20
+
+
+def test_a_patient_admitted_after_a_snapshot_replays_cleanly(
+        snapshotting: Settings, make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
+    pipeline, device = _site(snapshotting, make_device)
+    _run(pipeline, device, clock, 5)
+    pipeline.add_patient("pt-2")
+    later = make_device("vit-2", "pt-2")
+    pipeline.add_device(later.device)
+    _run(pipeline, later, clock, 5)
+    pipeline.close()
+    report = Pipeline.check_replay(snapshotting)
+    assert report.ok, report.mismatches
+    assert report.snapshots == 5
+
+
+def test_an_alert_logged_later_than_its_batch_is_a_mismatch() -> None:
+    """An evil twin that holds an alert back and logs it batches later is caught."""
+    from medtwin.pipeline._pipeline import _compare_alerts
+    from medtwin.store import AlertRecord
+
+    key = ("pt-1", "news2-high", "high", 1_000)
+    on_time = AlertRecord(12, *key, b"")
+    late = AlertRecord(22, *key, b"")
+    assert _compare_alerts([on_time], [10, 20], [(10, key)]) == []
+    found = _compare_alerts([late], [10, 20], [(10, key)])
+    assert any("do not raise this alert" in m for m in found)
+    assert any("raises a news2-high alert the log lacks" in m for m in found)

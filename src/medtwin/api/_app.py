@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -34,7 +35,7 @@ from medtwin.errors import (
     NotFoundError,
     PatientErasedError,
 )
-from medtwin.ingest import decode_json
+from medtwin.ingest import MAX_HANDSHAKE_BYTES, decode_json
 from medtwin.pipeline import (
     MAX_WHATIF_STEPS,
     Accepted,
@@ -269,8 +270,8 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
         """Open a device session from a handshake signed by the device's registered key and
         keyed by hybrid X25519+ML-KEM-768 (`medtwin.crypto.build_handshake`); then send
         AEAD frames to `/v1/session-packets`. The handshake is logged."""
-        body, size = await _read_capped(request, MAX_PACKET_BYTES)
-        envelope = decode_json(body) if size <= MAX_PACKET_BYTES else None
+        body, size = await _read_capped(request, MAX_HANDSHAKE_BYTES)
+        envelope = decode_json(body) if size <= MAX_HANDSHAKE_BYTES else None
         handshake = envelope.get("handshake") if isinstance(envelope, dict) else None
         claimed = handshake.get("device_id") if isinstance(handshake, dict) else None
         address = address_of(request)
@@ -454,10 +455,12 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
         return whatif_json(pipeline.whatif(patient_id, body.step_min, carbs, insulin))
 
     @app.post("/v1/patients/{patient_id}/personalize", tags=["admin"])
-    def personalize(patient_id: str, body: PersonalizeIn, _caller: Caller = manage
+    def personalize(patient_id: str, body: PersonalizeIn, caller: Caller = manage
                     ) -> dict[str, Any]:
         """Identify the patient's glucose twin from their last `days` of stored data, log the
-        parameters and use them from now on (ConflictError without CGM data)."""
+        parameters and use them from now on (ConflictError without CGM data). It reads the
+        patient's data: where consent is required, the admin needs the patient's grant."""
+        consented(caller, patient_id)
         results = pipeline.personalize([patient_id], body.days)
         if not results:
             raise ConflictError(f"api: patient {patient_id!r} has no CGM data to personalize "
@@ -481,13 +484,13 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
     async def stream(request: Request, caller: Caller = read_twin) -> StreamingResponse:
         """Server-sent events: `twin` on every update of a patient's twin, `alert` on alerts,
         `finding` on guard findings.
-        The token is checked again at every keep-alive, so a revoked token's stream ends;
-        where consent is required, only granted patients' events are sent, re-decided at
-        every keep-alive."""
-        queue = pipeline.events.subscribe()
+        The token is checked again every keep-alive interval, events or not, so a revoked
+        token's stream ends; where consent is required, only granted patients' events are
+        sent, re-decided as often."""
         granted = (None if consent is None else
                    await asyncio.to_thread(readable, caller, set(pipeline.patients())))
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        queue = pipeline.events.subscribe()
 
         async def still_allowed() -> bool:
             now = await asyncio.to_thread(caller_of, pipeline, token)
@@ -495,18 +498,24 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
 
         async def events() -> AsyncIterator[str]:
             nonlocal granted
+            checked = time.monotonic()
             try:
                 yield ": connected\n\n"
                 while not await request.is_disconnected():
                     try:
                         event = await asyncio.wait_for(queue.get(), STREAM_KEEPALIVE_S)
                     except TimeoutError:
+                        event = None
+                    if time.monotonic() - checked >= STREAM_KEEPALIVE_S:
+                        # whether events flow or not: the token and the grants again
+                        checked = time.monotonic()
                         if not await still_allowed():
                             yield "event: end\ndata: {\"reason\": \"token revoked\"}\n\n"
                             return
                         if granted is not None:
                             granted = await asyncio.to_thread(readable, caller,
                                                               set(pipeline.patients()))
+                    if event is None:
                         yield ": keep-alive\n\n"
                         continue
                     if granted is not None and _event_patient(event) not in granted:

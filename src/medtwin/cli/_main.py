@@ -344,7 +344,9 @@ def verify(data_dir: DataDir = None,
     try:
         keys = SiteKeys.load(settings.resolved_keys_dir)
         chain = connect_chain(settings.chain_url) if settings.chain_url else None
-        claims = checkpoint_claims(store, settings, chain)
+        pinned = [settings.anchor_contract] if settings.anchor_contract else []
+        claims = checkpoint_claims(store, settings, chain, pinned)
+        unanchored = chain is not None and not claims.anchors_on_chain
         report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite),
                               claims.claims)
         replayed = Pipeline.check_replay(settings) if replay else None
@@ -370,6 +372,11 @@ def verify(data_dir: DataDir = None,
     console.print(f"checkpoints held by others agree with the log: {claims.anchors_indexed} "
                   f"anchors in the site's index, {claims.anchors_on_chain} read back from the "
                   f"chain, {claims.cosignatures} witness cosignatures")
+    if unanchored:
+        console.print("[bold yellow]warning:[/] MEDTWIN_CHAIN_URL is set but no anchor of this "
+                      "log was found on it: pin the log's contract with "
+                      "MEDTWIN_ANCHOR_CONTRACT (the site's own tables that name it are not "
+                      "evidence)")
     if claims.anchors_unreachable:
         console.print(f"{claims.anchors_unreachable} indexed anchors are on a chain not "
                       "reachable here (an embedded chain ends with its process; set "

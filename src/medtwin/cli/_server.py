@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from medtwin.api import create_app
-from medtwin.errors import ChainError
+from medtwin.errors import ChainError, ConfigError
 from medtwin.pipeline import Anchorer, Pipeline, SiteConsent, site_chain
 
 #: How long to wait for a background server to start listening.
@@ -62,6 +62,10 @@ def open_chain_services(pipeline: Pipeline) -> ChainServices:
         out.lines.append(f"anchoring checkpoints every {out.anchorer.interval_s:g} s on "
                          f"{where}, contract {out.anchorer.contract.address}")
     if settings.consent_required:
+        if chain.embedded:
+            raise ConfigError("config: consent needs a chain that outlives this process (the "
+                              "embedded one forgets every grant at a restart): set "
+                              "MEDTWIN_CHAIN_URL")
         out.consent = SiteConsent.open(pipeline, chain)
         out.lines.append(f"consent required: twins are read only with their patient's "
                          f"grant, consent contract {out.consent.registry.address}")

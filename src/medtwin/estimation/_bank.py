@@ -101,6 +101,11 @@ class TwinBank:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def digest_of_new(self, patient_id: str) -> bytes:
+        """The digest a patient's twin has before any reading (adds their row here)."""
+        self.row(patient_id)
+        return self.digest(patient_id)
+
     def digest(self, patient_id: str) -> bytes:
         """SHA-256 over everything the twin holds for one patient (state, model rows and
         parameters, bit for bit): two twins with equal digests are the same twin."""

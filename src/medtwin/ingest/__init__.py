@@ -1,6 +1,7 @@
 """Device protocol, adapters and the gate: how readings enter medtwin."""
 
 from medtwin.ingest._gate import (
+    MAX_HANDSHAKE_BYTES,
     Admitted,
     Gate,
     ImportSubmission,
@@ -23,6 +24,7 @@ from medtwin.ingest._wire import (
 __all__ = [
     "ENVELOPE_ADAPTER",
     "HANDSHAKE_ADAPTER",
+    "MAX_HANDSHAKE_BYTES",
     "Admitted",
     "Gate",
     "ImportSubmission",

@@ -20,7 +20,9 @@ the session standing in for the signature:
       holds a packet of the session's device with the header's sequence number;
   (3), (5), (6), (7) as above; (5) also refuses a number not above the session's highest.
 A handshake (`Gate.open_session`) is checked like a signed packet: shape, suites, device,
-signature over the transcript, erased patient, clock; then its KEM ciphertext is opened.
+erased patient and clock first (cheap), then the signature over the transcript and its KEM
+ciphertext; a session id ever used before (`seen`) is refused before any live session is
+evicted.
 A trusted import (FHIR NDJSON) skips (1)–(6): it names a known, not erased, patient instead.
 Step (7) runs once for all packets of a batch, as array operations.
 
@@ -35,7 +37,7 @@ import base64
 import binascii
 import re
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,9 +253,12 @@ class Gate:
                 "public_key": base64.b64encode(self.session_public_key).decode("ascii")}
 
     def open_session(self, envelope: Any, now_ms: int, devices: Mapping[str, Device],
-                     erased: Collection[str] = frozenset(), size: int = 0) -> SessionOpened:
+                     erased: Collection[str] = frozenset(), size: int = 0,
+                     seen: Callable[[str], bool] = lambda _: False) -> SessionOpened:
         """Open a session from a device's handshake (decoded JSON; `size` its encoded length
-        where known); GateRejection with the reason otherwise."""
+        where known); GateRejection with the reason otherwise. `seen(session_id)` says whether
+        a session of that id was ever opened (the log knows): a replayed handshake is refused
+        before it can evict any live session."""
         if not self.sessions:
             raise GateRejection(RejectReason.UNSUPPORTED_SUITE, _NO_SESSIONS)
         # (0): shape
@@ -283,6 +288,14 @@ class Gate:
         if device is None:
             raise GateRejection(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not "
                                 "registered; register it with `medtwin keys add-device`")
+        # cheap refusals before any signature or KEM work
+        if device.patient_id in erased:
+            raise GateRejection(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs "
+                                "to a patient who was erased: retire the device")
+        if abs(hs["started_at"] - now_ms) > self.max_skew_ms:
+            raise GateRejection(RejectReason.CLOCK_SKEW, f"handshake time is "
+                                f"{abs(hs['started_at'] - now_ms) / 1000:.0f} s from the site "
+                                f"clock (limit {self.max_skew_ms / 1000:.0f} s)")
         # (4): signature over the transcript, for this site's session key; then the KEM
         try:
             signature = base64.b64decode(env["signature"], validate=True)
@@ -303,16 +316,16 @@ class Gate:
             raise GateRejection(RejectReason.MALFORMED, "handshake KEM ciphertext cannot be "
                                 f"opened; encapsulate to the {self.session_kem} key the site "
                                 "publishes") from None
-        # (3): an erased patient's device
-        if device.patient_id in erased:
-            raise GateRejection(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs "
-                                "to a patient who was erased: retire the device")
-        # (6): clock
-        skew_s = abs(hs["started_at"] - now_ms) / 1000
-        if skew_s * 1000 > self.max_skew_ms:
-            raise GateRejection(RejectReason.CLOCK_SKEW, f"handshake time is {skew_s:.0f} s "
-                                f"from the site clock (limit {self.max_skew_ms / 1000:.0f} s)")
+        if seen(keys.session_id.hex()):
+            raise GateRejection(RejectReason.REPLAYED_SEQUENCE, "this handshake was already "
+                                "used; make a fresh one")
         return self._register(keys, device, now_ms)
+
+    def close_device_sessions(self, device_id: str) -> None:
+        """End every live session of a device (its key changed, or it was retired)."""
+        with self._sessions_lock:
+            for session_id in list(self._device_sessions.get(device_id, [])):
+                self._forget(session_id)
 
     def _register(self, keys: SessionKeys, device: Device, now_ms: int) -> SessionOpened:
         """Hold a new session, evicting expired ones, the device's oldest beyond its share,

@@ -108,12 +108,13 @@ class Anchorer:
                 return None
             head, note = latest
             receipt = self.contract.anchor(head.size, head.root, note_hash(note))
+            # on the chain now: never anchor this size again, even if indexing it fails
+            self._last_size = head.size
+            self._anchors += 1
             record = AnchorRecord(receipt.chain_id, receipt.contract, head.size, head.root,
                                   receipt.note_hash, receipt.tx_hash, receipt.block_number,
                                   self.chain.embedded, self.pipeline.clock())
             self.pipeline.store.put_anchor(record)
-            self._last_size = head.size
-            self._anchors += 1
             return record
 
     def status(self) -> AnchorStatus:
@@ -146,9 +147,10 @@ class Anchorer:
         try:
             self.anchor_once()
             self._last_error = None
-        except MedtwinError as exc:  # ChainError, StoreError: try again next interval
-            self._last_error = str(exc)
-            log.warning("anchoring failed, will retry: %s", exc)
+        except Exception as exc:  # the chain, the store, the network: try again next time
+            self._last_error = (str(exc) if isinstance(exc, MedtwinError)
+                                else f"{type(exc).__name__}")
+            log.warning("anchoring failed, will retry: %s", self._last_error)
 
 
 

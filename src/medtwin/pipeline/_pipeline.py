@@ -681,23 +681,32 @@ class Pipeline:
 
     def open_session(self, envelope: Any, size: int = 0) -> SessionOpened:
         """Open a device session from its signed handshake (decoded JSON) and log the
-        handshake, so every session packet traces back to a handshake its device signed;
-        GateRejection with the reason if the gate refuses it."""
-        with self._lock:
-            now = self.clock()
-            opened = self.gate.open_session(envelope, now, self._devices, self._erased, size)
-            try:
-                if self.store.has_session(opened.session_id):
-                    raise GateRejection(RejectReason.REPLAYED_SEQUENCE, "this handshake was "
-                                        "already used; make a fresh one")
-                device = self._devices[opened.device_id]
+        handshake (its signed fields only), so every session packet traces back to a handshake
+        its device signed; GateRejection with the reason if the gate refuses it. The
+        signature and KEM work runs outside the pipeline lock: ingestion never waits on it."""
+        devices, erased = dict(self._devices), set(self._erased)
+        opened = self.gate.open_session(envelope, self.clock(), devices, erased, size,
+                                        seen=self.store.has_session)
+        try:
+            with self._lock:
+                device = self._devices.get(opened.device_id)
+                signer = devices[opened.device_id]
+                if device is None or (device.suite, device.public_key) != (
+                        signer.suite, signer.public_key) or device.patient_id in self._erased:
+                    raise GateRejection(RejectReason.UNKNOWN_SESSION, "the device's key "
+                                        "changed while the handshake was checked; handshake "
+                                        "again")
+                now = self.clock()
+                signed = {"handshake": envelope["handshake"], "suite": envelope["suite"],
+                          "signature": envelope["signature"]}
                 self._log_action(SessionRecord(self._tree.size, device.device_id,
-                                               device.patient_id, opened.session_id, now,
-                                               canonical_json(envelope)), now)
-            except BaseException:
-                self.gate.close_session(opened.session_id)
-                raise
-            return opened
+                                               device.patient_id, opened.session_id,
+                                               opened.expires_at_ms, canonical_json(signed)),
+                                 now)
+        except BaseException:
+            self.gate.close_session(opened.session_id)
+            raise
+        return opened
 
     def add_patient(self, patient_id: str) -> Patient:
         """Register a patient and create their data key; ConflictError if known."""
@@ -848,6 +857,7 @@ class Pipeline:
                 raise ConflictError(f"pipeline: device {device_id!r} already has that key")
             self._register(replace(device, suite=suite, public_key=public_key),
                            f"key rotation: {reason}")
+            self.gate.close_device_sessions(device_id)
 
     def release_device(self, device_id: str, reason: str) -> None:
         """Release a quarantined device: an explicit, logged admin action with its reason.
@@ -1139,6 +1149,7 @@ class Pipeline:
         events += [((s.leaf_index, 0), s) for s in (self.store.snapshots() if check else ())]
         mismatches: list[str] = []
         replayed_alerts: list[tuple[int, tuple[str, str, str, int]]] = []
+        replayed_batches: list[int] = []
         n_batches = 0
         for _, item in heapq.merge(sorted(events, key=lambda e: e[0]),
                                    (((b, 1), (b, recs)) for b, recs in batches),
@@ -1156,6 +1167,7 @@ class Pipeline:
                 if not batch:
                     continue
                 n_batches += 1
+                replayed_batches.append(batch_index)
                 packets = [Packet(r.device_id, r.patient_id, r.seq, r.sent_at_ms,
                                   self._open_readings(r), Provenance(r.provenance))
                            for r in batch]
@@ -1171,7 +1183,7 @@ class Pipeline:
         if not check:
             return ReplayReport(n_batches, 0, 0, ())
         logged = [a for a in self.store.alert_records() if a.patient_id not in self._erased]
-        mismatches += _compare_alerts(logged, replayed_alerts)
+        mismatches += _compare_alerts(logged, replayed_batches, replayed_alerts)
         return ReplayReport(n_batches, sum(isinstance(e[1], SnapshotRecord) for e in events),
                             len(logged), tuple(mismatches))
 
@@ -1179,7 +1191,13 @@ class Pipeline:
         """Where the replayed twins differ from a logged snapshot (erased patients aside)."""
         logged = {p: d for p, d in json.loads(snapshot.digests) if p not in self._erased}
         now = dict(json.loads(self._digests()))
-        differ = sorted(p for p in set(logged) | set(now) if logged.get(p) != now.get(p))
+        # the replay holds a row for every patient from the start; one registered after this
+        # snapshot is absent from it, and must still be an untouched twin here
+        fresh = TwinBank()
+        untouched = {p for p in set(now) - set(logged)
+                     if fresh.digest_of_new(p).hex() == now[p]}
+        differ = sorted(p for p in set(logged) | set(now) - untouched
+                        if logged.get(p) != now.get(p))
         if not differ:
             return []
         return [f"{snapshot.describe()}: the twin of {len(differ)} patient(s) (first "
@@ -1318,11 +1336,12 @@ def _check_reason(reason: str, action: str, what: str) -> None:
                                 "give a ticket number and the grounds, no personal details)")
 
 
-def _compare_alerts(logged: Sequence[AlertRecord],
+def _compare_alerts(logged: Sequence[AlertRecord], batches: Sequence[int],
                     replayed: Sequence[tuple[int, tuple[str, str, str, int]]]) -> list[str]:
     """Alerts logged that the replayed batches did not raise, and the reverse: each logged
-    alert belongs to the last replayed batch that starts before it."""
-    starts = sorted({b for b, _ in replayed} | {0})
+    alert belongs to the last replayed batch that starts before it (so an alert logged in a
+    later batch than the one that raised it, held back, is a mismatch too)."""
+    starts = sorted(set(batches) | {0})
     by_batch: dict[int, list[tuple[str, str, str, int]]] = {}
     for b, key in replayed:
         by_batch.setdefault(b, []).append(key)

@@ -12,7 +12,8 @@
       device key registered when it arrived, and say the device, sequence number and send
       time its record says (a site cannot fabricate or re-file device data);
   (6b) a session packet instead traces to a logged session of its device, whose handshake
-      carries the device's valid signature and names that session id; the packet's stored
+      carries the device's valid signature and names that session id, not yet ended when the
+      packet came, and opened with the key the device still had; the packet's stored
       bytes say the device, sequence number and send time its record says. Its per-packet
       tag used the session key, which only the site and the device held: the handshake is
       what anyone can re-check;
@@ -130,7 +131,7 @@ def verify_store(store: Store, log_key: LogSigningKey,
               "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
-    sessions: dict[str, SessionRecord] = {}
+    sessions: dict[str, tuple[SessionRecord, RegistrationRecord]] = {}
     last_seq: dict[str, int] = {}
     wrapped = ({p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
                if keyring is not None else {})
@@ -173,8 +174,10 @@ def verify_store(store: Store, log_key: LogSigningKey,
         if isinstance(record, RegistrationRecord):
             registered[record.device_id] = record
         elif isinstance(record, SessionRecord):
-            _check_session(record, registered.get(record.device_id), keyring is not None)
-            sessions[record.session_id] = record
+            opener = registered.get(record.device_id)
+            _check_session(record, opener, keyring is not None)
+            assert opener is not None  # _check_session refuses a session without one
+            sessions[record.session_id] = (record, opener)
         elif isinstance(record, RejectionRecord) and record.seq is not None:
             _check_sequence(record, record.device_id or "", record.seq, last_seq)
         elif (isinstance(record, PacketRecord)
@@ -190,11 +193,16 @@ def verify_store(store: Store, log_key: LogSigningKey,
             _check_sequence(record, record.device_id, record.seq, last_seq)
             if record.signature.startswith(SESSION_MARK):
                 # (6b): a session its device opened, logged before the packet
-                session = sessions.get(record.signature[len(SESSION_MARK):].hex())
-                if session is None or session.device_id != record.device_id:
+                found = sessions.get(record.signature[len(SESSION_MARK):].hex())
+                session, opener = found if found is not None else (None, None)
+                if (session is None or opener is None
+                        or session.device_id != record.device_id
+                        or record.received_at_ms > session.expires_at_ms
+                        or (opener.suite, opener.public_key)
+                        != (registration.suite, registration.public_key)):
                     raise VerificationError(
-                        f"log: {record.describe()} names no logged session of its device",
-                        record.describe())
+                        f"log: {record.describe()} names no live session of its device opened "
+                        "with the key it had then", record.describe())
                 if keyring is not None and not shredded:
                     _check_packet_claims(record, keyring, wrapped)
             elif keyring is not None and not shredded:

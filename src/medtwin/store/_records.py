@@ -138,20 +138,22 @@ class TwinParamsRecord:
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A device session the gate opened: the device's signed handshake as it came (it binds
-    the site's session key, the KEM ciphertext and the session's start; no readings), so
-    `verify` can check that every session packet belongs to a session its device opened."""
+    the site's session key, the KEM ciphertext and the session's start; no readings) and when
+    the session ends, so `verify` can check that every session packet belongs to a live
+    session its device opened with the key it had then."""
 
     leaf_index: int
     device_id: str
     patient_id: str
     session_id: str
-    time_ms: int
+    expires_at_ms: int
     handshake: bytes
 
     kind = "session"
 
     def commit_bytes(self) -> bytes:
-        meta = canonical_json([self.device_id, self.patient_id, self.session_id, self.time_ms])
+        meta = canonical_json([self.device_id, self.patient_id, self.session_id,
+                               self.expires_at_ms])
         return b"\n".join((meta, self.handshake))
 
     def describe(self) -> str:

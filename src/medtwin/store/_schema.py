@@ -98,7 +98,7 @@ sessions = Table(
     Column("device_id", String(64), nullable=False),
     Column("patient_id", String(64), nullable=False),
     Column("session_id", String(32), nullable=False, unique=True),
-    Column("time_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
     Column("handshake", LargeBinary, nullable=False),
 )
 
