@@ -89,3 +89,21 @@ def test_anchors_on_a_json_rpc_node_survive_a_restart(node_url: str, settings: S
         2, 2, 0)
     assert verify_store(pipeline.store, pipeline.keys.log_key,
                         claims=claims.claims).checkpoints_checked == 4
+
+
+def test_consent_and_anchoring_share_the_sites_chain_and_survive_a_restart(
+        node_url: str, settings: Settings, pipeline: Pipeline) -> None:
+    from medtwin.cli._server import open_chain_services
+
+    site = settings.with_(chain_url=node_url, consent_required=True)
+    pipeline.settings = site  # type: ignore[misc]
+    key = load_or_create_secret(site.resolved_keys_dir / CHAIN_KEY_FILE,
+                                "secp256k1 chain account")
+    connect_chain(node_url, key, fund_from_node=True)
+    services = open_chain_services(pipeline)
+    assert services.consent is not None and services.anchorer is not None
+    assert services.consent.registry.chain is services.anchorer.chain
+    again = open_chain_services(pipeline)                 # a restart: the same contracts
+    assert again.consent is not None and again.anchorer is not None
+    assert again.consent.registry.address == services.consent.registry.address
+    assert again.anchorer.contract.address == services.anchorer.contract.address
