@@ -119,35 +119,29 @@ class Settings:
             values["keys_dir"] = Path(env["MEDTWIN_KEYS_DIR"])
         if "MEDTWIN_DATABASE_URL" in env:
             values["database_url"] = env["MEDTWIN_DATABASE_URL"]
-        if "MEDTWIN_MAX_CLOCK_SKEW_S" in env:
-            try:
-                values["max_clock_skew_s"] = float(env["MEDTWIN_MAX_CLOCK_SKEW_S"])
-            except ValueError as exc:
-                raise ConfigError("config: MEDTWIN_MAX_CLOCK_SKEW_S must be a number") from exc
+        seconds = {"MEDTWIN_MAX_CLOCK_SKEW_S": ("max_clock_skew_s", ""),
+                   "MEDTWIN_ANCHOR_INTERVAL_S": ("anchor_interval_s",
+                                                 " (0 turns anchoring off)"),
+                   "MEDTWIN_SNAPSHOT_INTERVAL_S": ("snapshot_interval_s", " (0: no snapshots)")}
+        for name, (field_name, zero) in seconds.items():
+            if name in env:
+                try:
+                    values[field_name] = float(env[name])
+                except ValueError as exc:
+                    raise ConfigError(f"config: {name} must be a number of seconds"
+                                      f"{zero}") from exc
         if "MEDTWIN_AEAD_SUITE" in env:
             values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
         if "MEDTWIN_CHAIN_URL" in env:
             values["chain_url"] = env["MEDTWIN_CHAIN_URL"] or None
         if "MEDTWIN_ANCHOR_CONTRACT" in env:
             values["anchor_contract"] = env["MEDTWIN_ANCHOR_CONTRACT"] or None
-        if "MEDTWIN_ANCHOR_INTERVAL_S" in env:
-            try:
-                values["anchor_interval_s"] = float(env["MEDTWIN_ANCHOR_INTERVAL_S"])
-            except ValueError as exc:
-                raise ConfigError("config: MEDTWIN_ANCHOR_INTERVAL_S must be a number of "
-                                  "seconds (0 turns anchoring off)") from exc
         if "MEDTWIN_CONSENT" in env:
             flag = env["MEDTWIN_CONSENT"].strip().lower()
             if flag not in ("0", "1", "true", "false", ""):
                 raise ConfigError("config: MEDTWIN_CONSENT must be 1 (reads of a twin need its "
                                   "patient's grant on the chain) or 0")
             values["consent_required"] = flag in ("1", "true")
-        if "MEDTWIN_SNAPSHOT_INTERVAL_S" in env:
-            try:
-                values["snapshot_interval_s"] = float(env["MEDTWIN_SNAPSHOT_INTERVAL_S"])
-            except ValueError as exc:
-                raise ConfigError("config: MEDTWIN_SNAPSHOT_INTERVAL_S must be a number of "
-                                  "seconds (0: no snapshots)") from exc
         if "MEDTWIN_WITNESSES" in env:
             values["witnesses"] = parse_witnesses(env["MEDTWIN_WITNESSES"])
         values.update({k: v for k, v in overrides.items() if v is not None})

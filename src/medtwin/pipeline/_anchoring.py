@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from medtwin.config import Settings
 from medtwin.crypto import load_or_create_secret
@@ -31,6 +32,16 @@ from medtwin.pipeline._verify import CheckpointClaim
 from medtwin.store import AnchorRecord, Store
 
 log = logging.getLogger("medtwin.anchoring")
+
+
+class _Deployed(Protocol):
+    """A contract handle: where it lives."""
+
+    @property
+    def address(self) -> str: ...
+
+
+_C = TypeVar("_C", bound=_Deployed)
 
 CHAIN_KEY_FILE = "chain.key"
 
@@ -55,6 +66,21 @@ def site_chain(pipeline: Pipeline) -> Chain:
     key = load_or_create_secret(settings.resolved_keys_dir / CHAIN_KEY_FILE,
                                 "secp256k1 chain account")
     return connect_chain(settings.chain_url, key)
+
+
+def site_contract(pipeline: Pipeline, chain: Chain, name: str,
+                  attach: Callable[[str], _C], deploy: Callable[[], _C]) -> _C:
+    """The site's contract `name` on `chain`: attached where the store remembers one (a
+    network chain), else deployed and, on a network chain, remembered. The embedded chain
+    is new in each process, so its contracts are too."""
+    address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id, name)
+    if address is not None:
+        return attach(address)
+    contract = deploy()
+    if not chain.embedded:
+        pipeline.store.put_chain_contract(chain.chain_id, name, contract.address,
+                                          pipeline.clock())
+    return contract
 
 
 class Anchorer:
@@ -88,15 +114,9 @@ class Anchorer:
                               "seconds (0 turns anchoring off)")
         chain = chain if chain is not None else site_chain(pipeline)
         origin = settings.log_origin
-        name = f"anchor {origin}"
-        address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id, name)
-        if address is not None:
-            contract = AnchorContract.attach(chain, address, origin)
-        else:
-            contract = AnchorContract.deploy(chain, origin)
-            if not chain.embedded:
-                pipeline.store.put_chain_contract(chain.chain_id, name, contract.address,
-                                                  pipeline.clock())
+        contract = site_contract(pipeline, chain, f"anchor {origin}",
+                                 lambda address: AnchorContract.attach(chain, address, origin),
+                                 lambda: AnchorContract.deploy(chain, origin))
         return cls(pipeline, chain, contract, settings.anchor_interval_s)
 
     def anchor_once(self) -> AnchorRecord | None:

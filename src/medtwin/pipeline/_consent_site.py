@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from medtwin.access import AccessDecision, Caller, ConsentPolicy
 from medtwin.crypto import load_or_create_secret
 from medtwin.ledger import Chain, ConsentRegistry, ConsentView, Purpose
+from medtwin.pipeline._anchoring import site_contract
 from medtwin.pipeline._pipeline import Pipeline
 
 #: The key under which token ids are derived from patient ids; it must never change.
@@ -31,16 +32,9 @@ class SiteConsent:
         settings = pipeline.settings
         key = load_or_create_secret(settings.resolved_keys_dir / CONSENT_KEY_FILE,
                                     "consent token key")
-        name = f"consent {settings.log_origin}"
-        address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id,
-                                                                             name)
-        if address is not None:
-            registry = ConsentRegistry.attach(chain, address, key)
-        else:
-            registry = ConsentRegistry.deploy(chain, key)
-            if not chain.embedded:
-                pipeline.store.put_chain_contract(chain.chain_id, name, registry.address,
-                                                  pipeline.clock())
+        registry = site_contract(pipeline, chain, f"consent {settings.log_origin}",
+                                 lambda address: ConsentRegistry.attach(chain, address, key),
+                                 lambda: ConsentRegistry.deploy(chain, key))
         return cls(pipeline, registry)
 
     def mint(self, patient_id: str, owner: str) -> int:
