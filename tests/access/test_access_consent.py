@@ -35,7 +35,7 @@ class Ward:
 
     def policy(self) -> ConsentPolicy:
         return ConsentPolicy(ConsentView(self.registry), clock=lambda: self.now_s,
-                             audit=self.audit.append)
+                             audit=self.audit.extend)
 
     def grant(self, seconds: int) -> None:
         assert self.clinician.address is not None
@@ -126,3 +126,19 @@ def test_an_unreachable_chain_fails_closed(ward: Ward) -> None:
     decision = policy.decide(ward.clinician, PATIENT, TREATMENT)
     assert not decision.allowed
     assert decision.reason.startswith("consent state unavailable (consent: cannot read")
+
+
+def test_a_list_read_refreshes_the_view_once_and_audits_every_patient(ward: Ward) -> None:
+    ward.grant(600)
+    policy = ward.policy()
+    refreshes = []
+    refresh = policy.view.refresh
+
+    def counted() -> int:
+        refreshes.append(1)
+        return refresh()
+
+    policy.view.refresh = counted  # type: ignore[method-assign]
+    decisions = policy.decide_many(ward.clinician, [PATIENT, "pt-unknown"], TREATMENT)
+    assert [d.allowed for d in decisions] == [True, False]
+    assert len(refreshes) == 1 and ward.audit == decisions

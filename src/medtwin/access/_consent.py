@@ -6,7 +6,7 @@ a revocation holds from the next request; every decision comes back as a record 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from medtwin.access._roles import Permission, Role, allows
@@ -45,32 +45,49 @@ class AccessDecision:
 
 class ConsentPolicy:
     """Decides twin reads from role and on-chain consent; fails closed when the chain cannot
-    be read. `audit` (if given) receives every decision."""
+    be read. `audit` (if given) receives every decision, a request's decisions at once."""
 
     def __init__(self, view: ConsentView, clock: Callable[[], float] = time.time,
-                 audit: Callable[[AccessDecision], None] | None = None) -> None:
+                 audit: Callable[[Sequence[AccessDecision]], None] | None = None) -> None:
         self.view = view
         self.clock = clock
         self.audit = audit
 
     def decide(self, caller: Caller, patient_id: str, purpose: str) -> AccessDecision:
         """May `caller` read the twin of `patient_id` for `purpose` now?"""
-        now_s = self.clock()
-        allowed, reason = self._answer(caller, patient_id, purpose, now_s)
-        decision = AccessDecision(now_s, caller.name, caller.role.value, caller.address,
-                                  patient_id, purpose, allowed, reason)
-        if self.audit is not None:
-            self.audit(decision)
-        return decision
+        return self.decide_many(caller, [patient_id], purpose)[0]
 
-    def _answer(self, caller: Caller, patient_id: str, purpose: str,
-                now_s: float) -> tuple[bool, str]:
+    def decide_many(self, caller: Caller, patient_ids: Sequence[str],
+                    purpose: str) -> list[AccessDecision]:
+        """One decision per patient, from one refresh of the consent view (a list read costs
+        one chain round trip, not one per patient)."""
+        now_s = self.clock()
+        failure = self._refresh(caller)
+        decisions = [AccessDecision(now_s, caller.name, caller.role.value, caller.address,
+                                    patient_id, purpose,
+                                    *(failure or self._answer(caller, patient_id, purpose,
+                                                              now_s)))
+                     for patient_id in patient_ids]
+        if self.audit is not None and decisions:
+            self.audit(decisions)
+        return decisions
+
+    def _refresh(self, caller: Caller) -> tuple[bool, str] | None:
+        """Refresh the view for a caller who may read twins at all; else why not."""
         if not allows(caller.role, Permission.READ_TWIN):
             return False, f"role {caller.role.value} may not read twins"
         if caller.address is None:
             return False, "no chain address on record for this caller"
         try:
             self.view.refresh()
+        except ChainError as exc:
+            return False, f"consent state unavailable ({exc})"
+        return None
+
+    def _answer(self, caller: Caller, patient_id: str, purpose: str,
+                now_s: float) -> tuple[bool, str]:
+        assert caller.address is not None  # _refresh refused a caller without one
+        try:
             consent = self.view.decide(patient_id, caller.address, purpose, now_s)
         except ChainError as exc:
             return False, f"consent state unavailable ({exc})"

@@ -5,7 +5,7 @@ every decision in the store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from medtwin.access import AccessDecision, Caller, ConsentPolicy
 from medtwin.crypto import load_or_create_secret
@@ -47,10 +47,12 @@ class SiteConsent:
         return self.policy.decide(caller, patient_id, purpose)
 
     def readable(self, caller: Caller, patient_ids: Iterable[str]) -> set[str]:
-        """The patients among `patient_ids` whose twins `caller` may read now."""
-        return {p for p in patient_ids if self.decide(caller, p).allowed}
+        """The patients among `patient_ids` whose twins `caller` may read now (one refresh
+        of the chain's view and one write of the decisions for all of them)."""
+        return {d.patient_id for d in self.policy.decide_many(caller, sorted(patient_ids),
+                                                              Purpose.TREATMENT) if d.allowed}
 
-    def _log(self, decision: AccessDecision) -> None:
-        self._store.log_access(int(decision.at_s * 1000), decision.caller, decision.role,
-                               decision.address, decision.patient_id, decision.purpose,
-                               decision.allowed, decision.reason)
+    def _log(self, decisions: Sequence[AccessDecision]) -> None:
+        self._store.log_accesses([(int(d.at_s * 1000), d.caller, d.role, d.address,
+                                   d.patient_id, d.purpose, d.allowed, d.reason)
+                                  for d in decisions])

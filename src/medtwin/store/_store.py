@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -400,13 +400,15 @@ class Store:
             return conn.execute(select(t.token_addresses.c.address).where(
                 t.token_addresses.c.token_hash == token_hash)).scalar()
 
-    def log_access(self, at_ms: int, caller: str, role: str, address: str | None,
-                   patient_id: str, purpose: str, allowed: bool, reason: str) -> None:
-        """Keep one access decision."""
+    def log_accesses(self, decisions: Sequence[tuple[int, str, str, str | None, str, str,
+                                                     bool, str]]) -> None:
+        """Keep access decisions, one transaction for all: (at_ms, caller, role, address,
+        patient_id, purpose, allowed, reason) each."""
+        keys = ("at_ms", "caller", "role", "address", "patient_id", "purpose", "allowed",
+                "reason")
         with self.engine.begin() as conn:
-            conn.execute(insert(t.access_decisions).values(
-                at_ms=at_ms, caller=caller, role=role, address=address,
-                patient_id=patient_id, purpose=purpose, allowed=allowed, reason=reason[:300]))
+            conn.execute(insert(t.access_decisions), [
+                dict(zip(keys, (*d[:7], d[7][:300]), strict=True)) for d in decisions])
 
     def access_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest access decisions, newest first."""
