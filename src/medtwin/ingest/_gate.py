@@ -321,6 +321,26 @@ class Gate:
                                 "used; make a fresh one")
         return self._register(keys, device, now_ms)
 
+    def _check_sender(self, device: Device, seq: int, sent_at_ms: int, now_ms: int,
+                      erased: Collection[str], seen_seq: Mapping[str, int],
+                      floor: int = -1) -> None:
+        """Steps (3), (5) and (6) of an authentic packet, signed or in a session: not an
+        erased patient's device, a sequence number above every one accepted from the device
+        (and `floor`, the session's highest), a send time within the clock skew."""
+        device_id = device.device_id
+        if device.patient_id in erased:
+            raise _Rejected(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs to a "
+                            "patient who was erased; their data can no longer be recorded: "
+                            "retire the device", device_id)
+        last = max(floor, device.last_seq, seen_seq.get(device_id, -1))
+        if seq <= last:
+            raise _Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {seq} is not above "
+                            f"{last}, the last accepted from this device", device_id)
+        skew_s = abs(sent_at_ms - now_ms) / 1000
+        if skew_s * 1000 > self.max_skew_ms:
+            raise _Rejected(RejectReason.CLOCK_SKEW, f"send time is {skew_s:.0f} s from the site "
+                            f"clock (limit {self.max_skew_ms / 1000:.0f} s)", device_id)
+
     def close_device_sessions(self, device_id: str) -> None:
         """End every live session of a device (its key changed, or it was retired)."""
         with self._sessions_lock:
@@ -448,21 +468,8 @@ class Gate:
         except (SignatureError, binascii.Error, ValueError):
             raise _Rejected(RejectReason.BAD_SIGNATURE, f"signature does not verify with the "
                             f"registered key of device {device_id!r}", device_id) from None
-        # (3): an erased patient's device
-        if device.patient_id in erased:
-            raise _Rejected(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs to a "
-                            "patient who was erased; their data can no longer be recorded: "
-                            "retire the device", device_id)
-        # (5): sequence
-        last = max(device.last_seq, seen_seq.get(device_id, -1))
-        if pkt["seq"] <= last:
-            raise _Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {pkt['seq']} is not "
-                            f"above {last}, the last accepted from this device", device_id)
-        # (6): clock
-        skew_s = abs(pkt["sent_at"] - now_ms) / 1000
-        if skew_s * 1000 > self.max_skew_ms:
-            raise _Rejected(RejectReason.CLOCK_SKEW, f"send time is {skew_s:.0f} s from the site "
-                            f"clock (limit {self.max_skew_ms / 1000:.0f} s)", device_id)
+        # (3), (5), (6)
+        self._check_sender(device, pkt["seq"], pkt["sent_at"], now_ms, erased, seen_seq)
         seen_seq[device_id] = pkt["seq"]
         readings = pkt["readings"]
         return _Candidate(
@@ -523,21 +530,9 @@ class Gate:
         if pkt["device_id"] != device_id or pkt["seq"] != seq:
             raise _Rejected(RejectReason.MALFORMED, "session packet body must name the "
                             "session's device and the frame's sequence number", device_id)
-        # (3): an erased patient's device
-        if device.patient_id in erased:
-            raise _Rejected(RejectReason.UNKNOWN_PATIENT, f"device {device_id!r} belongs to a "
-                            "patient who was erased; their data can no longer be recorded: "
-                            "retire the device", device_id)
-        # (5): sequence, within the session and across the device's packets
-        last = max(session.highest_seq, device.last_seq, seen_seq.get(device_id, -1))
-        if seq <= last:
-            raise _Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {seq} is not above "
-                            f"{last}, the last accepted from this device", device_id)
-        # (6): clock
-        skew_s = abs(pkt["sent_at"] - now_ms) / 1000
-        if skew_s * 1000 > self.max_skew_ms:
-            raise _Rejected(RejectReason.CLOCK_SKEW, f"send time is {skew_s:.0f} s from the site "
-                            f"clock (limit {self.max_skew_ms / 1000:.0f} s)", device_id)
+        # (3), (5) within the session and across the device's packets, (6)
+        self._check_sender(device, seq, pkt["sent_at"], now_ms, erased, seen_seq,
+                           session.highest_seq)
         with self._sessions_lock:
             session.highest_seq = max(session.highest_seq, seq)
             session.packets += 1

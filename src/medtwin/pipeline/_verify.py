@@ -298,17 +298,28 @@ def _check_session(record: SessionRecord, registration: RegistrationRecord | Non
                                 "that session", where) from exc
 
 
+def _stored_packet(record: PacketRecord, keyring: KeyRing,
+                   wrapped: dict[str, WrappedKey]) -> bytes:
+    """The device packet's stored bytes (as signed, or as its session sealed them), checked
+    to say the device, sequence number and send time its record says."""
+    payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
+                           packet_aad(record.leaf_index, record.patient_id))
+    signed = signed_bytes(payload)
+    if signed is None:
+        raise SignatureError("no device bytes")
+    packet = decode_json(signed)
+    if (packet["device_id"], packet["seq"], packet["sent_at"]) != (
+            record.device_id, record.seq, record.sent_at_ms):
+        raise SignatureError("the stored packet is another packet")
+    return signed
+
+
 def _check_packet_claims(record: PacketRecord, keyring: KeyRing,
                          wrapped: dict[str, WrappedKey]) -> None:
     """(6b): a session packet's stored bytes say what its record says."""
     where = record.describe()
     try:
-        payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
-                               packet_aad(record.leaf_index, record.patient_id))
-        packet = decode_json(signed_bytes(payload) or b"")
-        if (packet["device_id"], packet["seq"], packet["sent_at"]) != (
-                record.device_id, record.seq, record.sent_at_ms):
-            raise SignatureError("the stored packet is another packet")
+        _stored_packet(record, keyring, wrapped)
     except (DecryptionError, SignatureError, KeyError, TypeError) as exc:
         raise VerificationError(f"session: {where} does not hold the packet its record "
                                 "describes: the packet was altered", where) from exc
@@ -316,19 +327,12 @@ def _check_packet_claims(record: PacketRecord, keyring: KeyRing,
 
 def _check_signature(record: PacketRecord, registration: RegistrationRecord,
                      keyring: KeyRing, wrapped: dict[str, WrappedKey]) -> None:
+    """(6): the stored bytes say what the record says and carry the device's signature."""
     where = record.describe()
     try:
-        payload = keyring.open(record.patient_id, wrapped[record.patient_id], record.envelope,
-                               packet_aad(record.leaf_index, record.patient_id))
-        signed = signed_bytes(payload)
-        if signed is None:
-            raise SignatureError("no signed bytes")
+        signed = _stored_packet(record, keyring, wrapped)
         verify_signature(registration.suite, registration.public_key,
                          PACKET_SIGNING_CONTEXT + signed, record.signature or b"")
-        packet = decode_json(signed)
-        if (packet["device_id"], packet["seq"], packet["sent_at"]) != (
-                record.device_id, record.seq, record.sent_at_ms):
-            raise SignatureError("the signed packet is another packet")
     except (DecryptionError, SignatureError, KeyError, TypeError) as exc:
         raise VerificationError(f"signature: {where} is not signed by its device's registered "
                                 "key: the packet was altered or fabricated", where) from exc
