@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from tests.conftest import DeviceSim, FakeClock, key_pair
 
+import medtwin.api._ledger as api_ledger
 from medtwin.access import Role, new_token
 from medtwin.api import create_app
 from medtwin.config import Settings, TrustedWitness, parse_witnesses
@@ -19,8 +21,11 @@ from medtwin.errors import ConfigError
 from medtwin.ledger import (
     NoteSigner,
     NoteVerifier,
+    TileIndex,
     checkpoint_body,
+    consistency_proof,
     cosign_checkpoint,
+    inclusion_proof,
     open_checkpoint_note,
     root_from_leaf_hashes,
     verify_consistency,
@@ -63,6 +68,10 @@ def logged(pipeline: Pipeline, device: DeviceSim) -> int:
     return head.size
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _hashes(answer: dict[str, object]) -> list[bytes]:
     proof = answer["proof"]
     assert isinstance(proof, list)
@@ -99,6 +108,50 @@ def test_proofs_verify_against_the_signed_head(client: TestClient, auditor: dict
         assert reply.status_code == 200, reply.text
         verify_consistency(old, logged, root_from_leaf_hashes(leaves[:old]), head.root,
                            _hashes(reply.json()))
+
+
+def test_proofs_follow_the_growing_log_reading_only_new_leaves(
+        pipeline: Pipeline, device: DeviceSim, auditor: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers are those of the proofs recomputed from every leaf hash, as the log grows
+    past several tiles (of 2 leaves here); a request reads the leaves logged since the last
+    one, at most two tiles and the leaf it proves."""
+    monkeypatch.setattr(api_ledger, "TileIndex", partial(TileIndex, height=1))
+    every_leaf = pipeline.store.leaf_hashes
+    reads: list[tuple[int, int | None, int]] = []
+
+    def leaf_hashes(start: int = 0, end: int | None = None) -> list[bytes]:
+        rows = every_leaf(start, end)
+        reads.append((start, end, len(rows)))
+        return rows
+
+    monkeypatch.setattr(pipeline.store, "leaf_hashes", leaf_hashes)
+    indexed = 0
+    with TestClient(create_app(pipeline)) as client:
+        for packets in (3, 1, 6, 9):
+            pipeline.process([device.submit(device.vitals()) for _ in range(packets)])
+            leaves = every_leaf()
+            size = len(leaves)
+            head = pipeline.store.latest_head()
+            assert head is not None and head.size == size
+            for index in range(size):
+                reads.clear()
+                reply = client.get("/v1/ledger/proof/inclusion",
+                                   params={"index": index, "size": size}, headers=auditor)
+                assert reply.status_code == 200, reply.text
+                assert reply.json() == {"index": index, "size": size,
+                                        "leaf_hash": _b64(leaves[index]), "proof": [
+                                            _b64(p) for p in inclusion_proof(leaves, index, size)]}
+                assert sum(rows for _, _, rows in reads) <= size - indexed + 2 * 2 + 1, reads
+                indexed = size
+            for old in range(size + 1):
+                reads.clear()
+                reply = client.get("/v1/ledger/proof/consistency",
+                                   params={"old": old, "new": size}, headers=auditor)
+                assert reply.status_code == 200, reply.text
+                assert reply.json() == {"old": old, "new": size, "proof": [
+                    _b64(p) for p in consistency_proof(leaves, old, size)]}
+                assert sum(rows for _, _, rows in reads) <= 2 * 2, reads
 
 
 @pytest.mark.parametrize(("path", "params", "message"), [

@@ -172,6 +172,21 @@ def test_records_come_back_in_leaf_order(pipeline: Pipeline, device: DeviceSim,
     assert head is not None and head.size == 5
 
 
+def test_leaf_hashes_reads_a_range_of_leaf_indexes(pipeline: Pipeline, device: DeviceSim) -> None:
+    pipeline.process([device.submit(device.vitals()) for _ in range(4)])
+    every = pipeline.store.leaf_hashes()
+    assert len(every) == 5
+    assert pipeline.store.leaf_hashes(2) == every[2:]
+    assert pipeline.store.leaf_hashes(1, 3) == every[1:3]
+    assert pipeline.store.leaf_hashes(4, 5) == every[4:]
+    assert pipeline.store.leaf_hashes(3, 3) == pipeline.store.leaf_hashes(5) == []
+    assert pipeline.store.leaf_hashes(3, 99) == every[3:]
+    with pytest.raises(ValueError, match=r"^store: leaf range \[-1, 2\) is not a range"):
+        pipeline.store.leaf_hashes(-1, 2)
+    with pytest.raises(ValueError, match=r"^store: leaf range \[3, 2\) is not a range"):
+        pipeline.store.leaf_hashes(3, 2)
+
+
 def test_a_store_from_before_release_reasons_opens(tmp_path: Path) -> None:
     """A database written before registrations had a reason gets the column on open."""
     url = f"sqlite:///{tmp_path / 'old.db'}"

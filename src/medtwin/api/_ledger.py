@@ -1,13 +1,16 @@
 """Transparency-log endpoints: the checkpoint as a signed note, proofs, witness cosignatures.
 
 The note is signed here, at the edge, with the site's log key; the ledger functions it calls
-are pure. Everything served is hashes and sizes of the log, never patient data.
+are pure. Proofs come from a tile index per router, extended on each request by the leaves
+logged since (O(log n) per proof). Everything served is hashes and sizes of the log, never
+patient data.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response, status
@@ -18,10 +21,11 @@ from medtwin.api._auth import require
 from medtwin.errors import VerificationError
 from medtwin.ledger import (
     NoteVerifier,
+    TileIndex,
     checkpoint_body,
-    consistency_proof,
+    consistency_proof_from,
     cosignature_key_name,
-    inclusion_proof,
+    inclusion_proof_from,
     verify_cosignature,
 )
 from medtwin.pipeline import Pipeline
@@ -55,6 +59,14 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
     read_audit = Depends(require(Permission.READ_AUDIT))
     witnesses = {w.name: NoteVerifier(w.name, "ed25519", w.public_key, cosigner=True)
                  for w in pipeline.settings.witnesses}
+    tiles = TileIndex(pipeline.store.leaf_hashes)
+    extending = threading.Lock()
+
+    def synced_tiles() -> TileIndex:
+        """The router's tile index, extended by the leaves logged since the last request."""
+        with extending:
+            tiles.extend(pipeline.store.leaf_hashes(tiles.size))
+        return tiles
 
     def signed_head() -> HeadRecord:
         head = pipeline.store.latest_head()
@@ -90,9 +102,9 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
         if not 0 <= index < size:
             raise _bad_request(f"api: leaf index {index} is outside a tree of size {size}; "
                                "ask for 0 <= index < size")
-        hashes = pipeline.store.leaf_hashes()
-        proof = inclusion_proof(hashes, index, size)
-        return {"index": index, "size": size, "leaf_hash": _b64(hashes[index]),
+        proof = inclusion_proof_from(synced_tiles(), index, size)
+        (leaf,) = pipeline.store.leaf_hashes(index, index + 1)
+        return {"index": index, "size": size, "leaf_hash": _b64(leaf),
                 "proof": [_b64(p) for p in proof]}
 
     @router.get("/v1/ledger/proof/consistency")
@@ -104,7 +116,7 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
         if not 0 <= old <= new:
             raise _bad_request(f"api: sizes old={old}, new={new} are not a range; ask for "
                                "0 <= old <= new")
-        proof = consistency_proof(pipeline.store.leaf_hashes(), old, new)
+        proof = consistency_proof_from(synced_tiles(), old, new)
         return {"old": old, "new": new, "proof": [_b64(p) for p in proof]}
 
     @router.post("/v1/ledger/cosignature", responses={

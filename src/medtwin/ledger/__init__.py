@@ -44,10 +44,13 @@ from medtwin.ledger._note import (
 )
 from medtwin.ledger._proofs import (
     consistency_proof,
+    consistency_proof_from,
     inclusion_proof,
+    inclusion_proof_from,
     verify_consistency,
     verify_inclusion,
 )
+from medtwin.ledger._tiles import TileIndex
 from medtwin.ledger._witness import (
     WitnessState,
     WitnessStep,
@@ -72,15 +75,18 @@ __all__ = [
     "NoteVerifier",
     "Purpose",
     "SignedTreeHead",
+    "TileIndex",
     "WitnessState",
     "WitnessStep",
     "checkpoint_body",
     "compile_contract",
     "connect_chain",
     "consistency_proof",
+    "consistency_proof_from",
     "cosign_checkpoint",
     "cosignature_key_name",
     "inclusion_proof",
+    "inclusion_proof_from",
     "leaf_data",
     "leaf_hash",
     "load_artifact",

@@ -1,21 +1,39 @@
 """RFC 9162 inclusion and consistency proofs over the Merkle log, and their verification.
 
-Generation takes the log's leaf hashes and recomputes the subtree roots a proof needs; the
-subtrees of one proof are disjoint, so a proof costs O(n) hashes. Verification follows the
-RFC 9162 §2.1.3.2 and §2.1.4.2 algorithms step by step and raises `VerificationError` on any
-failure; it never returns a verdict. Arguments that can never be valid (negative sizes, a
+Generation walks the RFC 9162 §2.1.3.1 and §2.1.4.1 definitions and asks a source for each
+subtree root it needs: from a list of leaf hashes (`inclusion_proof`, `consistency_proof`),
+recomputed from the leaves, O(n) hashes per proof; from a `TileIndex` (`inclusion_proof_from`,
+`consistency_proof_from`), O(log n) hashes and at most two tiles of leaf hashes read. Verification
+follows the RFC 9162 §2.1.3.2 and §2.1.4.2 algorithms step by step and raises `VerificationError`
+on any failure; it never returns a verdict. Arguments that can never be valid (negative sizes, a
 leaf hash or root that is not 32 bytes, a range outside the leaves given) raise `ValueError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol
 
 from medtwin.errors import VerificationError
 from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE, MerkleTree, node_hash
 
 _INCLUSION = "inclusion-proof"
 _CONSISTENCY = "consistency-proof"
+
+#: MTH(D[start:end]): where a proof's generation gets each subtree root it needs.
+_RangeRoot = Callable[[int, int], bytes]
+
+
+class SubtreeRoots(Protocol):
+    """A source of the subtree roots of a log's first `size` leaves (a `TileIndex`)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def subtree_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for 0 <= start <= end <= size."""
+        ...
 
 
 def _split(n: int) -> int:
@@ -42,6 +60,25 @@ def _check_leaf_hashes(leaf_hashes: Sequence[bytes], size: int) -> None:
         _check_hash(f"leaf hash {i}", leaf_hashes[i])
 
 
+def _check_within(roots: SubtreeRoots, size: int) -> None:
+    _check_size("size", size)
+    if size > roots.size:
+        raise ValueError(f"size {size} exceeds the {roots.size} leaves indexed; "
+                         f"pass a size of at most {roots.size}")
+
+
+def _check_index(index: int, size: int) -> None:
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} is outside a tree of size {size}; "
+                         f"pass 0 <= index < size")
+
+
+def _check_sizes(old_size: int, new_size: int) -> None:
+    if old_size > new_size:
+        raise ValueError(f"old_size {old_size} is larger than new_size {new_size}; "
+                         f"pass old_size <= new_size")
+
+
 def _check_proof_elements(proof: Sequence[bytes], stage: str, record: str) -> None:
     for i, element in enumerate(proof):
         if len(element) != HASH_SIZE:
@@ -60,19 +97,29 @@ def subtree_root(leaf_hashes: Sequence[bytes], start: int, end: int) -> bytes:
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
     """RFC 9162 §2.1.3.1 PATH(index, D[size]): the audit path proving leaf `index` is logged."""
     _check_leaf_hashes(leaf_hashes, size)
-    if not 0 <= index < size:
-        raise ValueError(f"leaf index {index} is outside a tree of size {size}; "
-                         f"pass 0 <= index < size")
+    _check_index(index, size)
+    return _inclusion_path(partial(subtree_root, leaf_hashes), index, size)
+
+
+def inclusion_proof_from(roots: SubtreeRoots, index: int, size: int) -> list[bytes]:
+    """`inclusion_proof` of the tree of `size` leaves, its subtree roots taken from `roots`."""
+    _check_within(roots, size)
+    _check_index(index, size)
+    return _inclusion_path(roots.subtree_root, index, size)
+
+
+def _inclusion_path(root_of: _RangeRoot, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) for arguments already checked."""
     # Walk down from the root; each step emits the sibling subtree's root (outermost first).
     path: list[bytes] = []
     start, end = 0, size
     while end - start > 1:
         mid = start + _split(end - start)
         if index < mid:
-            path.append(subtree_root(leaf_hashes, mid, end))
+            path.append(root_of(mid, end))
             end = mid
         else:
-            path.append(subtree_root(leaf_hashes, start, mid))
+            path.append(root_of(start, mid))
             start = mid
     path.reverse()
     return path
@@ -134,9 +181,21 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int
     """
     _check_size("old_size", old_size)
     _check_leaf_hashes(leaf_hashes, new_size)
-    if old_size > new_size:
-        raise ValueError(f"old_size {old_size} is larger than new_size {new_size}; "
-                         f"pass old_size <= new_size")
+    _check_sizes(old_size, new_size)
+    return _consistency_path(partial(subtree_root, leaf_hashes), old_size, new_size)
+
+
+def consistency_proof_from(roots: SubtreeRoots, old_size: int, new_size: int) -> list[bytes]:
+    """`consistency_proof` of the trees of `old_size` and `new_size` leaves, its subtree roots
+    taken from `roots`."""
+    _check_size("old_size", old_size)
+    _check_within(roots, new_size)
+    _check_sizes(old_size, new_size)
+    return _consistency_path(roots.subtree_root, old_size, new_size)
+
+
+def _consistency_path(root_of: _RangeRoot, old_size: int, new_size: int) -> list[bytes]:
+    """PROOF(old_size, D[new_size]) for arguments already checked."""
     if old_size in (0, new_size):
         return []
     # SUBPROOF(m, D[start:end], b) unrolled: each step emits one sibling root (outermost first);
@@ -146,14 +205,14 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int
     while m != end - start:
         mid = start + _split(end - start)
         if m <= mid - start:
-            path.append(subtree_root(leaf_hashes, mid, end))
+            path.append(root_of(mid, end))
             end = mid
         else:
-            path.append(subtree_root(leaf_hashes, start, mid))
+            path.append(root_of(start, mid))
             m -= mid - start
             start, known = mid, False
     if not known:
-        path.append(subtree_root(leaf_hashes, start, end))
+        path.append(root_of(start, end))
     path.reverse()
     return path
 

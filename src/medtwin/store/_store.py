@@ -313,10 +313,15 @@ class Store:
             return [AlertRecord(**r._asdict()) for r in conn.execute(
                 select(t.alerts).order_by(t.alerts.c.leaf_index))]
 
-    def leaf_hashes(self) -> list[bytes]:
-        """Stored leaf hashes in order."""
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        """Stored leaf hashes in order: all of them, or those of leaf indexes [start, end)."""
+        if start < 0 or (end is not None and end < start):
+            raise ValueError(f"store: leaf range [{start}, {end}) is not a range of leaf indexes")
+        query = select(t.leaves.c.leaf_hash).where(t.leaves.c.leaf_index >= start)
+        if end is not None:
+            query = query.where(t.leaves.c.leaf_index < end)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t.leaves.c.leaf_hash).order_by(t.leaves.c.leaf_index))
+            rows = conn.execute(query.order_by(t.leaves.c.leaf_index))
             return [r.leaf_hash for r in rows]
 
     def latest_head(self) -> HeadRecord | None:
