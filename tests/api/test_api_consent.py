@@ -3,6 +3,8 @@ chain; a revocation holds from the next request; every decision is kept for audi
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,11 +16,16 @@ pytest.importorskip("eth_account", reason="consent needs the chain extra: "
                                           "pip install 'medtwin[chain]'")
 
 from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from httpx import Response
 
-from medtwin.access import Role, new_token
+from medtwin.access import Caller, Role, new_token
 from medtwin.api import create_app
-from medtwin.ledger import Chain, with_key
+from medtwin.errors import VerificationError
+from medtwin.ledger import Chain, leaf_data, leaf_hash, verify_inclusion, with_key
 from medtwin.pipeline import Pipeline, SiteConsent, site_chain
+from medtwin.store import AccessRecord
 
 
 @pytest.fixture
@@ -119,17 +126,88 @@ def test_every_decision_is_kept_for_auditors(
     assert decisions[0]["reason"].startswith("granted until")
     assert decisions[1]["address"] == doctor
     assert client.get("/v1/access-decisions", headers=clinician).status_code == 403
+    # each decision is a record of the Merkle log: proven included, and counted by verify
+    newest = decisions[0]["leaf_index"]
+    head = client.get("/v1/ledger/head", headers=auditor).json()
+    proof = client.get("/v1/ledger/proof/inclusion", headers=auditor,
+                       params={"index": newest, "size": head["size"]}).json()
+    [record] = [r for r in pipeline.store.records()
+                if isinstance(r, AccessRecord) and r.leaf_index == newest]
+    assert json.loads(record.decisions) == [["pt-7", True, decisions[0]["reason"]]]
+    expected = leaf_hash(leaf_data(record.kind, str(newest), record.commit_bytes()))
+    assert base64.b64decode(proof["leaf_hash"]) == expected
+    verify_inclusion(expected, newest, head["size"],
+                     [base64.b64decode(p) for p in proof["proof"]], bytes.fromhex(head["root"]))
+    report = client.get("/v1/verify", headers=auditor).json()
+    assert (report["ok"], report["accesses"]) == (True, 2)
 
 
-def test_a_token_address_must_be_a_chain_address(client: TestClient, pipeline: Pipeline
-                                                 ) -> None:
+def test_a_deleted_access_decision_is_detected(
+        client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
+        make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
+    _register(client, pipeline, owner, make_device, clock)
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-d", Account.create().address)
+    assert client.get("/v1/patients/pt-7/twin", headers=clinician).status_code == 403
+    [decision] = pipeline.store.access_decisions()
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM accesses")
+    with pytest.raises(VerificationError, match=f"record #{decision['leaf_index']} is missing"):
+        pipeline.verify()
+
+
+def _bind(client: TestClient, headers: dict[str, str], account: LocalAccount,
+          signer: LocalAccount | None = None, address: str | None = None) -> Response:
+    """Ask for the binding message of `address` (default: the account's), sign it with
+    `signer`'s key (default: the account's) and post it."""
+    address = address or account.address
+    message = client.get("/v1/tokens/me/binding", params={"address": address},
+                         headers=headers).json()["message"]
+    signed = (signer or account).sign_message(encode_defunct(text=message))
+    return client.post("/v1/tokens/me/address", headers=headers, json={
+        "address": address, "signature": "0x" + bytes(signed.signature).hex()})
+
+
+def test_a_holder_binds_their_token_to_an_address_they_control(
+        client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
+        make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
+    _register(client, pipeline, owner, make_device, clock)
+    wallet = Account.create()
+    consent.registry.grant(owner, "pt-7", wallet.address, "treatment", int(time.time()) + 3600)
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-e")               # no address yet
+    assert client.get("/v1/patients/pt-7/twin", headers=clinician).status_code == 403
+    stranger = Account.create()
+    forged = _bind(client, clinician, wallet, signer=stranger)
+    assert forged.status_code == 422 and f"signed by {stranger.address}" in forged.text
+    bound = _bind(client, clinician, wallet)
+    assert bound.status_code == 200, bound.text
+    assert bound.json() == {"name": "dr-e", "address": wallet.address}
+    assert client.get("/v1/patients/pt-7/twin", headers=clinician).status_code == 200
+
+
+def test_a_binding_cannot_be_replayed_for_another_token_or_set_by_an_admin(
+        client: TestClient, pipeline: Pipeline) -> None:
+    wallet = Account.create()
+    first = _auth(pipeline, Role.CLINICIAN, "dr-f")
+    message = client.get("/v1/tokens/me/binding", params={"address": wallet.address},
+                         headers=first).json()["message"]
+    signature = "0x" + bytes(wallet.sign_message(encode_defunct(text=message)).signature).hex()
+    second = _auth(pipeline, Role.CLINICIAN, "dr-g")
+    replayed = client.post("/v1/tokens/me/address", headers=second,
+                           json={"address": wallet.address, "signature": signature})
+    assert replayed.status_code == 422 and "was signed by" in replayed.json()["detail"]
+    malformed = client.post("/v1/tokens/me/address", headers=first,
+                            json={"address": wallet.address, "signature": "0x1234"})
+    assert malformed.status_code == 422
     admin = _auth(pipeline, Role.ADMIN, "admin-3")
-    bad = client.post("/v1/tokens", json={"name": "dr-d", "role": "clinician",
-                                          "address": "not-an-address"}, headers=admin)
+    set_by_admin = client.post("/v1/tokens", json={"name": "dr-h", "role": "clinician",
+                                                   "address": wallet.address}, headers=admin)
+    assert set_by_admin.status_code == 422
+    auditor = _auth(pipeline, Role.AUDITOR, "audit-2")       # auditors read no twin
+    assert client.get("/v1/tokens/me/binding", params={"address": wallet.address},
+                      headers=auditor).status_code == 403
+    bad = client.get("/v1/tokens/me/binding", params={"address": "not-an-address"},
+                     headers=first)
     assert bad.status_code == 422
-    good = client.post("/v1/tokens", json={"name": "dr-d", "role": "clinician",
-                                           "address": Account.create().address}, headers=admin)
-    assert good.status_code == 201
 
 
 def test_consent_needs_a_chain_that_outlives_the_process(
@@ -146,3 +224,26 @@ def test_consent_needs_a_chain_that_outlives_the_process(
                                           clock=pipeline.clock)
     with pytest.raises(ConfigError, match="MEDTWIN_CHAIN_URL"):
         open_chain_services(pipeline)         # grants on the embedded chain die with it
+
+
+def test_a_list_read_is_one_record_and_a_stream_logs_only_changes(
+        client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
+        make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
+    _register(client, pipeline, owner, make_device, clock)
+    pipeline.add_patient("pt-8")
+    doctor = Account.create().address
+    caller = Caller("dr-s", Role.CLINICIAN, doctor)
+
+    def logged() -> list[AccessRecord]:
+        return [r for r in pipeline.store.records() if isinstance(r, AccessRecord)]
+
+    assert consent.readable(caller, {"pt-7", "pt-8"}) == set()
+    [first] = logged()
+    assert [row[:2] for row in json.loads(first.decisions)] == [["pt-7", False],
+                                                                 ["pt-8", False]]
+    # a stream re-deciding the same answer adds nothing; a changed answer is logged
+    assert consent.readable(caller, {"pt-7", "pt-8"}, previous=set()) == set()
+    assert len(logged()) == 1
+    consent.registry.grant(owner, "pt-7", doctor, "treatment", int(time.time()) + 3600)
+    assert consent.readable(caller, {"pt-7", "pt-8"}, previous=set()) == {"pt-7"}
+    assert len(logged()) == 2

@@ -3,27 +3,14 @@ explained finding, while other devices are served; findings and held readings ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from fastapi.testclient import TestClient
+from tests.api.conftest import auth
 from tests.conftest import DeviceSim, FakeClock
 
-from medtwin.access import Role, new_token
-from medtwin.api import create_app
+from medtwin.access import Role
 from medtwin.pipeline import Pipeline
-
-
-@pytest.fixture
-def client(pipeline: Pipeline) -> Iterator[TestClient]:
-    with TestClient(create_app(pipeline)) as test_client:
-        yield test_client
-
-
-def _auth(pipeline: Pipeline, role: Role) -> dict[str, str]:
-    token, token_hash = new_token()
-    pipeline.store.add_token(token_hash, f"{role.value}-1", role.value, 0)
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_flood_is_throttled_found_and_quarantined(
@@ -39,7 +26,7 @@ def test_a_flood_is_throttled_found_and_quarantined(
              for _ in range(300)]
     assert codes.count(429) > 100                         # the API stops the bulk
     assert client.post("/v1/packets", json=other.envelope(other.vitals())).status_code == 200
-    clinician = _auth(pipeline, Role.CLINICIAN)
+    clinician = auth(pipeline, Role.CLINICIAN)
     findings = client.get("/v1/findings", headers=clinician).json()["findings"]
     flood = [f for f in findings if f["code"] == "device-behaviour"]
     convicting = [f for f in flood if f["quarantined"]]
@@ -48,9 +35,9 @@ def test_a_flood_is_throttled_found_and_quarantined(
     assert {"observed", "expected", "statistic", "threshold", "since",
             "would_clear"} <= set(convicting[0]["evidence"])
     devices = {d["device_id"]: d["status"]
-               for d in client.get("/v1/devices", headers=_auth(pipeline, Role.ADMIN)).json()}
+               for d in client.get("/v1/devices", headers=auth(pipeline, Role.ADMIN)).json()}
     assert devices == {"vit-1": "quarantined", "vit-2": "active"}
-    audit = client.get("/v1/throttled", headers=_auth(pipeline, Role.AUDITOR)).json()
+    audit = client.get("/v1/throttled", headers=auth(pipeline, Role.AUDITOR)).json()
     assert audit["throttled"] == {"device:vit-1": codes.count(429)}
     # a quarantined device's later packets are stored and held; the twin shows it
     clock.advance(120)

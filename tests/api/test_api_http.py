@@ -130,7 +130,9 @@ def test_audit_endpoints_show_the_signed_head_and_verify(client: TestClient, pip
     result = client.get("/v1/verify", headers=auditor).json()
     assert result == {"ok": True, "records": 4, "packets": 3, "alerts": 0, "rejections": 0,
                       "registrations": 1, "signatures_checked": 3, "pending": 0,
-                      "erasures": 0, "unreadable": 0, "root": head["root"]}
+                      "erasures": 0, "unreadable": 0, "rotations": 0, "sessions": 0,
+                      "snapshots": 0, "accesses": 0, "log_key_rotations": 0,
+                      "log_key_id": pipeline.keys.log_key.key_id, "root": head["root"]}
 
 
 def test_the_ledger_head_of_an_empty_site_is_not_found(client: TestClient,

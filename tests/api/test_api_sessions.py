@@ -12,10 +12,12 @@ from fastapi.testclient import TestClient
 from tests.conftest import FakeClock
 
 from medtwin.api import create_app
+from medtwin.crypto import check_session_key
 from medtwin.domain import Device
 from medtwin.errors import VerificationError
 from medtwin.pipeline import Pipeline, verify_store
 from medtwin.sim import SessionDevice
+from medtwin.store import RejectionRecord
 
 
 @pytest.fixture
@@ -32,10 +34,13 @@ def patch(pipeline: Pipeline, patient_id: str) -> SessionDevice:
 
 
 def _open(client: TestClient, device: SessionDevice, clock: FakeClock) -> dict[str, object]:
-    key = client.get("/v1/session-key").json()
-    assert key["kem"] == "x25519+ml-kem-768"
-    answer = client.post("/v1/sessions", json=device.handshake(
-        base64.b64decode(key["public_key"]), clock()))
+    pipeline: Pipeline = client.app.state.pipeline                      # the site served
+    offer = client.get("/v1/session-key").json()
+    # the device checks the offer against the log key it was provisioned with
+    kem, public_key, _signer = check_session_key(offer, pipeline.keys.first_log_key,
+                                        pipeline.settings.log_origin)
+    assert kem == "x25519+ml-kem-768"
+    answer = client.post("/v1/sessions", json=device.handshake(public_key, clock()))
     assert answer.status_code == 201, answer.text
     body: dict[str, object] = answer.json()
     return body
@@ -59,7 +64,7 @@ def test_a_session_carries_packets_and_verifies(client: TestClient, pipeline: Pi
     for k in range(5):
         status, body, _ = _frame(client, patch, clock, 70.0 + k)
         assert (status, body["status"], body["seq"]) == (200, "accepted", k)
-    report = verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+    report = verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring)
     assert (report.sessions, report.packets) == (1, 5)
     assert pipeline.store.has_session(str(opened["session_id"]))
 
@@ -81,6 +86,12 @@ def test_replays_and_forgeries_are_refused(client: TestClient, pipeline: Pipelin
     stranger = SessionDevice("ecg-9", "pt-1")
     refused = client.post("/v1/sessions", json=stranger.handshake(handshake_key, clock()))
     assert (refused.status_code, refused.json()["reason"]) == (401, "unknown-device")
+    # refused handshakes are logged like refused packets: who they claimed to be, and why
+    logged = [(r.device_id, r.reason) for r in pipeline.store.records()
+              if isinstance(r, RejectionRecord) and r.detail.startswith("session handshake")]
+    assert logged == [("ecg-1", "replayed-sequence"), ("ecg-9", "unknown-device")]
+    assert verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring
+                        ).rejections == 4
 
 
 def test_verify_refuses_a_session_packet_without_its_handshake(
@@ -94,7 +105,7 @@ def test_verify_refuses_a_session_packet_without_its_handshake(
     with pipeline.store.engine.begin() as conn:           # the logged handshake, altered
         conn.execute(update(_schema.sessions).values(session_id="00" * 16))
     with pytest.raises(VerificationError, match="session"):
-        verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring)
 
 
 def test_a_replayed_handshake_never_ends_a_live_session(
@@ -121,3 +132,13 @@ def test_rotating_the_device_key_ends_its_sessions(
     pipeline.rotate_device_key("ecg-1", "ed25519", new_public, "ticket 11")
     status, body, _ = _frame(client, patch, clock)
     assert (status, body["reason"]) == (401, "unknown-session")
+
+
+def test_the_session_key_offer_is_checked_across_a_log_key_rotation(
+        client: TestClient, pipeline: Pipeline, patch: SessionDevice, clock: FakeClock) -> None:
+    """A device provisioned before a log key rotation still checks the offer (it follows the
+    rotation the offer carries), and opens a session."""
+    pipeline.rotate_log_key("ops", "ticket 40", "ml-dsa-65")
+    offer = client.get("/v1/session-key").json()
+    assert [r["key"]["key_id"] for r in offer["log_keys"]] == [pipeline.keys.log_key.key_id]
+    assert _open(client, patch, clock)["device_id"] == "ecg-1"

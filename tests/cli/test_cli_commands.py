@@ -47,7 +47,10 @@ def test_keys_devices_and_tokens(tmp_path: Path) -> None:
                                 str(key_file), *site])
     assert added.exit_code == 0, added.output
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert json.loads(key_file.read_text())["device_id"] == "cgm-7"
+    provisioned = json.loads(key_file.read_text())
+    assert provisioned["device_id"] == "cgm-7"
+    assert provisioned["site"]["origin"] == "medtwin.local/log"
+    assert set(provisioned["site"]["log_key"]) == {"key_id", "suite", "public_key"}
     orphan = runner.invoke(app, ["keys", "add-device", "cgm-8", "--patient", "pt-404", "--out",
                                  str(tmp_path / "cgm-8.json"), *site])
     assert orphan.exit_code == 1

@@ -43,3 +43,26 @@ def test_keys_rotate_then_verify_then_retire(tmp_path: Path) -> None:
     again = runner.invoke(app, ["keys", "rewrap", *site])
     assert again.exit_code == 0, again.output
     assert "0 data keys re-wrapped" in again.output
+
+
+def test_keys_rotate_log_then_verify_follows_the_endorsement(tmp_path: Path) -> None:
+    site = ["--data-dir", str(tmp_path / "site")]
+    assert runner.invoke(app, ["keys", "add-patient", "pt-1", *site]).exit_code == 0
+    first = SiteKeys.load(tmp_path / "site" / "keys").log_key.key_id
+    assert runner.invoke(app, ["keys", "rotate-log", *site]).exit_code != 0   # no reason
+    rotated = runner.invoke(app, ["keys", "rotate-log", "--reason", "ticket 52", "--suite",
+                                  "ml-dsa-65", *site])
+    assert rotated.exit_code == 0, rotated.output
+    output = " ".join(rotated.output.split())
+    found = re.search(r"log key rotated: (log-[0-9a-f]+) -> (log-[0-9a-f]+) \(ml-dsa-65",
+                      output)
+    assert found is not None and found.group(1) == first, rotated.output
+    keys = SiteKeys.load(tmp_path / "site" / "keys")
+    assert keys.log_key.key_id == found.group(2) and keys.log_key.suite == "ml-dsa-65"
+    verified = runner.invoke(app, ["verify", *site])
+    assert verified.exit_code == 0, verified.output
+    assert (f"1 log key rotations logged, each endorsed by the key it replaced; the key in "
+            f"force is {found.group(2)}") in " ".join(verified.output.split())
+    unknown = runner.invoke(app, ["keys", "rotate-log", "--reason", "x", "--suite", "rsa",
+                                  *site])
+    assert unknown.exit_code == 1 and "unknown signature suite" in unknown.output

@@ -4,6 +4,7 @@ test client): cosigning, growth, split views, a wrong log key, and argument hand
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -17,10 +18,11 @@ from medtwin.access import Role, new_token
 from medtwin.api import create_app
 from medtwin.cli import _witness, app
 from medtwin.config import Settings, TrustedWitness
-from medtwin.crypto import load_or_create_signing_key
+from medtwin.crypto import endorse_log_key, load_or_create_signing_key
 from medtwin.errors import ConfigError
 from medtwin.ledger import NoteVerifier, WitnessState, open_checkpoint_note
 from medtwin.pipeline import Pipeline
+from medtwin.store import LogKeyRecord
 
 runner = CliRunner()
 NAME = "witness.example/w1"
@@ -159,3 +161,85 @@ def test_one_witness_process_per_state_directory(tmp_path: Path) -> None:
         pass
     with state_lock(tmp_path / "w"):                       # free again afterwards
         pass
+
+
+def test_the_witness_follows_a_log_key_rotation_it_can_check(site: Pipeline, state_dir: Path,
+                                                            device: DeviceSim) -> None:
+    """Pinned to the first key, the witness follows two rotations (one to ML-DSA-65): each
+    endorsed by the key before it and included in the checkpoint; it remembers the new key."""
+    args = _args(site, state_dir)
+    assert runner.invoke(app, args).exit_code == 0
+    site.rotate_log_key("ops", "ticket 20")
+    site.process([device.submit(device.vitals()) for _ in range(2)])
+    record = site.rotate_log_key("ops", "ticket 21: post-quantum", "ml-dsa-65")
+    site.process([device.submit(device.vitals()) for _ in range(2)])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    head = site.store.latest_head()
+    assert head is not None and head.key_id == record.key_id
+    state = _state(state_dir)
+    assert state["size"] == head.size
+    assert state["log_key"] == {"key_id": record.key_id, "suite": "ml-dsa-65",
+                                "public_key": base64.b64encode(record.public_key).decode()}
+    assert len(site.store.cosignatures(head.origin, head.size, head.root)) == 1
+    # the next round uses the remembered key directly
+    site.process([device.submit(device.vitals())])
+    assert runner.invoke(app, args).exit_code == 0
+
+
+def test_a_rotation_not_endorsed_by_the_trusted_key_is_not_followed(
+        site: Pipeline, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that swaps in a key endorsed by some other key gets no cosignature."""
+    args = _args(site, state_dir)                           # pinned to the first key
+    assert runner.invoke(app, args).exit_code == 0
+    site.rotate_log_key("ops", "ticket 22")
+    [genuine] = site.log_key_rotations()
+    rogue = load_or_create_signing_key(state_dir.parent / "rogue.json")
+    forged = endorse_log_key(rogue, genuine.endorsement().key, genuine.origin,
+                             genuine.leaf_index, genuine.time_ms, genuine.reason)
+    forged = dataclasses.replace(forged, previous=dataclasses.replace(
+        forged.previous, public_key=site.keys.first_log_key.public_key))
+    monkeypatch.setattr(site, "log_key_rotations", lambda: [LogKeyRecord.of(forged)])
+    size_before = _state(state_dir)["size"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "is not signed by 'pinned key'" in " ".join(result.output.split())
+    assert _state(state_dir)["size"] == size_before and "log_key" not in _state(state_dir)
+
+
+def test_a_rotation_that_is_not_in_the_log_is_not_followed(
+        site: Pipeline, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endorsement by the right key, but of a record the log does not hold at that leaf,
+    fails the inclusion check: a witness adopts only rotations the log itself carries."""
+    args = _args(site, state_dir)
+    assert runner.invoke(app, args).exit_code == 0
+    outgoing = site.keys.log_key                 # its private half, before it is dropped
+    record = site.rotate_log_key("ops", "ticket 23")
+    elsewhere = endorse_log_key(outgoing, record.endorsement().key, record.origin, 1,
+                                record.time_ms, record.reason)
+    monkeypatch.setattr(site, "log_key_rotations", lambda: [LogKeyRecord.of(elsewhere)])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "inclusion proof" in " ".join(result.output.split())
+    assert "log_key" not in _state(state_dir)
+
+
+def test_a_checkpoint_older_than_the_newest_rotation_is_still_cosigned(
+        site: Pipeline, state_dir: Path, device: DeviceSim,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation logged between the witness's two fetches: it follows only as far as the
+    key that signed the checkpoint it holds."""
+    args = _args(site, state_dir)
+    assert runner.invoke(app, args).exit_code == 0
+    middle = site.rotate_log_key("ops", "ticket 24")
+    site.process([device.submit(device.vitals())])
+    held = site.checkpoint_note()
+    assert held is not None
+    site.rotate_log_key("ops", "ticket 25")
+    monkeypatch.setattr(site, "checkpoint_note", lambda: held)
+    result = runner.invoke(app, args)
+    # checked and cosigned (the site, having moved on, asks for the newer one: 409)
+    assert "the latest checkpoint is size" in " ".join(result.output.split())
+    state = _state(state_dir)
+    assert state["size"] == held[0].size
+    assert state["log_key"]["key_id"] == middle.key_id   # type: ignore[index]

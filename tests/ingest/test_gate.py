@@ -199,7 +199,7 @@ def test_pipeline_rejects_and_records_without_storing(
         outcome.leaf_index, reason.value, outcome.error.detail)
     assert MARK_TEXT not in record.commit_bytes().decode()
     assert pipeline.twin_state("pt-1").channels == ()
-    verify_store(pipeline.store, pipeline.keys.log_key)
+    verify_store(pipeline.store, pipeline.keys.log_key_history)
 
 
 def test_rejection_names_the_claimed_device(pipeline: Pipeline, device: DeviceSim,

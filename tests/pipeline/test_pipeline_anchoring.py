@@ -65,7 +65,7 @@ def test_verify_holds_the_log_to_every_anchor(pipeline: Pipeline, device: Device
     claims = checkpoint_claims(pipeline.store, pipeline.settings, anchorer.chain)
     assert (claims.anchors_indexed, claims.anchors_on_chain, claims.anchors_unreachable) == (
         3, 3, 0)
-    report = verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+    report = verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
     assert report.checkpoints_checked == 6
     # from another process the embedded chain is gone: the index still binds the log
     elsewhere = checkpoint_claims(pipeline.store, pipeline.settings, None)
@@ -81,7 +81,7 @@ def test_a_root_anchored_by_the_sites_key_that_the_log_lacks_fails_verify(
     claims = checkpoint_claims(pipeline.store, pipeline.settings, anchorer.chain,
                                [anchorer.contract.address])
     with pytest.raises(VerificationError, match=f"anchor of size {size} on chain"):
-        verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
 
 
 def test_an_altered_index_entry_fails_verify(pipeline: Pipeline, device: DeviceSim,
@@ -96,7 +96,7 @@ def test_an_altered_index_entry_fails_verify(pipeline: Pipeline, device: DeviceS
     # without the chain, the altered index disagrees with the log itself
     claims = checkpoint_claims(pipeline.store, pipeline.settings, None)
     with pytest.raises(VerificationError, match="in the site's index"):
-        verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
 
 
 def test_an_anchor_beyond_the_log_means_it_was_rolled_back(
@@ -107,7 +107,7 @@ def test_an_anchor_beyond_the_log_means_it_was_rolled_back(
     claims = checkpoint_claims(pipeline.store, pipeline.settings, anchorer.chain,
                                [anchorer.contract.address])
     with pytest.raises(VerificationError, match="truncated or rolled back"):
-        verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
 
 
 class _SlowChain:
@@ -195,7 +195,7 @@ def test_witness_cosignatures_are_checked_and_held_to_the_log(
     trusting = settings.with_(witnesses=(TrustedWitness("witness.example", public),))
     claims = checkpoint_claims(pipeline.store, trusting, None)
     assert (claims.cosignatures, claims.cosignatures_unverified) == (1, 0)
-    assert verify_store(pipeline.store, pipeline.keys.log_key,
+    assert verify_store(pipeline.store, pipeline.keys.log_key_history,
                         claims=claims.claims).checkpoints_checked == 1
     assert checkpoint_claims(pipeline.store, settings, None).cosignatures_unverified == 1
     # a cosigned view the log does not have (the site showed the witness a split view)
@@ -205,7 +205,7 @@ def test_witness_cosignatures_are_checked_and_held_to_the_log(
                                    5, clock())
     claims = checkpoint_claims(pipeline.store, trusting, None)
     with pytest.raises(VerificationError, match=r"witness\.example's cosignature"):
-        verify_store(pipeline.store, pipeline.keys.log_key, claims=claims.claims)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
 
 
 def test_the_anchorer_survives_a_failing_store_and_never_anchors_twice(

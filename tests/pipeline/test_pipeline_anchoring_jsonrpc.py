@@ -87,7 +87,7 @@ def test_anchors_on_a_json_rpc_node_survive_a_restart(node_url: str, settings: S
     claims = checkpoint_claims(pipeline.store, site, reader)
     assert (claims.anchors_indexed, claims.anchors_on_chain, claims.anchors_unreachable) == (
         2, 2, 0)
-    assert verify_store(pipeline.store, pipeline.keys.log_key,
+    assert verify_store(pipeline.store, pipeline.keys.log_key_history,
                         claims=claims.claims).checkpoints_checked == 4
 
 

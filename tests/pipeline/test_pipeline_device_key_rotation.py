@@ -31,7 +31,7 @@ def test_a_rotated_key_signs_from_the_next_packet(pipeline: Pipeline, device: De
     assert isinstance(stale, Rejected) and stale.error.reason is RejectReason.BAD_SIGNATURE
     clock.advance(60)
     assert isinstance(pipeline.process([device.submit(device.vitals())])[0], Accepted)
-    report = verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+    report = verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring)
     assert (report.signatures_checked, report.registrations) == (2, 2)
     [*_, latest] = pipeline.store.registrations()
     assert latest.reason == "key rotation: ticket 7: lost patch"

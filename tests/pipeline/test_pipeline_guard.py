@@ -111,7 +111,7 @@ def test_a_replayed_hour_quarantines_the_cgm_which_is_then_held(
     glucose = next(c for c in state.channels if c.channel is Channel.GLUCOSE)
     assert glucose.held
     # the log verifies, and a restart rebuilds the same twin, guard and statuses
-    report = verify_store(site.pipeline.store, site.pipeline.keys.log_key)
+    report = verify_store(site.pipeline.store, site.pipeline.keys.log_key_history)
     assert report.records == site.pipeline.tree_size()
     site.pipeline.close()
     reopened = Pipeline.open(settings)

@@ -84,7 +84,7 @@ def test_verify_counts_records_after_the_signed_head_as_pending(
     with pipeline.store.engine.begin() as conn:  # put the older head back
         conn.exec_driver_sql("UPDATE tree_heads SET size = ?, root = ?, signature = ?",
                              (head.size, head.root, head.signature))
-    report = verify_store(pipeline.store, pipeline.keys.log_key)
+    report = verify_store(pipeline.store, pipeline.keys.log_key_history)
     assert (report.records, report.registrations, report.pending) == (4, 1, 1)
 
 
@@ -109,7 +109,7 @@ def test_verify_catches_a_swapped_device_key(pipeline: Pipeline, device: DeviceS
         conn.exec_driver_sql("UPDATE devices SET public_key = zeroblob(32)")
     with pytest.raises(VerificationError, match=r"^devices: device 'vit-1' differs from its "
                                                 r"logged registration") as caught:
-        verify_store(pipeline.store, pipeline.keys.log_key)
+        verify_store(pipeline.store, pipeline.keys.log_key_history)
     assert caught.value.record == "device vit-1"
 
 
@@ -139,10 +139,10 @@ def test_not_even_the_site_can_fabricate_a_device_packet(pipeline: Pipeline,
                              (leaf,))
         conn.exec_driver_sql("UPDATE tree_heads SET root = ?, signature = ?",
                              (head.root, head.signature))
-    verify_store(pipeline.store, pipeline.keys.log_key)  # the log alone is consistent
+    verify_store(pipeline.store, pipeline.keys.log_key_history)  # the log alone is consistent
     with pytest.raises(VerificationError, match=r"^signature: packet #2 \(device vit-1, seq 1\) "
                                                 r"is not signed by its device's registered key"):
-        verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring)
 
 
 def test_a_site_with_patients_refuses_to_start_without_its_keys(settings: Settings,

@@ -104,7 +104,7 @@ def test_an_insider_cannot_refile_a_packet_for_another_patient(
     with pytest.raises(VerificationError, match=rf"^log: packet #{moved.leaf_index} .* is not "
                                                 r"from a device registered to its "
                                                 r"patient"):
-        verify_store(pipeline.store, pipeline.keys.log_key, pipeline.keyring)
+        verify_store(pipeline.store, pipeline.keys.log_key_history, pipeline.keyring)
 
 
 def test_token_create_never_mints_keys_over_existing_patients(stopped: Settings) -> None:

@@ -48,7 +48,7 @@ class ConsentPolicy:
     be read. `audit` (if given) receives every decision, a request's decisions at once."""
 
     def __init__(self, view: ConsentView, clock: Callable[[], float] = time.time,
-                 audit: Callable[[Sequence[AccessDecision]], None] | None = None) -> None:
+                 audit: Callable[[Sequence[AccessDecision]], object] | None = None) -> None:
         self.view = view
         self.clock = clock
         self.audit = audit
@@ -57,10 +57,11 @@ class ConsentPolicy:
         """May `caller` read the twin of `patient_id` for `purpose` now?"""
         return self.decide_many(caller, [patient_id], purpose)[0]
 
-    def decide_many(self, caller: Caller, patient_ids: Sequence[str],
-                    purpose: str) -> list[AccessDecision]:
+    def decide_many(self, caller: Caller, patient_ids: Sequence[str], purpose: str,
+                    audit: bool = True) -> list[AccessDecision]:
         """One decision per patient, from one refresh of the consent view (a list read costs
-        one chain round trip, not one per patient)."""
+        one chain round trip, not one per patient); passed to the audit hook unless `audit`
+        is false (the caller then logs them itself)."""
         now_s = self.clock()
         failure = self._refresh(caller)
         decisions = [AccessDecision(now_s, caller.name, caller.role.value, caller.address,
@@ -68,7 +69,7 @@ class ConsentPolicy:
                                     *(failure or self._answer(caller, patient_id, purpose,
                                                               now_s)))
                      for patient_id in patient_ids]
-        if self.audit is not None and decisions:
+        if audit and self.audit is not None and decisions:
             self.audit(decisions)
         return decisions
 

@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from medtwin.access import Caller, Permission, Role, allows, new_token
-from medtwin.api._auth import caller_of, require
+from medtwin.api._auth import caller_of, require, token_hash_of
 from medtwin.api._batcher import IngestBatcher
 from medtwin.api._ledger import ledger_router
 from medtwin.api._limits import RateLimiter, RegisteredDevices, address_of, throttled_response
@@ -36,6 +36,7 @@ from medtwin.errors import (
     PatientErasedError,
 )
 from medtwin.ingest import MAX_HANDSHAKE_BYTES, decode_json
+from medtwin.ledger import binding_message, check_binding
 from medtwin.pipeline import (
     MAX_WHATIF_STEPS,
     Accepted,
@@ -92,6 +93,16 @@ class DeviceKeyIn(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
+class LogKeyIn(BaseModel):
+    suite: str | None = Field(None, description="Signature suite of the new log key "
+                                                "(default: the current key's)")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class KekIn(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
 class OwnerIn(BaseModel):
     owner: Address
 
@@ -138,10 +149,17 @@ class StatusIn(BaseModel):
 
 
 class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")   # an "address" is bound by its holder only
+
     name: Annotated[str, Field(min_length=1, max_length=128)]
     role: Role
-    address: Address | None = Field(None, description="The holder's chain address, to which "
-                                                      "patients grant consent")
+
+
+class AddressIn(BaseModel):
+    address: Address
+    signature: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$", description=(
+        "EIP-191 signature (65 bytes, hex) by the address's key of the message from "
+        "GET /v1/tokens/me/binding"))]
 
 
 def _packet_answer(outcome: Outcome, limiter: RateLimiter, address: str) -> JSONResponse:
@@ -227,9 +245,12 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"api: no consent to read this twin: {decision.reason}")
 
-    def readable(caller: Caller, patient_ids: set[str]) -> set[str]:
-        """The patients among `patient_ids` whose twins the caller may read."""
-        return patient_ids if consent is None else consent.readable(caller, patient_ids)
+    def readable(caller: Caller, patient_ids: set[str],
+                 previous: set[str] | None = None) -> set[str]:
+        """The patients among `patient_ids` whose twins the caller may read (`previous`: what
+        a stream re-deciding was allowed until now)."""
+        return (patient_ids if consent is None
+                else consent.readable(caller, patient_ids, previous))
 
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
@@ -255,11 +276,14 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
         return _packet_answer(await batcher.submit(submission), limiter, address)
 
     @app.get("/v1/session-key", tags=["ingest"])
-    def session_key() -> dict[str, str]:
+    def session_key() -> dict[str, Any]:
         """The site's session KEM key (suite, public key in base64 and its id) that a device
-        encapsulates to in a session handshake. New at every start of the site: a device
-        whose frames answer `unknown-session` fetches it and handshakes again."""
-        return pipeline.gate.session_key
+        encapsulates to in a session handshake, signed by the site's log key (with the log
+        key rotations since the device was provisioned): a device checks it with
+        `medtwin.crypto.check_session_key` before it handshakes. New at every start of the
+        site: a device whose frames answer `unknown-session` fetches it and handshakes
+        again."""
+        return pipeline.session_key_offer()
 
     @app.post("/v1/sessions", status_code=201, tags=["ingest"], responses={
         400: {"description": "Malformed"}, 401: {"description": "Unknown device, bad "
@@ -367,6 +391,28 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                                    f"{body.reason}")
         return {"device_id": device_id, "suite": body.suite}
 
+    @app.post("/v1/keys/log", tags=["admin"])
+    def rotate_log_key(body: LogKeyIn, caller: Caller = manage) -> dict[str, Any]:
+        """Give the log a new signing key, without downtime: the outgoing key endorses it in
+        a logged record (served at /v1/ledger/log-keys, which witnesses follow), and every
+        checkpoint from that record on is signed by the new key."""
+        record = pipeline.rotate_log_key(caller.name, body.reason, body.suite)
+        return {"key_id": record.key_id, "suite": record.suite,
+                "public_key": base64.b64encode(record.public_key).decode(),
+                "previous_key_id": record.previous_key_id, "leaf_index": record.leaf_index}
+
+    @app.post("/v1/keys/kek", status_code=202, tags=["admin"])
+    def rotate_kek(body: KekIn, background: BackgroundTasks,
+                   caller: Caller = manage) -> dict[str, Any]:
+        """Rotate the site key-encryption key while serving: new data keys are wrapped by a
+        fresh KEK at once (logged), and stored ones are re-wrapped in the background, one
+        batch per hold of the pipeline lock (`pending` says how many are left to do)."""
+        record = pipeline.start_rotation(caller.name, body.reason)
+        background.add_task(pipeline.rewrap_patients)
+        return {"old_kek_id": record.old_kek_id, "new_kek_id": record.new_kek_id,
+                "suite": record.suite, "leaf_index": record.leaf_index,
+                "pending": len(pipeline.pending_rewrap())}
+
     @app.get("/v1/devices", tags=["admin"])
     def list_devices(_caller: Caller = manage) -> list[dict[str, Any]]:
         """Registered devices, their patient, status and last accepted sequence number."""
@@ -406,12 +452,28 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
 
     @app.post("/v1/tokens", status_code=201, tags=["admin"])
     def create_token(body: TokenIn, _caller: Caller = manage) -> dict[str, str]:
-        """Create a token for `name` with `role`; the token is shown only in this answer."""
+        """Create a token for `name` with `role`; the token is shown only in this answer. Its
+        holder binds it to their chain address themselves (`POST /v1/tokens/me/address`)."""
         token, token_hash = new_token()
         pipeline.store.add_token(token_hash, body.name, body.role.value, pipeline.clock())
-        if body.address is not None:
-            pipeline.store.set_token_address(token_hash, body.address)
         return {"name": body.name, "role": body.role.value, "token": token}
+
+    @app.get("/v1/tokens/me/binding", tags=["access"])
+    def address_binding(address: Address, _caller: Caller = read_twin,
+                        token_hash: bytes = Depends(token_hash_of)) -> dict[str, str]:
+        """The message to sign (EIP-191 `personal_sign`) with `address`'s key to bind the
+        caller's token to that address: it names this site and this token."""
+        return {"message": binding_message(pipeline.settings.log_origin, token_hash, address)}
+
+    @app.post("/v1/tokens/me/address", tags=["access"])
+    def bind_address(body: AddressIn, caller: Caller = read_twin,
+                     token_hash: bytes = Depends(token_hash_of)) -> dict[str, str]:
+        """Bind the caller's token to a chain address it proves it controls (the signed
+        binding message); consent granted to that address then applies to its reads."""
+        check_binding(pipeline.settings.log_origin, token_hash, body.address,
+                      bytes.fromhex(body.signature[2:]))
+        pipeline.store.set_token_address(token_hash, body.address)
+        return {"name": caller.name, "address": body.address}
 
     @app.delete("/v1/tokens/{name}", tags=["admin"])
     def revoke_tokens(name: str, _caller: Caller = manage) -> dict[str, Any]:
@@ -512,9 +574,9 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                         if not await still_allowed():
                             yield "event: end\ndata: {\"reason\": \"token revoked\"}\n\n"
                             return
-                        if granted is not None:
-                            granted = await asyncio.to_thread(readable, caller,
-                                                              set(pipeline.patients()))
+                        if granted is not None:      # logged only when the answer changes
+                            granted = await asyncio.to_thread(
+                                readable, caller, set(pipeline.patients()), granted)
                     if event is None:
                         yield ": keep-alive\n\n"
                         continue
@@ -558,7 +620,8 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                          limit: Annotated[int, Query(ge=1, le=1000)] = 100
                          ) -> dict[str, Any]:
         """The latest consent-gated access decisions, newest first: who asked for which twin,
-        for what purpose, the answer and why."""
+        for what purpose, the answer and why; each is a record of the Merkle log
+        (`leaf_index`), so its inclusion can be proven and its removal is detected."""
         return {"decisions": pipeline.store.access_decisions(limit)}
 
     @app.get("/v1/verify", tags=["audit"])
@@ -570,7 +633,10 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                 "registrations": report.registrations,
                 "signatures_checked": report.signatures_checked, "pending": report.pending,
                 "erasures": report.erasures, "unreadable": report.unreadable,
-                "root": report.root_hex}
+                "rotations": report.rotations, "sessions": report.sessions,
+                "snapshots": report.snapshots, "accesses": report.accesses,
+                "log_key_rotations": report.log_key_rotations,
+                "log_key_id": report.log_key_id, "root": report.root_hex}
 
     app.include_router(ledger_router(pipeline))
     return app

@@ -24,6 +24,15 @@ def caller_of(pipeline: Pipeline, token: str) -> Caller | None:
     return Caller(found[0], Role(found[1]), pipeline.store.token_address(token_hash))
 
 
+def token_hash_of(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> bytes:
+    """The stored hash of the request's bearer token (use beside `require`, which checks it)."""
+    if credentials is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "api: bearer token required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return hash_token(credentials.credentials)
+
+
 def require(permission: Permission) -> Callable[..., Caller]:
     """A dependency that admits callers whose role holds `permission` (runs in a worker
     thread: it reads the store)."""

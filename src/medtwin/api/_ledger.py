@@ -156,4 +156,11 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
         return {"witness": name, "size": head.size, "timestamp_s": timestamp_s,
                 "submitted_by": caller.name}
 
+    @router.get("/v1/ledger/log-keys")
+    def log_keys(_caller: Caller = read_audit) -> list[dict[str, object]]:
+        """Every rotation of the log's signing key, oldest first: each is signed by the key it
+        replaced and logged at `leaf_index`, so a witness or verifier that trusts one key can
+        follow to the current one (and check each rotation's inclusion in the log)."""
+        return [record.endorsement().as_json() for record in pipeline.log_key_rotations()]
+
     return router

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -347,7 +347,7 @@ def verify(data_dir: DataDir = None,
         pinned = [settings.anchor_contract] if settings.anchor_contract else []
         claims = checkpoint_claims(store, settings, chain, pinned)
         unanchored = chain is not None and not claims.anchors_on_chain
-        report = verify_store(store, keys.log_key, KeyRing(keys, settings.aead_suite),
+        report = verify_store(store, keys.log_key_history, KeyRing(keys, settings.aead_suite),
                               claims.claims)
         replayed = Pipeline.check_replay(settings) if replay else None
     except MedtwinError as exc:
@@ -369,6 +369,16 @@ def verify(data_dir: DataDir = None,
                       "checked by hash only (their data keys are destroyed)")
     if report.rotations:
         console.print(f"{report.rotations} site KEK rotations logged")
+    if report.accesses:
+        console.print(f"{report.accesses} consent-gated access decisions logged")
+    if report.log_key_rotations:
+        console.print(f"{report.log_key_rotations} log key rotations logged, each endorsed by "
+                      f"the key it replaced; the key in force is {report.log_key_id}")
+    if report.log_key_id != keys.log_key.key_id:
+        console.print(f"[bold yellow]warning:[/] the key file's log key is "
+                      f"{keys.log_key.key_id}, not {report.log_key_id}: a rotation was "
+                      "interrupted (the next start completes it) or the key file is not this "
+                      "log's")
     console.print(f"checkpoints held by others agree with the log: {claims.anchors_indexed} "
                   f"anchors in the site's index, {claims.anchors_on_chain} read back from the "
                   f"chain, {claims.cosignatures} witness cosignatures")
@@ -432,12 +442,27 @@ def keys_add_device(
     private, public = signature_suite("ed25519").generate()
     with _site(data_dir) as pipeline:
         pipeline.add_device(Device(device_id, patient, "ed25519", public))
+        site = _site_identity(pipeline.settings, pipeline.keys)
+    _write_device_key(out, device_id, private, public, site)
+    console.print(f"device {device_id} registered to {patient}; key file {out}")
+
+
+def _site_identity(settings: Settings, keys: SiteKeys) -> dict[str, Any]:
+    """What a device is provisioned with to check the site's signed session key: the log's
+    origin and current log key (`medtwin.crypto.check_session_key`)."""
+    return {"origin": settings.log_origin, "log_key": keys.log_key.public.as_json()}
+
+
+def _write_device_key(out: Path, device_id: str, private: bytes, public: bytes,
+                      site: dict[str, Any]) -> None:
+    """Write a device's key file (mode 0600, never over an existing file), durably."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump({"device_id": device_id, "suite": "ed25519",
                    "private_key": base64.b64encode(private).decode(),
-                   "public_key": base64.b64encode(public).decode()}, handle)
-    console.print(f"device {device_id} registered to {patient}; key file {out}")
+                   "public_key": base64.b64encode(public).decode(), "site": site}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @keys_app.command("rotate-device")
@@ -454,14 +479,13 @@ def keys_rotate_device(
         console.print(f"[bold red]error:[/] {out} exists; refusing to overwrite a key file")
         raise typer.Exit(1)
     private, public = signature_suite("ed25519").generate()
+    settings = _settings(data_dir)
+    try:
+        site = _site_identity(settings, SiteKeys.load(settings.resolved_keys_dir))
+    except MedtwinError as exc:
+        raise _fail(exc) from exc
     # the key file first: a rotation whose new private key was lost would lock the device out
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"device_id": device_id, "suite": "ed25519",
-                   "private_key": base64.b64encode(private).decode(),
-                   "public_key": base64.b64encode(public).decode()}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    _write_device_key(out, device_id, private, public, site)
     try:
         with _site(data_dir) as pipeline:
             pipeline.rotate_device_key(device_id, "ed25519", public, f"cli: {reason}")
@@ -548,6 +572,23 @@ def keys_rotate(reason: Annotated[str, typer.Option(
         done = _rewrap_with_progress(pipeline, batch)
     console.print(f"{done} data keys re-wrapped under {record.new_kek_id}; once backups no "
                   f"longer need it, `medtwin keys retire-kek {record.old_kek_id}`")
+
+
+@keys_app.command("rotate-log")
+def keys_rotate_log(reason: Annotated[str, typer.Option(
+        help="Who asked for the rotation and why (logged; required).")],
+                    suite: Annotated[str | None, typer.Option(
+        help="Signature suite of the new key: ed25519, ecdsa-p256 or ml-dsa-65 (default: "
+             "the current key's).")] = None,
+                    data_dir: DataDir = None) -> None:
+    """Give the log a new signing key: the old key endorses it in a logged record, so
+    witnesses and verifiers that trust the old key follow it (on a serving site use
+    `POST /v1/keys/log`)."""
+    with _site(data_dir) as pipeline:
+        record = pipeline.rotate_log_key(getpass.getuser(), reason, suite)
+    console.print(f"log key rotated: {record.previous_key_id} -> {record.key_id} "
+                  f"({record.suite}, logged as record #{record.leaf_index}); public key "
+                  f"{base64.b64encode(record.public_key).decode()}", soft_wrap=True)
 
 
 @keys_app.command("rewrap")

@@ -15,20 +15,28 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from medtwin.crypto import load_or_create_signing_key
-from medtwin.errors import ConfigError, MedtwinError
+from medtwin.crypto import (
+    LogKeyEndorsement,
+    PublicLogKey,
+    follow_log_key,
+    load_or_create_signing_key,
+)
+from medtwin.errors import ConfigError, MedtwinError, SignatureError, VerificationError
 from medtwin.ledger import (
+    Checkpoint,
     NoteSigner,
     NoteVerifier,
     WitnessState,
     WitnessStep,
+    log_key_leaf_hash,
     open_checkpoint_note,
+    verify_inclusion,
     witness_step,
 )
 
@@ -62,6 +70,11 @@ class WitnessConfig:
     def log(self) -> NoteVerifier:
         """The pinned log key, as a note verifier (key name = origin)."""
         return NoteVerifier(self.origin, self.log_suite, self.log_key)
+
+    @property
+    def pinned(self) -> PublicLogKey:
+        """The pinned log key, where following the log's key rotations starts."""
+        return PublicLogKey("pinned key", self.log_suite, self.log_key)
 
     def signer(self) -> NoteSigner:
         """The witness's own Ed25519 key, created (mode 0600) in the state dir on first run."""
@@ -107,8 +120,10 @@ def load_state(path: Path, origin: str) -> WitnessState:
         return WitnessState(origin)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
+        key = document.get("log_key")
         state = WitnessState(document["origin"], int(document["size"]),
-                             base64.b64decode(document["root"], validate=True))
+                             base64.b64decode(document["root"], validate=True),
+                             PublicLogKey.from_json(key) if key is not None else None)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"witness: state file {path} is unreadable ({exc}); restore it "
                           "from a backup rather than deleting it") from exc
@@ -125,7 +140,8 @@ def save_state(path: Path, state: WitnessState) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"origin": state.origin, "size": state.size,
-                   "root": base64.b64encode(state.root).decode()}, handle)
+                   "root": base64.b64encode(state.root).decode(),
+                   **({"log_key": state.log_key.as_json()} if state.log_key else {})}, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -170,18 +186,75 @@ def witness_round(client: httpx.Client, config: WitnessConfig, signer: NoteSigne
     with state_lock(config.state_dir):
         state = load_state(state_path, config.origin)
         note = _request(client, "GET", "/v1/ledger/checkpoint").text
-        checkpoint, _opened = open_checkpoint_note(note, [config.log])
+        trusted = state.log_key or config.pinned
+        try:
+            checkpoint, _opened = open_checkpoint_note(note, [_verifier(config, trusted)])
+        except VerificationError:
+            followed = _follow_rotation(client, config, trusted, note)
+            if followed is None:
+                raise
+            trusted, checkpoint = followed
+            state = replace(state, log_key=trusted)
         proof: list[bytes] = []
         if 0 < state.size < checkpoint.size:
             answer = _request(client, "GET", "/v1/ledger/proof/consistency",
                               params={"old": state.size, "new": checkpoint.size}).json()
             proof = _proof_hashes(answer)
-        step = witness_step(state, note, proof, config.log, signer, now_s)
+        step = witness_step(state, note, proof, _verifier(config, trusted), signer, now_s)
         save_state(state_path, step.state)
     _request(client, "POST", "/v1/ledger/cosignature", json={
         "size": step.checkpoint.size, "root": base64.b64encode(step.checkpoint.root).decode(),
         "cosignature": step.cosignature})
     return step
+
+
+def _verifier(config: WitnessConfig, key: PublicLogKey) -> NoteVerifier:
+    """`key` as the log's note verifier (key name = the origin)."""
+    return NoteVerifier(config.origin, key.suite, key.public_key)
+
+
+def _follow_rotation(client: httpx.Client, config: WitnessConfig, trusted: PublicLogKey,
+                     note: str) -> tuple[PublicLogKey, Checkpoint] | None:
+    """The checkpoint is not signed by the key this witness trusts: follow the log's key
+    rotations from that key, check that every one followed is in the checkpoint's tree, and
+    open the note with the key they lead to (VerificationError if any step fails). None if
+    no rotation starts from the trusted key."""
+    answer = _request(client, "GET", "/v1/ledger/log-keys").json()
+    try:
+        endorsements = [LogKeyEndorsement.from_json(item) for item in answer]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise WitnessHttpError("witness: /v1/ledger/log-keys is not a JSON list of log key "
+                               "rotations") from exc
+    try:
+        _key, followed = follow_log_key(trusted, endorsements, config.origin)
+    except SignatureError as exc:
+        raise VerificationError(f"witness: {exc}", "witness") from exc
+    if not followed:
+        return None
+    # the checkpoint may predate the newest rotations: the first key along the chain that
+    # signed it is the one to trust, and the rotations up to it must be in its tree
+    checkpoint = None
+    for i, endorsement in enumerate(followed):
+        try:
+            checkpoint, _opened = open_checkpoint_note(note, [_verifier(config,
+                                                                        endorsement.key)])
+        except VerificationError:
+            continue
+        followed = followed[:i + 1]
+        break
+    if checkpoint is None:
+        raise VerificationError("witness: the checkpoint is signed by none of the log keys "
+                                "the log's rotations lead to from the trusted one", "witness")
+    for endorsement in followed:
+        if endorsement.leaf_index >= checkpoint.size:
+            raise VerificationError(f"witness: the log key rotation at leaf "
+                                    f"{endorsement.leaf_index} is not in the checkpoint of size "
+                                    f"{checkpoint.size}", "witness")
+        answer = _request(client, "GET", "/v1/ledger/proof/inclusion", params={
+            "index": endorsement.leaf_index, "size": checkpoint.size}).json()
+        verify_inclusion(log_key_leaf_hash(endorsement), endorsement.leaf_index,
+                         checkpoint.size, _proof_hashes(answer), checkpoint.root)
+    return followed[-1].key, checkpoint
 
 
 def run_witness(config: WitnessConfig, *, once: bool, interval_s: float,

@@ -3,12 +3,21 @@
 from medtwin.crypto._envelope import envelope_suite, open_sealed, seal
 from medtwin.crypto._kem import KEM_SUITES, KemSuite, kem_suite
 from medtwin.crypto._keys import (
+    KEK_FILE,
+    LOG_KEY_FILE,
     KeyRing,
     LogSigningKey,
+    PublicLogKey,
     SiteKeys,
     WrappedKey,
     load_or_create_secret,
     load_or_create_signing_key,
+)
+from medtwin.crypto._log_keys import (
+    LogKeyEndorsement,
+    check_endorsement,
+    endorse_log_key,
+    follow_log_key,
 )
 from medtwin.crypto._packets import sign_packet
 from medtwin.crypto._session import (
@@ -26,6 +35,7 @@ from medtwin.crypto._session import (
     seal_frame,
     site_key_id,
 )
+from medtwin.crypto._session_key import CheckedOffer, check_session_key, sign_session_key
 from medtwin.crypto._suites import (
     AEAD_SUITES,
     SIGNATURE_SUITES,
@@ -39,14 +49,19 @@ from medtwin.crypto._suites import (
 __all__ = [
     "AEAD_SUITES",
     "HANDSHAKE_NONCE_SIZE",
+    "KEK_FILE",
     "KEM_SUITES",
+    "LOG_KEY_FILE",
     "SESSION_KEM_SUITE",
     "SIGNATURE_SUITES",
     "AeadSuite",
+    "CheckedOffer",
     "FrameHeader",
     "KemSuite",
     "KeyRing",
+    "LogKeyEndorsement",
     "LogSigningKey",
+    "PublicLogKey",
     "SessionKeys",
     "SessionSender",
     "SignatureSuite",
@@ -55,8 +70,12 @@ __all__ = [
     "accept_handshake",
     "aead_suite",
     "build_handshake",
+    "check_endorsement",
+    "check_session_key",
     "derive_session_keys",
+    "endorse_log_key",
     "envelope_suite",
+    "follow_log_key",
     "handshake_transcript",
     "kem_suite",
     "load_or_create_secret",
@@ -67,6 +86,7 @@ __all__ = [
     "seal",
     "seal_frame",
     "sign_packet",
+    "sign_session_key",
     "signature_suite",
     "site_key_id",
     "verify_signature",

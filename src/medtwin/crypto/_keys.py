@@ -83,6 +83,29 @@ def _read_secret(path: Path) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class PublicLogKey:
+    """A log signing key as verifiers know it: its id, suite and public key."""
+
+    key_id: str
+    suite: str
+    public_key: bytes = field(repr=False)
+
+    def same_key(self, other: PublicLogKey) -> bool:
+        """Whether both name the same key material (ids are labels, not identity)."""
+        return (self.suite, self.public_key) == (other.suite, other.public_key)
+
+    def as_json(self) -> dict[str, str]:
+        """The key as JSON: id, suite and base64 public key."""
+        return {"key_id": self.key_id, "suite": self.suite, "public_key": _b64(self.public_key)}
+
+    @classmethod
+    def from_json(cls, document: Any) -> PublicLogKey:
+        """Parse `as_json`'s form; KeyError, TypeError or ValueError if it is not that."""
+        return cls(str(document["key_id"]), str(document["suite"]),
+                   base64.b64decode(document["public_key"], validate=True))
+
+
+@dataclass(frozen=True, slots=True)
 class LogSigningKey:
     """The key that signs the site's Merkle tree heads."""
 
@@ -91,8 +114,29 @@ class LogSigningKey:
     private_key: bytes = field(repr=False)
     public_key: bytes
 
+    @property
+    def public(self) -> PublicLogKey:
+        """The public half, as verifiers know it."""
+        return PublicLogKey(self.key_id, self.suite, self.public_key)
+
     def sign(self, message: bytes) -> bytes:
         return signature_suite(self.suite).sign(self.private_key, message)
+
+
+def _new_log_key_document(suite: str) -> dict[str, str]:
+    """A fresh log signing key entry: id, suite, private and public key (base64)."""
+    private, public = signature_suite(suite).generate()
+    return {"key_id": f"log-{secrets.token_hex(4)}", "suite": suite,
+            "private_key": _b64(private), "public_key": _b64(public)}
+
+
+def _log_key(document: Mapping[str, Any]) -> LogSigningKey:
+    """A log signing key from its key file entry."""
+    return LogSigningKey(document["key_id"], document["suite"],
+                         base64.b64decode(document["private_key"]),
+                         base64.b64decode(document["public_key"]))
+
+
 
 
 class WrappedKey(NamedTuple):
@@ -121,6 +165,22 @@ class SiteKeys:
     #: KEKs retired from wrapping but still needed to unwrap, by id (the key file's
     #: `previous` list; absent in key files written before rotation existed).
     previous_keks: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    #: Log keys that signed before the current one, newest first (public halves only).
+    previous_log_keys: tuple[PublicLogKey, ...] = ()
+    #: The previous log key's private half while a rotation is not yet logged (a crash
+    #: between writing the key file and logging); None once settled.
+    unsettled_log_key: LogSigningKey | None = None
+
+    @property
+    def first_log_key(self) -> PublicLogKey:
+        """The log's first key: where a chain of rotation endorsements starts."""
+        return self.log_key_history[0]
+
+    @property
+    def log_key_history(self) -> tuple[PublicLogKey, ...]:
+        """Every log key this site has held, oldest first, the current one last: the keys
+        the log's rotations must bring in, in this order."""
+        return (*reversed(self.previous_log_keys), self.log_key.public)
 
     @property
     def kek_ids(self) -> list[str]:
@@ -151,9 +211,7 @@ class SiteKeys:
         if not kek_path.exists():
             _write_secret(kek_path, _new_kek_document(aead))
         if not log_path.exists():
-            private, public = signature_suite(log_suite).generate()
-            _write_secret(log_path, {"key_id": f"log-{secrets.token_hex(4)}", "suite": log_suite,
-                                     "private_key": _b64(private), "public_key": _b64(public)})
+            _write_secret(log_path, _new_log_key_document(log_suite))
         return cls.load(keys_dir)
 
     @classmethod
@@ -162,13 +220,14 @@ class SiteKeys:
         kek_doc = _read_secret(keys_dir / KEK_FILE)
         log_doc = _read_secret(keys_dir / LOG_KEY_FILE)
         try:
-            log_key = LogSigningKey(log_doc["key_id"], log_doc["suite"],
-                                    base64.b64decode(log_doc["private_key"]),
-                                    base64.b64decode(log_doc["public_key"]))
             previous = {doc["kek_id"]: base64.b64decode(doc["key"])
                         for doc in kek_doc.get("previous", [])}
+            older_log = log_doc.get("previous", [])
+            unsettled = (_log_key(older_log[0])
+                         if older_log and "private_key" in older_log[0] else None)
             return cls(kek_doc["kek_id"], kek_doc["suite"], base64.b64decode(kek_doc["key"]),
-                       log_key, previous)
+                       _log_key(log_doc), previous,
+                       tuple(PublicLogKey.from_json(doc) for doc in older_log), unsettled)
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"keys: malformed key file in {keys_dir}: {exc}") from exc
 
@@ -184,15 +243,38 @@ class SiteKeys:
         return cls.load(keys_dir)
 
     @staticmethod
-    def kek_ring_file(keys_dir: Path) -> dict[str, Any]:
-        """The KEK file's document as it is now (secrets: keep it in memory only), to put
-        back with `restore_kek_ring` if a rotation cannot be logged."""
-        return _read_secret(keys_dir / KEK_FILE)
+    def key_file(keys_dir: Path, name: str) -> dict[str, Any]:
+        """The document of key file `name` (KEK_FILE or LOG_KEY_FILE) as it is now (secrets:
+        keep it in memory only), to put back with `restore_key_file` if a rotation cannot be
+        logged."""
+        return _read_secret(keys_dir / name)
 
     @staticmethod
-    def restore_kek_ring(keys_dir: Path, document: dict[str, Any]) -> None:
-        """Put back a KEK file document read by `kek_ring_file` (atomically, mode 0600)."""
-        _replace_secret(keys_dir / KEK_FILE, document)
+    def restore_key_file(keys_dir: Path, name: str, document: dict[str, Any]) -> None:
+        """Put back a key file document read by `key_file` (atomically, mode 0600)."""
+        _replace_secret(keys_dir / name, document)
+
+    @classmethod
+    def rotate_log_key(cls, keys_dir: Path, suite: str) -> SiteKeys:
+        """Make a fresh log signing key (suite `suite`) current. The outgoing key keeps its
+        private half in the file (`unsettled_log_key`) until `settle_log_key`, so a rotation
+        interrupted before it was logged can still be endorsed; replaced atomically."""
+        signature_suite(suite)
+        path = keys_dir / LOG_KEY_FILE
+        document = _read_secret(path)
+        outgoing = {k: document[k] for k in ("key_id", "suite", "private_key", "public_key")}
+        older = [_public_only(doc) for doc in document.get("previous", [])]
+        _replace_secret(path, {**_new_log_key_document(suite), "previous": [outgoing, *older]})
+        return cls.load(keys_dir)
+
+    @classmethod
+    def settle_log_key(cls, keys_dir: Path) -> SiteKeys:
+        """Drop the outgoing log key's private half once its endorsement is logged."""
+        path = keys_dir / LOG_KEY_FILE
+        document = _read_secret(path)
+        older = [_public_only(doc) for doc in document.get("previous", [])]
+        _replace_secret(path, {**document, "previous": older})
+        return cls.load(keys_dir)
 
     @classmethod
     def retire_kek(cls, keys_dir: Path, kek_id: str) -> SiteKeys:
@@ -209,6 +291,11 @@ class SiteKeys:
             raise NotFoundError(f"keys: no previous KEK {kek_id!r} in {path}")
         _replace_secret(path, {**document, "previous": kept})
         return cls.load(keys_dir)
+
+
+def _public_only(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A log key file entry without its private key."""
+    return {k: document[k] for k in ("key_id", "suite", "public_key")}
 
 
 def load_or_create_signing_key(path: Path, suite: str = "ed25519") -> LogSigningKey:

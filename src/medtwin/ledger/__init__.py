@@ -1,6 +1,7 @@
 """The tamper-evident record: an RFC 9162 Merkle log, leaves, proofs, signed tree heads and
 their anchors on an EVM chain."""
 
+from medtwin.ledger._address_proof import binding_message, check_binding
 from medtwin.ledger._anchor import (
     AnchorContract,
     Anchored,
@@ -55,6 +56,7 @@ from medtwin.ledger._witness import (
     WitnessState,
     WitnessStep,
     cosignature_key_name,
+    log_key_leaf_hash,
     witness_step,
 )
 
@@ -78,6 +80,8 @@ __all__ = [
     "TileIndex",
     "WitnessState",
     "WitnessStep",
+    "binding_message",
+    "check_binding",
     "checkpoint_body",
     "compile_contract",
     "connect_chain",
@@ -90,6 +94,7 @@ __all__ = [
     "leaf_data",
     "leaf_hash",
     "load_artifact",
+    "log_key_leaf_hash",
     "node_hash",
     "note_hash",
     "open_checkpoint_note",

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from medtwin.crypto import LogKeyEndorsement, PublicLogKey
 from medtwin.errors import SplitViewError, VerificationError
 from medtwin.ledger._checkpoint import checkpoint_body
-from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE
+from medtwin.ledger._leaves import leaf_data
+from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash
 from medtwin.ledger._note import (
     SIGNATURE_PREFIX,
     Checkpoint,
@@ -37,6 +39,8 @@ class WitnessState:
     origin: str
     size: int = 0
     root: bytes = EMPTY_ROOT
+    #: The log key this witness trusts now, once it followed a rotation (else the pinned one).
+    log_key: PublicLogKey | None = None
 
 
 class WitnessStep(NamedTuple):
@@ -93,8 +97,14 @@ def witness_step(state: WitnessState, note: str, proof: Sequence[bytes], log: No
     # (5): cosign.
     body = checkpoint_body(checkpoint.origin, checkpoint.size, checkpoint.root)
     line = cosign_checkpoint(body, witness, now_s)
-    return WitnessStep(WitnessState(checkpoint.origin, checkpoint.size, checkpoint.root),
-                       checkpoint, line)
+    return WitnessStep(WitnessState(checkpoint.origin, checkpoint.size, checkpoint.root,
+                                    state.log_key), checkpoint, line)
+
+
+def log_key_leaf_hash(endorsement: LogKeyEndorsement) -> bytes:
+    """The log leaf hash of a rotation's record, to check its inclusion in a checkpoint."""
+    return leaf_hash(leaf_data(endorsement.kind, str(endorsement.leaf_index),
+                               endorsement.commit_bytes()))
 
 
 def cosignature_key_name(line: str) -> str:

@@ -1,11 +1,11 @@
 """Consent-gated reads for a site (`Settings.consent_required`): the `Consent` contract on the
 site's chain (deployed once and remembered; per process on the embedded chain), each twin's
-token minted to its patient's key, and a policy that follows the chain's grants and keeps
-every decision in the store."""
+token minted to its patient's key, and a policy that follows the chain's grants and logs
+every decision on the Merkle log."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from medtwin.access import AccessDecision, Caller, ConsentPolicy
 from medtwin.crypto import load_or_create_secret
@@ -22,9 +22,10 @@ class SiteConsent:
 
     def __init__(self, pipeline: Pipeline, registry: ConsentRegistry) -> None:
         self.registry = registry
-        self._store = pipeline.store
+        self._pipeline = pipeline
         self.policy = ConsentPolicy(ConsentView(registry),
-                                    clock=lambda: pipeline.clock() / 1000.0, audit=self._log)
+                                    clock=lambda: pipeline.clock() / 1000.0,
+                                    audit=pipeline.log_accesses)
 
     @classmethod
     def open(cls, pipeline: Pipeline, chain: Chain) -> SiteConsent:
@@ -46,13 +47,15 @@ class SiteConsent:
         """May `caller` read this twin now? The chain's grants decide; the decision is kept."""
         return self.policy.decide(caller, patient_id, purpose)
 
-    def readable(self, caller: Caller, patient_ids: Iterable[str]) -> set[str]:
+    def readable(self, caller: Caller, patient_ids: Iterable[str],
+                 previous: set[str] | None = None) -> set[str]:
         """The patients among `patient_ids` whose twins `caller` may read now (one refresh
-        of the chain's view and one write of the decisions for all of them)."""
-        return {d.patient_id for d in self.policy.decide_many(caller, sorted(patient_ids),
-                                                              Purpose.TREATMENT) if d.allowed}
-
-    def _log(self, decisions: Sequence[AccessDecision]) -> None:
-        self._store.log_accesses([(int(d.at_s * 1000), d.caller, d.role, d.address,
-                                   d.patient_id, d.purpose, d.allowed, d.reason)
-                                  for d in decisions])
+        of the chain's view, and one logged record of the decisions for all of them). A
+        stream re-deciding passes the answer it had (`previous`): its decisions are logged
+        only when the answer changed, so an open stream does not fill the log."""
+        decisions = self.policy.decide_many(caller, sorted(patient_ids), Purpose.TREATMENT,
+                                            audit=previous is None)
+        allowed = {d.patient_id for d in decisions if d.allowed}
+        if previous is not None and allowed != previous:
+            self._pipeline.log_accesses(decisions)
+        return allowed

@@ -14,11 +14,12 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from medtwin.access import AccessDecision
 from medtwin.clinical import (
     N_RULES,
     RISK_NAMES,
@@ -29,8 +30,19 @@ from medtwin.clinical import (
     news2_risk,
     rules_over_events,
 )
-from medtwin.config import Settings
-from medtwin.crypto import KeyRing, SiteKeys, WrappedKey, signature_suite
+from medtwin.config import MAX_ID_LENGTH, Settings
+from medtwin.crypto import (
+    KEK_FILE,
+    LOG_KEY_FILE,
+    KeyRing,
+    LogSigningKey,
+    PublicLogKey,
+    SiteKeys,
+    WrappedKey,
+    endorse_log_key,
+    sign_session_key,
+    signature_suite,
+)
 from medtwin.domain import (
     Alert,
     Channel,
@@ -55,6 +67,7 @@ from medtwin.errors import (
     InvalidInputError,
     NotFoundError,
     PatientErasedError,
+    StoreError,
     VerificationError,
 )
 from medtwin.estimation import (
@@ -106,11 +119,13 @@ from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
 from medtwin.pipeline._verify import VerifyReport, verify_store
 from medtwin.store import (
+    AccessRecord,
     AlertRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
     HeadRecord,
+    LogKeyRecord,
     PacketRecord,
     RegistrationRecord,
     RejectionRecord,
@@ -120,6 +135,13 @@ from medtwin.store import (
     Store,
     TwinParamsRecord,
 )
+
+#: Records logged one at a time by an administrative action (or a request's access decisions).
+ActionRecord = (RegistrationRecord | ErasureRecord | RotationRecord | SessionRecord
+                | LogKeyRecord | AccessRecord | RejectionRecord)
+_Action = TypeVar("_Action", bound=ActionRecord)
+#: Longest reason kept with an access decision.
+MAX_ACCESS_REASON = 300
 
 #: Patients whose data keys one rotation batch re-wraps in one store transaction (and one
 #: hold of the pipeline lock: ingestion waits at most one batch).
@@ -266,13 +288,16 @@ class Pipeline:
         self._lock = threading.RLock()
         self._writer_lock: WriterLock | None = None
         self._note: tuple[HeadRecord, str] | None = None
-        self._check_store()
+        self._offer: tuple[str, dict[str, Any]] | None = None
+        in_force = self._check_store()
         self._wrapped = {p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
         self._erased = store.erased_patients()
         #: Stored packets of erased patients that the restart replay skipped.
         self.replay_skipped = 0
         self._devices = {d.device_id: d for d in store.devices()}
         self._tree = MerkleTree(store.leaf_hashes())
+        if not check_replay:    # the evil-twin check reads, never writes
+            self._settle_log_key(in_force)
         self._active = np.zeros((0, N_RULES), dtype=bool)
         snapshots = store.snapshots()
         self._next_snapshot_ms = (snapshots[-1].time_ms + self._snapshot_every_ms()
@@ -318,21 +343,42 @@ class Pipeline:
         finally:
             store.close()
 
-    def _check_store(self) -> None:
+    def _check_store(self) -> PublicLogKey:
         """Refuse a store whose records, leaves, devices or sequence numbers disagree with
-        the signed tree head: the site would otherwise sign edits made while it was down."""
-        report = verify_store(self.store, self.keys.log_key)
+        the signed tree head: the site would otherwise sign edits made while it was down.
+        Returns the log key in force at the head."""
+        report = verify_store(self.store, self.keys.log_key_history)
         if report.pending:
             raise VerificationError(
                 f"pipeline: {report.pending} records lie beyond the signed tree head; every "
                 "commit signs its head, so they were added outside medtwin: run `medtwin "
                 "verify`", f"record #{report.tree_size}")
+        assert report.log_key is not None
+        return report.log_key
+
+    def _settle_log_key(self, in_force: PublicLogKey) -> None:
+        """Finish a log key rotation that a crash (or a commit of unknown outcome) left
+        unsettled: log the outgoing key's endorsement if it is not logged yet, then drop the
+        outgoing private key. `verify_store` has already held the log's rotations to the key
+        file's history, so the only key that may be in force besides the current one is the
+        outgoing one."""
+        outgoing = self.keys.unsettled_log_key
+        if outgoing is not None and in_force.same_key(outgoing.public):
+            in_force = self._log_rotation(self.keys, "completed at start: the rotation was "
+                                          "interrupted before it was logged").endorsement().key
+        if outgoing is not None:
+            self._use_keys(SiteKeys.settle_log_key(self.settings.resolved_keys_dir))
+        if not in_force.same_key(self.keys.log_key.public):
+            raise ConfigError(
+                f"keys: the site key file's log key is {self.keys.log_key.key_id!r}, but the "
+                f"log's signed heads and rotations lead to {in_force.key_id!r}: restore the "
+                f"key file that holds {in_force.key_id!r}")
 
     def verify(self, signatures: bool = True) -> VerifyReport:
         """Verify the store against the log while no batch is being written (consistent even
         on a live site); with `signatures`, re-check every device signature too."""
         with self._lock:
-            return verify_store(self.store, self.keys.log_key,
+            return verify_store(self.store, self.keys.log_key_history,
                                 self.keyring if signatures else None)
 
     def close(self) -> None:
@@ -615,8 +661,10 @@ class Pipeline:
                         snapshots=(snapshot,) if snapshot is not None else ())
         return commit, outcomes
 
-    def _sign_head(self, tree: MerkleTree, now: int) -> HeadRecord:
-        sth = sign_tree_head(self.keys.log_key, self.settings.log_origin, tree.size,
+    def _sign_head(self, tree: MerkleTree, now: int,
+                   key: LogSigningKey | None = None) -> HeadRecord:
+        """The signed head of `tree`, by `key` (default: the current log key)."""
+        sth = sign_tree_head(key or self.keys.log_key, self.settings.log_origin, tree.size,
                              tree.root(), now)
         return HeadRecord(sth.origin, sth.size, sth.root, sth.timestamp_ms, sth.key_id,
                           sth.suite, sth.signature)
@@ -632,10 +680,28 @@ class Pipeline:
         if cached is not None and cached[0] == head:
             return cached
         key = self.keys.log_key
+        if key.key_id != head.key_id:   # a log key rotation is being committed: wait for it
+            with self._lock:
+                key, head = self.keys.log_key, self.store.latest_head()
+            assert head is not None
         note = sign_checkpoint_note(head.origin, head.size, head.root, [
             NoteSigner(head.origin, key.suite, key.private_key, key.public_key)])
         self._note = (head, note)
         return head, note
+
+    def session_key_offer(self) -> dict[str, Any]:
+        """The gate's session KEM key signed by the current log key, with the log key
+        rotations so far: what a device checks (`check_session_key`) before a handshake."""
+        key = self.keys.log_key
+        cached = self._offer
+        if cached is not None and cached[0] == key.key_id:
+            return cached[1]
+        gate = self.gate
+        offer = sign_session_key(key, self.settings.log_origin, gate.session_kem,
+                                 gate.session_public_key,
+                                 [r.endorsement() for r in self.store.log_key_records()])
+        self._offer = (key.key_id, offer)
+        return offer
 
     def _register(self, device: Device, reason: str = "") -> None:
         """Log a device's registration (or status change) and make it current, durably."""
@@ -646,20 +712,53 @@ class Pipeline:
         self._devices[device.device_id] = device
         self._sync_blocked(device)
 
-    def _log_action(self, record: RegistrationRecord | ErasureRecord | RotationRecord
-                    | SessionRecord, now: int) -> None:
+    def _log_action(self, record: ActionRecord, now: int) -> None:
         """Log one administrative record (at leaf `record.leaf_index`, the log's size) under a
         signed head, durably, and make it the log's newest; the caller holds the lock."""
+        self._log_actions((record,), now)
+
+    def _log_actions(self, records: Sequence[ActionRecord], now: int,
+                     key: LogSigningKey | None = None) -> None:
+        """Log records numbered from the log's size on, in one transaction under one head
+        signed by `key` (default: the current log key); the caller holds the lock."""
         tree = self._tree.copy()
-        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
-        tree.append_hash(h)
+        leaves = []
+        for record in records:
+            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            if record.leaf_index != tree.append_hash(h):
+                raise StoreError(f"pipeline: {record.describe()} is not numbered at the log's "
+                                 "end; nothing was written")
+            leaves.append((record.leaf_index, record.kind, h))
+
+        def of(kind: type[_Action]) -> tuple[_Action, ...]:
+            return tuple(r for r in records if isinstance(r, kind))
+
         self.store.commit(Commit(
-            (), (), (), ((record.leaf_index, record.kind, h),), self._sign_head(tree, now), {},
-            registrations=(record,) if isinstance(record, RegistrationRecord) else (),
-            erasures=(record,) if isinstance(record, ErasureRecord) else (),
-            rotations=(record,) if isinstance(record, RotationRecord) else (),
-            sessions=(record,) if isinstance(record, SessionRecord) else ()))
+            (), (), of(RejectionRecord), tuple(leaves), self._sign_head(tree, now, key), {},
+            registrations=of(RegistrationRecord), erasures=of(ErasureRecord),
+            rotations=of(RotationRecord), sessions=of(SessionRecord), log_keys=of(LogKeyRecord),
+            accesses=of(AccessRecord)))
         self._tree = tree
+
+    def log_accesses(self, decisions: Sequence[AccessDecision]) -> list[AccessRecord]:
+        """Log access decisions on the Merkle log, so the audit of who read which twin is as
+        tamper-evident as the data: one record per caller, purpose and moment (a request's
+        decisions, however many patients), all in one transaction under one head."""
+        groups: dict[tuple[float, str, str, str | None, str], list[AccessDecision]] = {}
+        for d in decisions:
+            groups.setdefault((d.at_s, d.caller, d.role, d.address, d.purpose), []).append(d)
+        if not groups:
+            return []
+        with self._lock:
+            start = self._tree.size
+            records = [AccessRecord(start + i, int(at_s * 1000), caller, role, address, purpose,
+                                    canonical_json([[d.patient_id, d.allowed,
+                                                     d.reason[:MAX_ACCESS_REASON]]
+                                                    for d in group]))
+                       for i, ((at_s, caller, role, address, purpose), group)
+                       in enumerate(groups.items())]
+            self._log_actions(records, self.clock())
+            return records
 
     def _sync_blocked(self, device: Device) -> None:
         """Tell the guard whether a registered device's source is blocked."""
@@ -685,8 +784,12 @@ class Pipeline:
         its device signed; GateRejection with the reason if the gate refuses it. The
         signature and KEM work runs outside the pipeline lock: ingestion never waits on it."""
         devices, erased = dict(self._devices), set(self._erased)
-        opened = self.gate.open_session(envelope, self.clock(), devices, erased, size,
-                                        seen=self.store.has_session)
+        try:
+            opened = self.gate.open_session(envelope, self.clock(), devices, erased, size,
+                                            seen=self.store.has_session)
+        except GateRejection as exc:
+            self._log_refused_handshake(envelope, exc)
+            raise
         try:
             with self._lock:
                 device = self._devices.get(opened.device_id)
@@ -707,6 +810,19 @@ class Pipeline:
             self.gate.close_session(opened.session_id)
             raise
         return opened
+
+    def _log_refused_handshake(self, envelope: Any, refused: GateRejection) -> None:
+        """Log a refused session handshake as a refused packet is: who it claimed to come
+        from and why (a handshake carries no reading)."""
+        handshake = envelope.get("handshake") if isinstance(envelope, dict) else None
+        claimed = handshake.get("device_id") if isinstance(handshake, dict) else None
+        device_id = (claimed if isinstance(claimed, str) and 0 < len(claimed) <= MAX_ID_LENGTH
+                     else None)
+        with self._lock:
+            now = self.clock()
+            self._log_action(RejectionRecord(self._tree.size, now, device_id,
+                                             refused.reason.value,
+                                             f"session handshake: {refused.detail}"), now)
 
     def add_patient(self, patient_id: str) -> Patient:
         """Register a patient and create their data key; ConflictError if known."""
@@ -763,7 +879,7 @@ class Pipeline:
         with self._lock:
             old = self.keys
             keys_dir = self.settings.resolved_keys_dir
-            ring_before = SiteKeys.kek_ring_file(keys_dir)
+            ring_before = SiteKeys.key_file(keys_dir, KEK_FILE)
             keys = SiteKeys.rotate_kek(keys_dir, self.settings.aead_suite)
             now = self.clock()
             record = RotationRecord(self._tree.size, old.kek_id, keys.kek_id, keys.kek_suite,
@@ -771,10 +887,70 @@ class Pipeline:
             try:
                 self._log_action(record, now)
             except BaseException:
-                SiteKeys.restore_kek_ring(keys_dir, ring_before)  # not logged: not in force
+                # not logged: not in force
+                SiteKeys.restore_key_file(keys_dir, KEK_FILE, ring_before)
                 raise
-            self.keys = self.keyring.site = keys
+            self._use_keys(keys)
             return record
+
+    def _use_keys(self, keys: SiteKeys) -> None:
+        """Sign, seal and unwrap with `keys` from now on."""
+        self.keys = self.keyring.site = keys
+
+    # Log signing key rotation ---------------------------------------------------------------
+
+    def rotate_log_key(self, by: str, reason: str, suite: str | None = None) -> LogKeyRecord:
+        """Make a fresh log signing key (suite `suite`, default the current one's) current
+        without downtime. The outgoing key signs an endorsement of the new one, logged as a
+        record whose tree head the new key already signs: witnesses and verifiers that trust
+        the old key follow it. The key file is replaced first and put back if the record
+        cannot be committed; the outgoing private key is dropped once the record is durable.
+        InvalidInputError without a reason, ConfigError for an unknown suite."""
+        _check_reason(reason, "rotating the log signing key", "who asked and why")
+        signature_suite(suite or self.keys.log_key.suite)
+        with self._lock:
+            keys_dir = self.settings.resolved_keys_dir
+            before = SiteKeys.key_file(keys_dir, LOG_KEY_FILE)
+            keys = SiteKeys.rotate_log_key(keys_dir, suite or self.keys.log_key.suite)
+            try:
+                record = self._log_rotation(keys, f"by {by}: {reason}")
+            except BaseException:
+                if not self._rotation_landed(keys):
+                    SiteKeys.restore_key_file(keys_dir, LOG_KEY_FILE, before)
+                    raise
+                # committed after all (a lost acknowledgement): the new key is in force
+                self._tree = MerkleTree(self.store.leaf_hashes())
+                self._use_keys(SiteKeys.settle_log_key(keys_dir))
+                raise
+            self._use_keys(SiteKeys.settle_log_key(keys_dir))
+            return record
+
+    def _log_rotation(self, keys: SiteKeys, reason: str) -> LogKeyRecord:
+        """Log the endorsement of `keys.log_key` by the outgoing key (`unsettled_log_key`)
+        under a head the new key signs, and sign with the new key once that is durable (so
+        nothing signs with a key the log does not yet endorse)."""
+        outgoing = keys.unsettled_log_key
+        if outgoing is None:
+            raise ConfigError("keys: no outgoing log key to endorse the new one")
+        now = self.clock()
+        record = LogKeyRecord.of(endorse_log_key(outgoing, keys.log_key.public,
+                                                 self.settings.log_origin, self._tree.size,
+                                                 now, reason))
+        self._log_actions((record,), now, keys.log_key)
+        self._use_keys(keys)
+        return record
+
+    def _rotation_landed(self, keys: SiteKeys) -> bool:
+        """Whether a rotation whose commit raised is in the log after all (its head is signed
+        by the new key: a lost acknowledgement). If the store cannot even be read, the
+        outcome is unknown: the error propagates and the key file keeps both keys (the new
+        one current, the outgoing one unsettled), which the next start resolves either way."""
+        head = self.store.latest_head()
+        return head is not None and head.key_id == keys.log_key.key_id
+
+    def log_key_rotations(self) -> list[LogKeyRecord]:
+        """Every logged log key rotation, oldest first (what witnesses follow)."""
+        return self.store.log_key_records()
 
     def pending_rewrap(self) -> list[str]:
         """Patients (erased ones excluded) whose data key a KEK other than the current wraps."""
@@ -815,8 +991,7 @@ class Pipeline:
             if needed and kek_id != self.keys.kek_id:  # the current one: SiteKeys says so
                 raise ConflictError(f"keys: KEK {kek_id!r} still wraps the data keys of "
                                     f"{needed} patients; run `medtwin keys rewrap` first")
-            self.keys = self.keyring.site = SiteKeys.retire_kek(
-                self.settings.resolved_keys_dir, kek_id)
+            self._use_keys(SiteKeys.retire_kek(self.settings.resolved_keys_dir, kek_id))
 
     def add_device(self, device: Device) -> None:
         """Register a device to a known patient; NotFoundError or ConflictError otherwise."""

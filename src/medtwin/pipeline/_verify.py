@@ -1,7 +1,11 @@
 """`medtwin verify`: recompute the log from the store and check it against the signed head.
 
   (1) the latest signed tree head exists (if anything was logged) and its signature verifies
-      with the site's log key;
+      with the log key in force at its size: the log's first key, or the last one a logged
+      rotation endorsed (1b): each rotation is signed by the key it replaced, names this log,
+      and brings in the next key of the site's own key history (so a retired key, even
+      stolen, cannot endorse a key of its own); at most the newest key of that history may
+      be not yet logged (a rotation interrupted before its record was written);
   (2) records are numbered 0, 1, 2, … with no gap or duplicate;
   (3) each record's leaf, recomputed from its stored bytes, equals the stored leaf hash;
   (4) the tree over the recomputed leaves has the signed head's size and root;
@@ -39,8 +43,9 @@ from typing import TypeGuard
 
 from medtwin.crypto import (
     KeyRing,
-    LogSigningKey,
+    PublicLogKey,
     WrappedKey,
+    check_endorsement,
     handshake_transcript,
     verify_signature,
 )
@@ -59,6 +64,7 @@ from medtwin.pipeline._codec import SESSION_MARK, packet_aad, signed_bytes
 from medtwin.store import (
     AlertRecord,
     FindingRecord,
+    LogKeyRecord,
     PacketRecord,
     Record,
     RegistrationRecord,
@@ -98,24 +104,31 @@ class VerifyReport:
     checkpoints_checked: int = 0
     snapshots: int = 0
     sessions: int = 0
+    log_key_rotations: int = 0
+    #: Consent-gated access decisions logged.
+    accesses: int = 0
+    #: The log key in force at the signed head (the first key, or the last one endorsed).
+    log_key_id: str = ""
+    #: That key itself (None only for a report built by hand).
+    log_key: PublicLogKey | None = None
 
 
-def verify_store(store: Store, log_key: LogSigningKey,
+def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                  keyring: KeyRing | None = None,
                  claims: Sequence[CheckpointClaim] = ()) -> VerifyReport:
-    """Check every stored record against the Merkle log and the signed tree head; with a
-    `keyring`, also every device signature; and every claimed checkpoint against the log."""
-    # (1): signed head
+    """Check every stored record against the Merkle log and the signed tree head, signed by
+    the log keys `log_keys` (the site's key history, oldest first: `SiteKeys.log_key_history`)
+    in the order the log's rotations bring them in; with a `keyring`, also every device
+    signature; and every claimed checkpoint against the log."""
+    if not log_keys:
+        raise ValueError("verify: give the site's log keys, oldest first (at least one)")
     head_row = store.latest_head()
     head = None
     if head_row is not None:
         head = SignedTreeHead(head_row.origin, head_row.size, head_row.root,
                               head_row.timestamp_ms, head_row.key_id, head_row.suite,
                               head_row.signature)
-        if head.key_id != log_key.key_id:
-            raise VerificationError(f"checkpoint: signed by unknown key {head.key_id!r}",
-                                    "tree-head")
-        verify_tree_head(head, log_key.public_key)
+    log_key, rotated = log_keys[0], 0
     signed_size = head.size if head is not None else 0
     claimed: defaultdict[int, list[CheckpointClaim]] = defaultdict(list)
     for claim in claims:
@@ -128,7 +141,8 @@ def verify_store(store: Store, log_key: LogSigningKey,
     stored = store.leaf_hashes()[:signed_size]
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
-              "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0}
+              "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0,
+              "log-key": 0, "access": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     sessions: dict[str, tuple[SessionRecord, RegistrationRecord]] = {}
@@ -178,6 +192,10 @@ def verify_store(store: Store, log_key: LogSigningKey,
             _check_session(record, opener, keyring is not None)
             assert opener is not None  # _check_session refuses a session without one
             sessions[record.session_id] = (record, opener)
+        elif isinstance(record, LogKeyRecord):
+            # (1b): a rotation the key in force endorsed
+            log_key = _check_rotation(record, log_key, log_keys, rotated, head)
+            rotated += 1
         elif isinstance(record, RejectionRecord) and record.seq is not None:
             _check_sequence(record, record.device_id or "", record.seq, last_seq)
         elif (isinstance(record, PacketRecord)
@@ -213,16 +231,14 @@ def verify_store(store: Store, log_key: LogSigningKey,
         if pending:
             raise VerificationError("checkpoint: records exist but no signed tree head",
                                     "tree-head")
-    elif tree.size < head.size or len(stored) < head.size:
+    else:
+        # (1): the head, by the key in force at its size
+        _check_head(head, log_key, tree, len(stored))
+    if rotated < len(log_keys) - 2:
         raise VerificationError(
-            f"log: the signed head covers {head.size} records but the store holds "
-            f"{tree.size} records and {len(stored)} leaves: record #{tree.size} is missing",
-            f"record #{tree.size}")
-    # (4): root against the signed head
-    elif head.root != tree.root():
-        raise VerificationError(
-            f"checkpoint: signed head (size {head.size}) does not match the log recomputed from "
-            f"the store (size {tree.size}): the log was altered", "tree-head")
+            f"log: the site's key file holds {len(log_keys)} log keys, but the log's "
+            f"rotations bring in only {rotated + 1}: rotation records are missing (a store "
+            "rolled back?) or the key file is not this log's", "log-keys")
     # (5): the gate's device table against the log
     trusted = {d.device_id: d for d in store.devices()}
     for device_id in sorted(set(trusted) | set(registered)):
@@ -234,10 +250,59 @@ def verify_store(store: Store, log_key: LogSigningKey,
             raise VerificationError(
                 f"devices: device {device_id!r} differs from its logged registration and "
                 "sequence numbers: the devices table was altered", f"device {device_id}")
+    return _report(tree, counts, pending, signatures, unreadable, claims, log_key)
+
+
+def _check_rotation(record: LogKeyRecord, in_force: PublicLogKey,
+                    log_keys: Sequence[PublicLogKey], rotated: int,
+                    head: SignedTreeHead | None) -> PublicLogKey:
+    """(1b) One logged rotation: endorsed by the key in force, for this log, bringing in the
+    next key of the site's history; returns the key it brings in."""
+    endorsement = record.endorsement()
+    try:
+        check_endorsement(in_force, endorsement)
+    except SignatureError as exc:
+        raise VerificationError(f"log: {record.describe()}: {exc}", record.describe()) from exc
+    if head is not None and endorsement.origin != head.origin:
+        raise VerificationError(f"log: {record.describe()} names log {endorsement.origin!r}, "
+                                f"not {head.origin!r}", record.describe())
+    if rotated + 1 >= len(log_keys) or not endorsement.key.same_key(log_keys[rotated + 1]):
+        raise VerificationError(
+            f"log: {record.describe()} brings in a log key the site's key file does not hold "
+            "in that place: a rotation forged with a retired key, or a key file from another "
+            "site", record.describe())
+    return endorsement.key
+
+
+def _check_head(head: SignedTreeHead, log_key: PublicLogKey, tree: MerkleTree,
+                leaves: int) -> None:
+    """(1) and (4): the head is signed by the key in force at its size and names the root
+    of the log recomputed from the store."""
+    if head.key_id != log_key.key_id or head.suite != log_key.suite:
+        raise VerificationError(
+            f"checkpoint: signed by key {head.key_id!r}, but the key in force at size "
+            f"{head.size} is {log_key.key_id!r} (the first key, or the last rotation logged)",
+            "tree-head")
+    verify_tree_head(head, log_key.public_key)
+    if tree.size < head.size or leaves < head.size:
+        raise VerificationError(
+            f"log: the signed head covers {head.size} records but the store holds "
+            f"{tree.size} records and {leaves} leaves: record #{tree.size} is missing",
+            f"record #{tree.size}")
+    if head.root != tree.root():
+        raise VerificationError(
+            f"checkpoint: signed head (size {head.size}) does not match the log recomputed from "
+            f"the store (size {tree.size}): the log was altered", "tree-head")
+
+
+def _report(tree: MerkleTree, counts: dict[str, int], pending: int, signatures: int,
+            unreadable: int, claims: Sequence[CheckpointClaim],
+            log_key: PublicLogKey) -> VerifyReport:
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures, counts["erasure"], unreadable, counts["kek-rotation"],
-                        len(claims), counts["snapshot"], counts["session"])
+                        len(claims), counts["snapshot"], counts["session"], counts["log-key"],
+                        counts["access"], log_key.key_id, log_key)
 
 
 def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:

@@ -1,12 +1,14 @@
 """Persistence behind one interface: SQLite by default, PostgreSQL at scale; ciphertext only."""
 
 from medtwin.store._records import (
+    AccessRecord,
     AlertRecord,
     AnchorRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
     HeadRecord,
+    LogKeyRecord,
     PacketRecord,
     Record,
     RegistrationRecord,
@@ -19,12 +21,14 @@ from medtwin.store._records import (
 from medtwin.store._store import Store
 
 __all__ = [
+    "AccessRecord",
     "AlertRecord",
     "AnchorRecord",
     "Commit",
     "ErasureRecord",
     "FindingRecord",
     "HeadRecord",
+    "LogKeyRecord",
     "PacketRecord",
     "Record",
     "RegistrationRecord",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medtwin.crypto import LogKeyEndorsement, PublicLogKey
 from medtwin.domain import canonical_json
 
 
@@ -245,8 +246,74 @@ class RotationRecord:
         return f"KEK rotation #{self.leaf_index} ({self.old_kek_id} -> {self.new_kek_id})"
 
 
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """One request's consent-gated read decisions, made at `at_ms` for one caller (name,
+    role, chain address) and purpose: `decisions` is canonical JSON [[patient_id, allowed,
+    reason], ...] with pseudonymous patient ids. No twin value."""
+
+    leaf_index: int
+    at_ms: int
+    caller: str
+    role: str
+    address: str | None
+    purpose: str
+    decisions: bytes
+
+    kind = "access"
+
+    def commit_bytes(self) -> bytes:
+        meta = canonical_json([self.at_ms, self.caller, self.role, self.address, self.purpose])
+        return b"\n".join((meta, self.decisions))
+
+    def describe(self) -> str:
+        return f"access decisions #{self.leaf_index} ({self.caller})"
+
+
+@dataclass(frozen=True, slots=True)
+class LogKeyRecord:
+    """The log signing key rotated: the outgoing key's endorsement of the new one, which signs
+    every tree head from this record's on. Public keys only; `reason` says who and why."""
+
+    leaf_index: int
+    origin: str
+    key_id: str
+    suite: str
+    public_key: bytes
+    previous_key_id: str
+    previous_suite: str
+    previous_public_key: bytes
+    time_ms: int
+    reason: str
+    signature: bytes
+
+    kind = LogKeyEndorsement.kind
+
+    @classmethod
+    def of(cls, endorsement: LogKeyEndorsement) -> LogKeyRecord:
+        """The record that logs `endorsement`."""
+        e, key, old = endorsement, endorsement.key, endorsement.previous
+        return cls(e.leaf_index, e.origin, key.key_id, key.suite, key.public_key, old.key_id,
+                   old.suite, old.public_key, e.time_ms, e.reason, e.signature)
+
+    def endorsement(self) -> LogKeyEndorsement:
+        """The signed rotation this record holds."""
+        return LogKeyEndorsement(
+            self.origin, self.leaf_index,
+            PublicLogKey(self.previous_key_id, self.previous_suite, self.previous_public_key),
+            PublicLogKey(self.key_id, self.suite, self.public_key), self.time_ms, self.reason,
+            self.signature)
+
+    def commit_bytes(self) -> bytes:
+        return self.endorsement().commit_bytes()
+
+    def describe(self) -> str:
+        return f"log key rotation #{self.leaf_index} ({self.previous_key_id} -> {self.key_id})"
+
+
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
-          | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord | SessionRecord)
+          | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord | SessionRecord
+          | LogKeyRecord | AccessRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,3 +361,5 @@ class Commit:
     rotations: tuple[RotationRecord, ...] = ()
     snapshots: tuple[SnapshotRecord, ...] = ()
     sessions: tuple[SessionRecord, ...] = ()
+    log_keys: tuple[LogKeyRecord, ...] = ()
+    accesses: tuple[AccessRecord, ...] = ()

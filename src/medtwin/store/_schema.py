@@ -102,6 +102,21 @@ sessions = Table(
     Column("handshake", LargeBinary, nullable=False),
 )
 
+log_keys = Table(
+    "log_keys", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("origin", String(256), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("suite", String(32), nullable=False),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("previous_key_id", String(64), nullable=False),
+    Column("previous_suite", String(32), nullable=False),
+    Column("previous_public_key", LargeBinary, nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
 snapshots = Table(
     "snapshots", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
@@ -209,17 +224,15 @@ token_addresses = Table(
 )
 
 #: Every consent-gated access decision: who asked for which patient's twin, and the answer.
-access_decisions = Table(
-    "access_decisions", metadata,
-    Column("decision_id", Integer, primary_key=True, autoincrement=True),
+accesses = Table(
+    "accesses", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
     Column("at_ms", BigInteger, nullable=False),
     Column("caller", String(128), nullable=False),
     Column("role", String(16), nullable=False),
     Column("address", String(64), nullable=True),
-    Column("patient_id", String(64), nullable=False),
     Column("purpose", String(32), nullable=False),
-    Column("allowed", Boolean, nullable=False),
-    Column("reason", String(300), nullable=False),
+    Column("decisions", LargeBinary, nullable=False),
 )
 
 api_tokens = Table(

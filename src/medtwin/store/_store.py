@@ -5,8 +5,9 @@ patient data. Every batch is written in one transaction, committed durably befor
 from __future__ import annotations
 
 import heapq
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from medtwin.domain import Device, DeviceStatus
 from medtwin.errors import ConflictError, StoreError
 from medtwin.store import _schema as t
 from medtwin.store._records import (
+    AccessRecord,
     AlertRecord,
     AnchorRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
     HeadRecord,
+    LogKeyRecord,
     PacketRecord,
     Record,
     RegistrationRecord,
@@ -195,6 +198,10 @@ class Store:
                     conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
                 if batch.sessions:
                     conn.execute(insert(t.sessions), [_row(s) for s in batch.sessions])
+                if batch.accesses:
+                    conn.execute(insert(t.accesses), [_row(a) for a in batch.accesses])
+                if batch.log_keys:
+                    conn.execute(insert(t.log_keys), [_row(k) for k in batch.log_keys])
                 for rotation in batch.rotations:
                     conn.execute(insert(t.kek_rotations).values(**_row(rotation)))
                 for erasure in batch.erasures:
@@ -292,6 +299,10 @@ class Store:
                     select(t.snapshots).order_by(t.snapshots.c.leaf_index))),
                 (SessionRecord(**r._asdict()) for r in conn.execute(
                     select(t.sessions).order_by(t.sessions.c.leaf_index))),
+                (LogKeyRecord(**r._asdict()) for r in conn.execute(
+                    select(t.log_keys).order_by(t.log_keys.c.leaf_index))),
+                (AccessRecord(**r._asdict()) for r in conn.execute(
+                    select(t.accesses).order_by(t.accesses.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -300,6 +311,12 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(t.sessions.c.leaf_index).where(
                 t.sessions.c.session_id == session_id)).first() is not None
+
+    def log_key_records(self) -> list[LogKeyRecord]:
+        """Every log signing key rotation, in leaf order."""
+        with self.engine.connect() as conn:
+            return [LogKeyRecord(**r._asdict()) for r in conn.execute(
+                select(t.log_keys).order_by(t.log_keys.c.leaf_index))]
 
     def snapshots(self) -> list[SnapshotRecord]:
         """Every twin snapshot, in leaf order."""
@@ -405,23 +422,20 @@ class Store:
             return conn.execute(select(t.token_addresses.c.address).where(
                 t.token_addresses.c.token_hash == token_hash)).scalar()
 
-    def log_accesses(self, decisions: Sequence[tuple[int, str, str, str | None, str, str,
-                                                     bool, str]]) -> None:
-        """Keep access decisions, one transaction for all: (at_ms, caller, role, address,
-        patient_id, purpose, allowed, reason) each."""
-        keys = ("at_ms", "caller", "role", "address", "patient_id", "purpose", "allowed",
-                "reason")
-        with self.engine.begin() as conn:
-            conn.execute(insert(t.access_decisions), [
-                dict(zip(keys, (*d[:7], d[7][:300]), strict=True)) for d in decisions])
-
     def access_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest access decisions, newest first."""
-        c = t.access_decisions.c
+        """The latest `limit` access decisions, newest first, one dict per patient decided,
+        with the `leaf_index` of the logged record that holds it."""
+        c = t.accesses.c
+        out: list[dict[str, Any]] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t.access_decisions).order_by(c.decision_id.desc())
-                                .limit(limit))
-            return [r._asdict() for r in rows]
+            rows = conn.execute(select(t.accesses).order_by(c.leaf_index.desc()).limit(limit))
+            for r in rows:
+                meta = {k: v for k, v in r._asdict().items() if k != "decisions"}
+                out += [{**meta, "patient_id": p, "allowed": a, "reason": why}
+                        for p, a, why in json.loads(r.decisions)]
+                if len(out) >= limit:
+                    break
+        return out[:limit]
 
     def all_cosignatures(self) -> list[tuple[str, int, bytes, str, str]]:
         """Every stored cosignature as (origin, size, root, witness, line), by size."""
