@@ -33,13 +33,16 @@ def test_keys_rotate_then_verify_then_retire(tmp_path: Path) -> None:
     assert SiteKeys.load(tmp_path / "site" / "keys").kek_ids == [new, old]
     verified = runner.invoke(app, ["verify", *site])
     assert verified.exit_code == 0, verified.output
-    assert "1 site KEK rotations logged" in verified.output
+    assert "1 site KEK rotations and 0 retirements logged" in verified.output
     current = runner.invoke(app, ["keys", "retire-kek", new, *site])
     assert current.exit_code == 1
     assert "is the current KEK" in current.output
     retired = runner.invoke(app, ["keys", "retire-kek", old, *site])
     assert retired.exit_code == 0, retired.output
     assert SiteKeys.load(tmp_path / "site" / "keys").kek_ids == [new]
+    assert "logged as record #" in " ".join(retired.output.split())
+    reverified = runner.invoke(app, ["verify", *site])
+    assert "1 site KEK rotations and 1 retirements logged" in " ".join(reverified.output.split())
     again = runner.invoke(app, ["keys", "rewrap", *site])
     assert again.exit_code == 0, again.output
     assert "0 data keys re-wrapped" in again.output

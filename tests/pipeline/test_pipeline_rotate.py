@@ -171,8 +171,10 @@ def test_retire_refused_while_a_patient_needs_the_kek_then_allowed(
         pipeline.retire_kek("kek-nope")
     assert old in SiteKeys.load(settings.resolved_keys_dir).kek_ids
     pipeline.rewrap_patients()
-    pipeline.retire_kek(old)
+    record = pipeline.retire_kek(old, "sec-officer")
+    assert (record.kek_id, record.reason) == (old, "by sec-officer")
     assert SiteKeys.load(settings.resolved_keys_dir).kek_ids == [pipeline.keys.kek_id]
+    assert pipeline.verify().kek_retirements == 1
     pipeline.close()
     assert _open_every_packet(settings) == N_PATIENTS
 

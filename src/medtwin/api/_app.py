@@ -635,6 +635,7 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                 "erasures": report.erasures, "unreadable": report.unreadable,
                 "rotations": report.rotations, "sessions": report.sessions,
                 "snapshots": report.snapshots, "accesses": report.accesses,
+                "suite_changes": report.suite_changes,
                 "log_key_rotations": report.log_key_rotations,
                 "log_key_id": report.log_key_id, "root": report.root_hex}
 

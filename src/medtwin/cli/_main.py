@@ -367,10 +367,13 @@ def verify(data_dir: DataDir = None,
     if report.erasures:
         console.print(f"{report.erasures} patients erased: {report.unreadable} of their records "
                       "checked by hash only (their data keys are destroyed)")
-    if report.rotations:
-        console.print(f"{report.rotations} site KEK rotations logged")
+    if report.rotations or report.kek_retirements:
+        console.print(f"{report.rotations} site KEK rotations and {report.kek_retirements} "
+                      "retirements logged")
+    if report.suite_changes:
+        console.print(f"{report.suite_changes} changes of the AEAD suite logged")
     if report.accesses:
-        console.print(f"{report.accesses} consent-gated access decisions logged")
+        console.print(f"{report.accesses} records of consent-gated access decisions logged")
     if report.log_key_rotations:
         console.print(f"{report.log_key_rotations} log key rotations logged, each endorsed by "
                       f"the key it replaced; the key in force is {report.log_key_id}")
@@ -605,8 +608,9 @@ def keys_retire_kek(kek_id: str, data_dir: DataDir = None) -> None:
     """Remove a previous KEK from the key file; refused while any patient's data key still
     needs it. Backups taken before the rotation need it: keep a copy with them."""
     with _site(data_dir) as pipeline:
-        pipeline.retire_kek(kek_id)
-    console.print(f"KEK {kek_id} retired from the site key file")
+        record = pipeline.retire_kek(kek_id, getpass.getuser())
+    console.print(f"KEK {kek_id} retired from the site key file (logged as record "
+                  f"#{record.leaf_index})")
 
 
 @token_app.command("create")

@@ -30,7 +30,7 @@ from medtwin.clinical import (
     news2_risk,
     rules_over_events,
 )
-from medtwin.config import MAX_ID_LENGTH, Settings
+from medtwin.config import DEFAULT_AEAD_SUITE, MAX_ID_LENGTH, Settings
 from medtwin.crypto import (
     KEK_FILE,
     LOG_KEY_FILE,
@@ -39,6 +39,7 @@ from medtwin.crypto import (
     PublicLogKey,
     SiteKeys,
     WrappedKey,
+    aead_suite,
     endorse_log_key,
     sign_session_key,
     signature_suite,
@@ -129,16 +130,19 @@ from medtwin.store import (
     PacketRecord,
     RegistrationRecord,
     RejectionRecord,
+    RetirementRecord,
     RotationRecord,
     SessionRecord,
     SnapshotRecord,
     Store,
+    SuiteRecord,
     TwinParamsRecord,
 )
 
 #: Records logged one at a time by an administrative action (or a request's access decisions).
 ActionRecord = (RegistrationRecord | ErasureRecord | RotationRecord | SessionRecord
-                | LogKeyRecord | AccessRecord | RejectionRecord)
+                | LogKeyRecord | AccessRecord | RejectionRecord | SuiteRecord
+                | RetirementRecord)
 _Action = TypeVar("_Action", bound=ActionRecord)
 #: Longest reason kept with an access decision.
 MAX_ACCESS_REASON = 300
@@ -298,6 +302,7 @@ class Pipeline:
         self._tree = MerkleTree(store.leaf_hashes())
         if not check_replay:    # the evil-twin check reads, never writes
             self._settle_log_key(in_force)
+            self._log_aead_suite()
         self._active = np.zeros((0, N_RULES), dtype=bool)
         snapshots = store.snapshots()
         self._next_snapshot_ms = (snapshots[-1].time_ms + self._snapshot_every_ms()
@@ -355,6 +360,17 @@ class Pipeline:
                 "verify`", f"record #{report.tree_size}")
         assert report.log_key is not None
         return report.log_key
+
+    def _log_aead_suite(self) -> None:
+        """Log a change of the configured AEAD suite (from the last one logged; from the
+        default if none ever was), so the log says what seals new records from when."""
+        configured = aead_suite(self.settings.aead_suite).name
+        in_force = self.store.aead_suite_in_force() or DEFAULT_AEAD_SUITE
+        if configured != in_force:
+            with self._lock:
+                now = self.clock()
+                self._log_action(SuiteRecord(self._tree.size, configured, in_force, now,
+                                             "configured at start (MEDTWIN_AEAD_SUITE)"), now)
 
     def _settle_log_key(self, in_force: PublicLogKey) -> None:
         """Finish a log key rotation that a crash (or a commit of unknown outcome) left
@@ -737,7 +753,8 @@ class Pipeline:
             (), (), of(RejectionRecord), tuple(leaves), self._sign_head(tree, now, key), {},
             registrations=of(RegistrationRecord), erasures=of(ErasureRecord),
             rotations=of(RotationRecord), sessions=of(SessionRecord), log_keys=of(LogKeyRecord),
-            accesses=of(AccessRecord)))
+            accesses=of(AccessRecord), suites=of(SuiteRecord),
+            retirements=of(RetirementRecord)))
         self._tree = tree
 
     def log_accesses(self, decisions: Sequence[AccessDecision]) -> list[AccessRecord]:
@@ -983,15 +1000,28 @@ class Pipeline:
             self._wrapped.update(fresh)
             return len(fresh)
 
-    def retire_kek(self, kek_id: str) -> None:
-        """Remove a previous KEK from the key file once no patient's data key needs it;
-        ConflictError naming how many still do (finish with `medtwin keys rewrap`)."""
+    def retire_kek(self, kek_id: str, by: str = "") -> RetirementRecord:
+        """Remove a previous KEK from the key file once no patient's data key needs it, and
+        log it (if it cannot be logged, the key file is put back); ConflictError naming how
+        many still need it (finish with `medtwin keys rewrap`)."""
         with self._lock:
             needed = self.store.kek_usage().get(kek_id, 0)
             if needed and kek_id != self.keys.kek_id:  # the current one: SiteKeys says so
                 raise ConflictError(f"keys: KEK {kek_id!r} still wraps the data keys of "
                                     f"{needed} patients; run `medtwin keys rewrap` first")
-            self._use_keys(SiteKeys.retire_kek(self.settings.resolved_keys_dir, kek_id))
+            keys_dir = self.settings.resolved_keys_dir
+            before = SiteKeys.key_file(keys_dir, KEK_FILE)
+            keys = SiteKeys.retire_kek(keys_dir, kek_id)
+            now = self.clock()
+            record = RetirementRecord(self._tree.size, kek_id, now,
+                                      f"by {by}" if by else "no data key needed it")
+            try:
+                self._log_action(record, now)
+            except BaseException:
+                SiteKeys.restore_key_file(keys_dir, KEK_FILE, before)
+                raise
+            self._use_keys(keys)
+            return record
 
     def add_device(self, device: Device) -> None:
         """Register a device to a known patient; NotFoundError or ConflictError otherwise."""

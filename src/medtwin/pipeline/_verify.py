@@ -105,8 +105,12 @@ class VerifyReport:
     snapshots: int = 0
     sessions: int = 0
     log_key_rotations: int = 0
-    #: Consent-gated access decisions logged.
+    #: Consent-gated access decisions logged (records: one per request).
     accesses: int = 0
+    #: Changes of the configured AEAD suite logged.
+    suite_changes: int = 0
+    #: Site KEKs retired (removed from the key file).
+    kek_retirements: int = 0
     #: The log key in force at the signed head (the first key, or the last one endorsed).
     log_key_id: str = ""
     #: That key itself (None only for a report built by hand).
@@ -142,7 +146,7 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
               "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0,
-              "log-key": 0, "access": 0}
+              "log-key": 0, "access": 0, "aead-suite": 0, "kek-retirement": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     sessions: dict[str, tuple[SessionRecord, RegistrationRecord]] = {}
@@ -302,7 +306,8 @@ def _report(tree: MerkleTree, counts: dict[str, int], pending: int, signatures: 
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures, counts["erasure"], unreadable, counts["kek-rotation"],
                         len(claims), counts["snapshot"], counts["session"], counts["log-key"],
-                        counts["access"], log_key.key_id, log_key)
+                        counts["access"], counts["aead-suite"], counts["kek-retirement"],
+                        log_key.key_id, log_key)
 
 
 def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:

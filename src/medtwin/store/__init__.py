@@ -13,9 +13,11 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    RetirementRecord,
     RotationRecord,
     SessionRecord,
     SnapshotRecord,
+    SuiteRecord,
     TwinParamsRecord,
 )
 from medtwin.store._store import Store
@@ -33,9 +35,11 @@ __all__ = [
     "Record",
     "RegistrationRecord",
     "RejectionRecord",
+    "RetirementRecord",
     "RotationRecord",
     "SessionRecord",
     "SnapshotRecord",
     "Store",
+    "SuiteRecord",
     "TwinParamsRecord",
 ]

@@ -224,6 +224,46 @@ class ErasureRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SuiteRecord:
+    """The AEAD suite that seals new patient records and wraps new data keys changed to
+    `suite` at `time_ms` (configuration, `MEDTWIN_AEAD_SUITE`); records sealed before keep
+    naming theirs. `reason` says how the change came about."""
+
+    leaf_index: int
+    suite: str
+    previous_suite: str
+    time_ms: int
+    reason: str
+
+    kind = "aead-suite"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.suite, self.previous_suite, self.time_ms, self.reason])
+
+    def describe(self) -> str:
+        return f"AEAD suite change #{self.leaf_index} ({self.previous_suite} -> {self.suite})"
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementRecord:
+    """A previous site KEK, which no stored data key needed any more, removed from the key
+    file at `time_ms`: backups taken before need a copy of the old key file. Ids only."""
+
+    leaf_index: int
+    kek_id: str
+    time_ms: int
+    reason: str
+
+    kind = "kek-retirement"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.kek_id, self.time_ms, self.reason])
+
+    def describe(self) -> str:
+        return f"KEK retirement #{self.leaf_index} ({self.kek_id})"
+
+
+@dataclass(frozen=True, slots=True)
 class RotationRecord:
     """The site KEK rotated at `time_ms`: new data keys are wrapped by `new_kek_id` (suite
     `suite`) from now on, and stored ones are re-wrapped from `old_kek_id`. Ids only, never
@@ -313,7 +353,7 @@ class LogKeyRecord:
 
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
           | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord | SessionRecord
-          | LogKeyRecord | AccessRecord)
+          | LogKeyRecord | AccessRecord | SuiteRecord | RetirementRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,3 +403,5 @@ class Commit:
     sessions: tuple[SessionRecord, ...] = ()
     log_keys: tuple[LogKeyRecord, ...] = ()
     accesses: tuple[AccessRecord, ...] = ()
+    suites: tuple[SuiteRecord, ...] = ()
+    retirements: tuple[RetirementRecord, ...] = ()

@@ -142,6 +142,23 @@ erasures = Table(
     Column("reason", Text, nullable=False),
 )
 
+aead_suites = Table(
+    "aead_suites", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("suite", String(32), nullable=False),
+    Column("previous_suite", String(32), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+kek_retirements = Table(
+    "kek_retirements", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("kek_id", String(64), nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 kek_rotations = Table(
     "kek_rotations", metadata,
     Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),

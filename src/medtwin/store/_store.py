@@ -42,9 +42,11 @@ from medtwin.store._records import (
     Record,
     RegistrationRecord,
     RejectionRecord,
+    RetirementRecord,
     RotationRecord,
     SessionRecord,
     SnapshotRecord,
+    SuiteRecord,
     TwinParamsRecord,
 )
 
@@ -198,6 +200,11 @@ class Store:
                     conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
                 if batch.sessions:
                     conn.execute(insert(t.sessions), [_row(s) for s in batch.sessions])
+                if batch.retirements:
+                    conn.execute(insert(t.kek_retirements),
+                                 [_row(x) for x in batch.retirements])
+                if batch.suites:
+                    conn.execute(insert(t.aead_suites), [_row(x) for x in batch.suites])
                 if batch.accesses:
                     conn.execute(insert(t.accesses), [_row(a) for a in batch.accesses])
                 if batch.log_keys:
@@ -303,6 +310,10 @@ class Store:
                     select(t.log_keys).order_by(t.log_keys.c.leaf_index))),
                 (AccessRecord(**r._asdict()) for r in conn.execute(
                     select(t.accesses).order_by(t.accesses.c.leaf_index))),
+                (SuiteRecord(**r._asdict()) for r in conn.execute(
+                    select(t.aead_suites).order_by(t.aead_suites.c.leaf_index))),
+                (RetirementRecord(**r._asdict()) for r in conn.execute(
+                    select(t.kek_retirements).order_by(t.kek_retirements.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -311,6 +322,13 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(t.sessions.c.leaf_index).where(
                 t.sessions.c.session_id == session_id)).first() is not None
+
+    def aead_suite_in_force(self) -> str | None:
+        """The AEAD suite the latest logged suite change names (None: never changed)."""
+        c = t.aead_suites.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(c.suite).order_by(c.leaf_index.desc()).limit(1)
+                                ).scalar()
 
     def log_key_records(self) -> list[LogKeyRecord]:
         """Every log signing key rotation, in leaf order."""
