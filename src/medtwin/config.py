@@ -27,7 +27,7 @@ ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 MAX_READING_AGE_S = 24 * 3600.0
 #: AEAD suite for new ciphertext; old ciphertext names its own suite and stays readable.
 DEFAULT_AEAD_SUITE = "aes-256-gcm"
-#: Signature suite of the site's log signing key.
+#: Signature suite of a new site's log signing key (ed25519, ecdsa-p256 or ml-dsa-65).
 DEFAULT_LOG_SIGNATURE_SUITE = "ed25519"
 #: Name of this log in its signed tree heads (C2SP checkpoint "origin" line).
 DEFAULT_LOG_ORIGIN = "medtwin.local/log"
@@ -41,27 +41,42 @@ DEFAULT_SNAPSHOT_INTERVAL_S = 900.0
 DEFAULT_ANCHOR_INTERVAL_S = 5.0
 
 
+#: Public key sizes of the suites a witness may cosign with.
+WITNESS_KEY_SIZES = {"ed25519": 32, "ml-dsa-65": 1952}
+
+
 @dataclass(frozen=True, slots=True)
 class TrustedWitness:
-    """A witness whose cosignatures the site accepts: its note key name and Ed25519 key."""
+    """A witness whose cosignatures the site accepts: its note key name, public key and the
+    key's suite (Ed25519, or ML-DSA-65 for a post-quantum witness)."""
 
     name: str
     public_key: bytes
+    suite: str = "ed25519"
+
+    def spec(self) -> str:
+        """This witness as one MEDTWIN_WITNESSES item."""
+        encoded = base64.b64encode(self.public_key).decode()
+        return f"{self.name}={encoded}" if self.suite == "ed25519" else \
+            f"{self.name}={self.suite}:{encoded}"
 
 
 def parse_witnesses(text: str) -> tuple[TrustedWitness, ...]:
-    """Witnesses from `name=base64key,name=base64key` (the MEDTWIN_WITNESSES format)."""
+    """Witnesses from `name=base64key,name=ml-dsa-65:base64key` (the MEDTWIN_WITNESSES
+    format; a key without a suite is Ed25519)."""
     witnesses: list[TrustedWitness] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, encoded = item.partition("=")
+        name, sep, value = item.partition("=")
+        suite, colon, encoded = value.rpartition(":")
+        suite = suite if colon else "ed25519"
         try:
             key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             key = b""
-        if not sep or not name or len(key) != 32:
-            raise ConfigError(f"config: witness {item!r} must be name=<base64 of a 32-byte "
-                              "Ed25519 public key>")
-        witnesses.append(TrustedWitness(name, key))
+        if not sep or not name or len(key) != WITNESS_KEY_SIZES.get(suite, -1):
+            raise ConfigError(f"config: witness {item!r} must be name=<base64 Ed25519 public "
+                              "key> or name=ml-dsa-65:<base64 ML-DSA-65 public key>")
+        witnesses.append(TrustedWitness(name, key, suite))
     if len({w.name for w in witnesses}) != len(witnesses):
         raise ConfigError("config: a witness name is given twice; give each witness once")
     return tuple(witnesses)
@@ -82,6 +97,8 @@ class Settings:
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
     max_reading_age_s: float = MAX_READING_AGE_S
     aead_suite: str = DEFAULT_AEAD_SUITE
+    #: Suite of the log key a new site makes (later changes: `medtwin keys rotate-log`).
+    log_suite: str = DEFAULT_LOG_SIGNATURE_SUITE
     log_origin: str = DEFAULT_LOG_ORIGIN
     max_batch: int = DEFAULT_MAX_BATCH
     witnesses: tuple[TrustedWitness, ...] = ()
@@ -132,6 +149,8 @@ class Settings:
                                       f"{zero}") from exc
         if "MEDTWIN_AEAD_SUITE" in env:
             values["aead_suite"] = env["MEDTWIN_AEAD_SUITE"]
+        if "MEDTWIN_LOG_SUITE" in env:
+            values["log_suite"] = env["MEDTWIN_LOG_SUITE"]
         if "MEDTWIN_CHAIN_URL" in env:
             values["chain_url"] = env["MEDTWIN_CHAIN_URL"] or None
         if "MEDTWIN_ANCHOR_CONTRACT" in env:

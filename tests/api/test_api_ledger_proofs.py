@@ -17,6 +17,7 @@ import medtwin.api._ledger as api_ledger
 from medtwin.access import Role, new_token
 from medtwin.api import create_app
 from medtwin.config import Settings, TrustedWitness, parse_witnesses
+from medtwin.crypto import signature_suite
 from medtwin.errors import ConfigError
 from medtwin.ledger import (
     NoteSigner,
@@ -263,7 +264,15 @@ def test_witnesses_are_configured_as_name_and_base64_key(monkeypatch: pytest.Mon
     monkeypatch.setenv("MEDTWIN_WITNESSES", f"{WITNESS.name}={key}, ")
     assert Settings.from_env().witnesses == (TrustedWitness(WITNESS.name, WITNESS.public_key),)
     assert Settings().witnesses == ()
-    with pytest.raises(ConfigError, match="32-byte Ed25519"):
+    with pytest.raises(ConfigError, match="base64 Ed25519 public key"):
         parse_witnesses("w1=AAAA")
     with pytest.raises(ConfigError, match="given twice"):
         parse_witnesses(f"w1={key},w1={key}")
+    pq_public = signature_suite("ml-dsa-65").generate()[1]
+    pq = TrustedWitness("w2", pq_public, "ml-dsa-65")
+    assert parse_witnesses(f"w1={key},{pq.spec()}") == (
+        TrustedWitness("w1", WITNESS.public_key), pq)
+    for wrong in (f"w2=ml-dsa-65:{key}", f"w2=rsa:{key}",
+                  f"w2=ed25519:{base64.b64encode(pq_public).decode()}"):
+        with pytest.raises(ConfigError, match="ml-dsa-65:<base64 ML-DSA-65 public key>"):
+            parse_witnesses(wrong)

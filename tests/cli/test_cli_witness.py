@@ -21,11 +21,12 @@ from medtwin.config import Settings, TrustedWitness
 from medtwin.crypto import endorse_log_key, load_or_create_signing_key
 from medtwin.errors import ConfigError
 from medtwin.ledger import NoteVerifier, WitnessState, open_checkpoint_note
-from medtwin.pipeline import Pipeline
+from medtwin.pipeline import Pipeline, verify_store
 from medtwin.store import LogKeyRecord
 
 runner = CliRunner()
 NAME = "witness.example/w1"
+PQ_NAME = "witness.example/pq"
 
 
 @pytest.fixture
@@ -35,10 +36,13 @@ def state_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, clock: FakeClock, state_dir: Path) -> Settings:
-    """A site that has registered the witness's key (made before the witness's first run)."""
+    """A site that has registered the witness's key (made before the witness's first run),
+    and a post-quantum witness's ML-DSA-65 key."""
     key = load_or_create_signing_key(state_dir / _witness.KEY_FILE)
+    pq = load_or_create_signing_key(tmp_path / "pq-witness" / _witness.KEY_FILE, "ml-dsa-65")
     return Settings(data_dir=tmp_path / "site", clock=clock,
-                    witnesses=(TrustedWitness(NAME, key.public_key),))
+                    witnesses=(TrustedWitness(NAME, key.public_key),
+                               TrustedWitness(PQ_NAME, pq.public_key, "ml-dsa-65")))
 
 
 @pytest.fixture
@@ -243,3 +247,27 @@ def test_a_checkpoint_older_than_the_newest_rotation_is_still_cosigned(
     state = _state(state_dir)
     assert state["size"] == held[0].size
     assert state["log_key"]["key_id"] == middle.key_id   # type: ignore[index]
+
+
+def test_a_post_quantum_witness_cosigns_and_verify_checks_it(
+        site: Pipeline, tmp_path: Path, device: DeviceSim) -> None:
+    """`--suite ml-dsa-65`: the witness cosigns with ML-DSA-65, the site (which registered
+    it as `name=ml-dsa-65:<key>`) stores the line, and verify re-checks its signature."""
+    from medtwin.pipeline import checkpoint_claims
+
+    pq_dir = tmp_path / "pq-witness"
+    args = [*_args(site, pq_dir)[:-4], "--name", PQ_NAME, "--state-dir", str(pq_dir),
+            "--suite", "ml-dsa-65"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"MEDTWIN_WITNESSES={PQ_NAME}=ml-dsa-65:" in " ".join(result.output.split())
+    head = site.store.latest_head()
+    assert head is not None
+    [line] = site.store.cosignatures(head.origin, head.size, head.root)
+    assert len(line) > 4000                                    # an ML-DSA-65 signature
+    claims = checkpoint_claims(site.store, site.settings, None)
+    assert claims.cosignatures == 1
+    assert verify_store(site.store, site.keys.log_key_history,
+                        claims=claims.claims).checkpoints_checked == 1
+    wrong = runner.invoke(app, [*args[:-2], "--suite", "ed25519"])
+    assert wrong.exit_code == 1 and "use another --state-dir" in " ".join(wrong.output.split())

@@ -256,7 +256,8 @@ def test_cosignature_of_wrong_length_is_refused() -> None:
     line = cosign_checkpoint(body, WITNESS, T_S)
     name, encoded = line.rstrip("\n").rsplit(" ", 1)
     short = f"{name} {base64.b64encode(base64.b64decode(encoded)[:-1]).decode()}\n"
-    with pytest.raises(VerificationError, match=r"cosignature by .* is not 72 bytes$"):
+    with pytest.raises(VerificationError, match=r"cosignature by .* is not a timestamp and "
+                                                r"a ed25519 signature$"):
         verify_cosignature(body, short, WITNESS_KEY)
 
 
@@ -352,9 +353,11 @@ def test_signing_refuses_bad_input() -> None:
 
 def test_cosigning_refuses_bad_input() -> None:
     body = checkpoint_body(ORIGIN, SIZE, ROOT)
-    with pytest.raises(ConfigError, match="witnesses sign with ed25519, not 'ml-dsa-65'"):
-        cosign_checkpoint(body, LOG_PQ, T_S)
-    with pytest.raises(ConfigError, match="witnesses sign with ed25519"):
+    ecdsa = _signer("witness.example/w2", "ecdsa-p256")
+    with pytest.raises(ConfigError, match="witnesses cosign with ed25519, ml-dsa-65, not "
+                                          "'ecdsa-p256'"):
+        cosign_checkpoint(body, ecdsa, T_S)
+    with pytest.raises(ConfigError, match="witnesses cosign with ed25519, ml-dsa-65"):
         NoteVerifier("w", "ecdsa-p256", b"", cosigner=True)
     for bad in (-1, MAX_TIMESTAMP_S + 1):
         with pytest.raises(ValueError, match=r"timestamp must be in \[0, 2\^63 - 1\]"):
@@ -432,3 +435,24 @@ def test_checkpoint_parser_raises_only_verification_errors_on_signed_text(
         assert exc.record == "checkpoint"
         return
     assert checkpoint_body(*checkpoint).decode() == note.rsplit("\n\n", 1)[0] + "\n"
+
+
+def test_a_post_quantum_witness_cosigns_with_ml_dsa() -> None:
+    """An ML-DSA-65 witness: the cosignature/v1 message and line layout under medtwin's
+    private type, verified like an Ed25519 one (timestamp included), and refused when cut."""
+    witness = _signer("witness.example/pq", "ml-dsa-65")
+    verifier = witness.verifier(cosigner=True)
+    body = checkpoint_body(ORIGIN, SIZE, ROOT)
+    line = cosign_checkpoint(body, witness, T_S)
+    assert verify_cosignature(body, line, verifier) == T_S
+    note = sign_checkpoint_note(ORIGIN, SIZE, ROOT, [LOG_ED]) + line
+    _, opened = open_checkpoint_note(note, [LOG_ED.verifier(), verifier])
+    assert [s.name for s in opened.verified] == [ORIGIN, "witness.example/pq"]
+    # the same key as an Ed25519-typed witness, or as a log key, has another key ID
+    assert verifier.key_id != witness.verifier().key_id
+    name, encoded = line.rstrip("\n").rsplit(" ", 1)
+    cut = f"{name} {base64.b64encode(base64.b64decode(encoded)[:-1]).decode()}\n"
+    with pytest.raises(VerificationError, match="invalid signature by known key"):
+        verify_cosignature(body, cut, verifier)
+    with pytest.raises(VerificationError):
+        verify_cosignature(checkpoint_body(ORIGIN, SIZE + 1, ROOT), line, verifier)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 
 import pytest
 from tests.conftest import DeviceSim, FakeClock
@@ -253,3 +254,30 @@ def test_a_key_file_rotated_outside_medtwin_is_refused_at_start(
     SiteKeys.settle_log_key(settings.resolved_keys_dir)          # the outgoing key dropped
     with pytest.raises(ConfigError, match=f"restore the key file that holds '{in_force}'"):
         Pipeline.open(settings)
+
+
+def test_a_new_site_can_start_with_a_post_quantum_log_key(settings: Settings,
+                                                           make_device: Callable[..., DeviceSim]
+                                                           ) -> None:
+    """MEDTWIN_LOG_SUITE=ml-dsa-65: the first log key, every head and the checkpoint note
+    are ML-DSA-65 from the start."""
+    pq = dataclasses.replace(settings, data_dir=settings.data_dir.parent / "pq-site",
+                             log_suite="ml-dsa-65")
+    site = Pipeline.open(pq)
+    try:
+        site.add_patient("pt-1")
+        device = make_device("vit-1", "pt-1")
+        site.add_device(device.device)
+        assert isinstance(site.process([device.submit(device.vitals())])[0], Accepted)
+        head = site.store.latest_head()
+        assert head is not None and head.suite == "ml-dsa-65"
+        latest = site.checkpoint_note()
+        assert latest is not None
+        key = site.keys.log_key
+        open_checkpoint_note(latest[1], [_note_verifier(site, key.suite, key.public_key)])
+        assert site.verify().signatures_checked == 1
+    finally:
+        site.close()
+    with pytest.raises(ConfigError, match="unknown signature suite 'rsa'"):
+        Pipeline.open(dataclasses.replace(pq, data_dir=pq.data_dir.parent / "rsa-site",
+                                          log_suite="rsa"))

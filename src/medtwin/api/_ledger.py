@@ -31,8 +31,9 @@ from medtwin.ledger import (
 from medtwin.pipeline import Pipeline
 from medtwin.store import HeadRecord
 
-#: Longest cosignature line accepted (a cosignature/v1 line is ~100 bytes plus the key name).
-MAX_COSIGNATURE_LINE = 1024
+#: Longest cosignature line accepted (an Ed25519 cosignature/v1 line is ~100 bytes plus the
+#: key name; an ML-DSA-65 one about 4,430).
+MAX_COSIGNATURE_LINE = 8192
 #: Media type of a C2SP signed note.
 NOTE_MEDIA_TYPE = "text/plain; charset=utf-8"
 
@@ -57,7 +58,7 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
     """The `/v1/ledger/...` endpoints of the site served by `pipeline` (role: read-audit)."""
     router = APIRouter(tags=["audit"])
     read_audit = Depends(require(Permission.READ_AUDIT))
-    witnesses = {w.name: NoteVerifier(w.name, "ed25519", w.public_key, cosigner=True)
+    witnesses = {w.name: NoteVerifier(w.name, w.suite, w.public_key, cosigner=True)
                  for w in pipeline.settings.witnesses}
     tiles = TileIndex(pipeline.store.leaf_hashes)
     extending = threading.Lock()
@@ -145,7 +146,8 @@ def ledger_router(pipeline: Pipeline) -> APIRouter:
         if witness is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"api: witness {name!r} is not registered with this site; "
-                                "add it to MEDTWIN_WITNESSES (name=base64 key)")
+                                "add it to MEDTWIN_WITNESSES (name=base64 key, or "
+                                "name=ml-dsa-65:base64 key)")
         try:
             timestamp_s = verify_cosignature(checkpoint_body(head.origin, head.size, head.root),
                                              line, witness)

@@ -745,6 +745,10 @@ def witness(
                                                   "(default ed25519).")] = None,
     name: Annotated[str | None, typer.Option(help="This witness's key name, e.g. "
                                              "witness.example/w1.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Suite of this witness's own key: ed25519 "
+                                              "(cosignature/v1, the default) or ml-dsa-65 "
+                                              "(post-quantum, medtwin-private type); chosen "
+                                              "when its key is made.")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the witness keeps its key "
                                                    "(0600) and the last checkpoint it "
                                                    "cosigned (default ./medtwin-witness).")]
@@ -766,10 +770,11 @@ def witness(
     try:
         settings = load_config(config, log_url=log_url, origin=origin, log_key=log_key,
                                log_suite=log_suite, name=name, state_dir=state_dir,
-                               token=token)
-        public = base64.b64encode(settings.signer().public_key).decode()
-        console.print(f"witness {settings.name} key {public} (register it on the site: "
-                      f"MEDTWIN_WITNESSES={settings.name}={public})", soft_wrap=True)
+                               token=token, suite=suite)
+        trusted = settings.trusted()
+        public = base64.b64encode(trusted.public_key).decode()
+        console.print(f"witness {settings.name} {trusted.suite} key {public} (register it on "
+                      f"the site: MEDTWIN_WITNESSES={trusted.spec()})", soft_wrap=True)
         run_witness(settings, once=once, interval_s=interval,
                     report=lambda line: console.print(line, soft_wrap=True))
     except SplitViewError as exc:

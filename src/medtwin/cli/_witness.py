@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from medtwin.config import TrustedWitness
 from medtwin.crypto import (
     LogKeyEndorsement,
     PublicLogKey,
@@ -65,6 +66,8 @@ class WitnessConfig:
     state_dir: Path
     log_suite: str = "ed25519"
     token: str | None = None
+    #: The suite of this witness's own key: ed25519 (cosignature/v1) or ml-dsa-65.
+    suite: str = "ed25519"
 
     @property
     def log(self) -> NoteVerifier:
@@ -77,9 +80,18 @@ class WitnessConfig:
         return PublicLogKey("pinned key", self.log_suite, self.log_key)
 
     def signer(self) -> NoteSigner:
-        """The witness's own Ed25519 key, created (mode 0600) in the state dir on first run."""
-        key = load_or_create_signing_key(self.state_dir / KEY_FILE, "ed25519")
+        """The witness's own key (of `suite`), created (mode 0600) in the state dir on first
+        run; ConfigError if the key kept there is of another suite."""
+        key = load_or_create_signing_key(self.state_dir / KEY_FILE, self.suite)
+        if key.suite != self.suite:
+            raise ConfigError(f"witness: the key in {self.state_dir / KEY_FILE} is "
+                              f"{key.suite}, not {self.suite}; use another --state-dir for a "
+                              "witness of another suite")
         return NoteSigner(self.name, key.suite, key.private_key, key.public_key)
+
+    def trusted(self) -> TrustedWitness:
+        """This witness as the site registers it (its MEDTWIN_WITNESSES item)."""
+        return TrustedWitness(self.name, self.signer().public_key, self.suite)
 
 
 def load_config(path: Path | None, **given: Any) -> WitnessConfig:
@@ -105,10 +117,11 @@ def load_config(path: Path | None, **given: Any) -> WitnessConfig:
                           "(`medtwin keys init` prints it)") from None
     config = WitnessConfig(str(values["log_url"]), str(values["origin"]), log_key,
                            str(values["name"]), Path(values.get("state_dir", DEFAULT_STATE_DIR)),
-                           str(values.get("log_suite", "ed25519")), values.get("token"))
+                           str(values.get("log_suite", "ed25519")), values.get("token"),
+                           str(values.get("suite", "ed25519")))
     try:
         NoteVerifier(config.origin, config.log_suite, config.log_key)
-        NoteVerifier(config.name, "ed25519", b"", cosigner=True)
+        NoteVerifier(config.name, config.suite, b"", cosigner=True)
     except ValueError as exc:
         raise ConfigError(f"witness: {exc}") from exc
     return config

@@ -10,6 +10,9 @@ Signature types:
 - `0x01` Ed25519 over the note text (signed-note).
 - `0x04` cosignature/v1: an Ed25519 witness signs `cosignature/v1\\ntime <s>\\n` + note text;
   the line carries key ID || 8-byte big-endian timestamp || signature (tlog-cosignature).
+- A post-quantum witness (ML-DSA-65) cosigns the same message, with the same line layout, under
+  the **medtwin-private** type `0xff` + `medtwin/ml-dsa-65-cosignature/v1`
+  (`ML_DSA_65_COSIGNATURE_TYPE`): tlog-cosignature defines Ed25519 only.
 - ECDSA P-256 and ML-DSA-65: **non-standard, medtwin-private.** signed-note assigns no byte to
   ML-DSA-65, and its `0x02` is "ECDSA as implemented by transparency-dev/witness" (key ID over
   the DER SPKI), which medtwin does not claim to match. Both use the spec's escape for
@@ -46,11 +49,17 @@ COSIGNATURE_V1_TYPE = b"\x04"
 PRIVATE_TYPE_ESCAPE = b"\xff"
 ECDSA_P256_TYPE = PRIVATE_TYPE_ESCAPE + b"medtwin/ecdsa-p256-sha256-p1363"
 ML_DSA_65_TYPE = PRIVATE_TYPE_ESCAPE + b"medtwin/ml-dsa-65"
+ML_DSA_65_COSIGNATURE_TYPE = PRIVATE_TYPE_ESCAPE + b"medtwin/ml-dsa-65-cosignature/v1"
 #: The signature type of a log (non-witness) key of each signature suite.
 NOTE_SIGNATURE_TYPES: dict[str, bytes] = {
     "ed25519": ED25519_TYPE,
     "ecdsa-p256": ECDSA_P256_TYPE,
     "ml-dsa-65": ML_DSA_65_TYPE,
+}
+#: The signature type of a witness key of each suite a witness may cosign with.
+COSIGNATURE_TYPES: dict[str, bytes] = {
+    "ed25519": COSIGNATURE_V1_TYPE,
+    "ml-dsa-65": ML_DSA_65_COSIGNATURE_TYPE,
 }
 
 _KEY_ID_SIZE = 4
@@ -137,9 +146,11 @@ def note_key_id(name: str, signature_type: bytes, public_key: bytes) -> bytes:
 def note_signature_type(suite: str, *, cosigner: bool = False) -> bytes:
     """The signature type of a `suite` key; ConfigError for a suite notes cannot carry."""
     if cosigner:
-        if suite != "ed25519":
-            raise ConfigError(f"note: cosignature/v1 witnesses sign with ed25519, not {suite!r}")
-        return COSIGNATURE_V1_TYPE
+        try:
+            return COSIGNATURE_TYPES[suite]
+        except KeyError:
+            known = ", ".join(sorted(COSIGNATURE_TYPES))
+            raise ConfigError(f"note: witnesses cosign with {known}, not {suite!r}") from None
     try:
         return NOTE_SIGNATURE_TYPES[suite]
     except KeyError:
@@ -287,8 +298,10 @@ def _verify_signature(verifier: NoteVerifier, message: bytes,
     where = f"{sig.name}+{sig.key_id.hex()}"
     signature, timestamp_s = sig.signature, None
     if verifier.cosigner:
-        if len(signature) != _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE:
-            raise VerificationError(f"note: cosignature by {where} is not 72 bytes", "note")
+        if (len(signature) <= _TIMESTAMP_SIZE or (verifier.suite == "ed25519"
+                and len(signature) != _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE)):
+            raise VerificationError(f"note: cosignature by {where} is not a timestamp and a "
+                                    f"{verifier.suite} signature", "note")
         timestamp_s = int.from_bytes(signature[:_TIMESTAMP_SIZE], "big")
         signature = signature[_TIMESTAMP_SIZE:]
         if timestamp_s > MAX_TIMESTAMP_S:

@@ -234,7 +234,7 @@ def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
                     f"that contract {address} does not hold as recorded: the index or the "
                     "chain was altered", f"anchor {a.size}")
         on_chain += len(held)
-    witnesses = {w.name: NoteVerifier(w.name, "ed25519", w.public_key, cosigner=True)
+    witnesses = {w.name: NoteVerifier(w.name, w.suite, w.public_key, cosigner=True)
                  for w in settings.witnesses}
     cosigned = unverified = 0
     for origin, size, root, witness, line in store.all_cosignatures():

@@ -326,7 +326,8 @@ class Pipeline:
                     f"keys: no site key files in {settings.resolved_keys_dir}, but the database "
                     "holds patients' wrapped data keys: restore the key files (new keys would "
                     "make their data unreadable)")
-            keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite)
+            keys = SiteKeys.load_or_create(settings.resolved_keys_dir, settings.aead_suite,
+                                           settings.log_suite)
             pipeline = cls(settings, store, keys)
         except BaseException:
             if store is not None:
