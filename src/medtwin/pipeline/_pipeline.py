@@ -961,8 +961,9 @@ class Pipeline:
     def _rotation_landed(self, keys: SiteKeys) -> bool:
         """Whether a rotation whose commit raised is in the log after all (its head is signed
         by the new key: a lost acknowledgement). If the store cannot even be read, the
-        outcome is unknown: the error propagates and the key file keeps both keys (the new
-        one current, the outgoing one unsettled), which the next start resolves either way."""
+        outcome is unknown: the error propagates, the key file keeps both keys (the new one
+        current, the outgoing one unsettled) and the next start resolves it either way; stop
+        the site then (a store that cannot be read takes no writes anyway)."""
         head = self.store.latest_head()
         return head is not None and head.key_id == keys.log_key.key_id
 
