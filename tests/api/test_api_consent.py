@@ -19,13 +19,22 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from httpx import Response
+from sqlalchemy import update
 
 from medtwin.access import Caller, Role, new_token
 from medtwin.api import create_app
 from medtwin.errors import VerificationError
-from medtwin.ledger import Chain, leaf_data, leaf_hash, verify_inclusion, with_key
+from medtwin.ledger import (
+    Chain,
+    binding_message,
+    leaf_data,
+    leaf_hash,
+    verify_inclusion,
+    with_key,
+)
 from medtwin.pipeline import Pipeline, SiteConsent, site_chain
-from medtwin.store import AccessRecord
+from medtwin.store import AccessRecord, BindingRecord
+from medtwin.store._schema import token_addresses
 
 
 @pytest.fixture
@@ -39,12 +48,15 @@ def client(pipeline: Pipeline, consent: SiteConsent) -> Iterator[TestClient]:
         yield test_client
 
 
-def _auth(pipeline: Pipeline, role: Role, name: str, address: str | None = None
+def _auth(pipeline: Pipeline, role: Role, name: str, wallet: LocalAccount | None = None
           ) -> dict[str, str]:
+    """A token of `role`, bound (by its holder's signature) to `wallet`'s address if given."""
     token, token_hash = new_token()
     pipeline.store.add_token(token_hash, name, role.value, 0)
-    if address is not None:
-        pipeline.store.set_token_address(token_hash, address)
+    if wallet is not None:
+        message = binding_message(pipeline.settings.log_origin, token_hash, wallet.address)
+        signed = wallet.sign_message(encode_defunct(text=message))
+        pipeline.bind_address(token_hash, name, wallet.address, bytes(signed.signature))
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -74,8 +86,9 @@ def test_a_twin_is_read_only_with_its_patients_grant(
         client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
         make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
     _register(client, pipeline, owner, make_device, clock)
-    doctor = Account.create().address
-    clinician = _auth(pipeline, Role.CLINICIAN, "dr-a", doctor)
+    wallet = Account.create()
+    doctor = wallet.address
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-a", wallet)
     refused = client.get("/v1/patients/pt-7/twin", headers=clinician)
     assert refused.status_code == 403 and "no grant for treatment" in refused.json()["detail"]
     assert client.get("/v1/patients", headers=clinician).json() == []
@@ -97,7 +110,7 @@ def test_callers_without_a_grant_or_an_address_are_refused(
     _register(client, pipeline, owner, make_device, clock)
     for headers, reason in (
             (_auth(pipeline, Role.CLINICIAN, "dr-b"), "no chain address"),
-            (_auth(pipeline, Role.ADMIN, "admin-2", Account.create().address), "no grant")):
+            (_auth(pipeline, Role.ADMIN, "admin-2", Account.create()), "no grant")):
         answer = client.get("/v1/patients/pt-7/twin", headers=headers)
         assert answer.status_code == 403 and reason in answer.json()["detail"]
         answer = client.get("/v1/findings", params={"patient_id": "pt-7"}, headers=headers)
@@ -105,7 +118,7 @@ def test_callers_without_a_grant_or_an_address_are_refused(
         answer = client.post("/v1/patients/pt-7/whatif", json={"hours": 1},
                              headers=headers)
         assert answer.status_code == 403
-    admin = _auth(pipeline, Role.ADMIN, "admin-3", Account.create().address)
+    admin = _auth(pipeline, Role.ADMIN, "admin-3", Account.create())
     refused = client.post("/v1/patients/pt-7/personalize", json={}, headers=admin)
     assert refused.status_code == 403 and "no grant" in refused.json()["detail"]
 
@@ -114,8 +127,9 @@ def test_every_decision_is_kept_for_auditors(
         client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
         make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
     _register(client, pipeline, owner, make_device, clock)
-    doctor = Account.create().address
-    clinician = _auth(pipeline, Role.CLINICIAN, "dr-c", doctor)
+    wallet = Account.create()
+    doctor = wallet.address
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-c", wallet)
     client.get("/v1/patients/pt-7/twin", headers=clinician)
     consent.registry.grant(owner, "pt-7", doctor, "treatment", int(time.time()) + 3600)
     client.get("/v1/patients/pt-7/twin", headers=clinician)
@@ -146,7 +160,7 @@ def test_a_deleted_access_decision_is_detected(
         client: TestClient, pipeline: Pipeline, consent: SiteConsent, owner: Chain,
         make_device: Callable[..., DeviceSim], clock: FakeClock) -> None:
     _register(client, pipeline, owner, make_device, clock)
-    clinician = _auth(pipeline, Role.CLINICIAN, "dr-d", Account.create().address)
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-d", Account.create())
     assert client.get("/v1/patients/pt-7/twin", headers=clinician).status_code == 403
     [decision] = pipeline.store.access_decisions()
     with pipeline.store.engine.begin() as conn:
@@ -180,7 +194,8 @@ def test_a_holder_binds_their_token_to_an_address_they_control(
     assert forged.status_code == 422 and f"signed by {stranger.address}" in forged.text
     bound = _bind(client, clinician, wallet)
     assert bound.status_code == 200, bound.text
-    assert bound.json() == {"name": "dr-e", "address": wallet.address}
+    assert bound.json() == {"name": "dr-e", "address": wallet.address,
+                            "leaf_index": pipeline.verify().tree_size - 1}
     assert client.get("/v1/patients/pt-7/twin", headers=clinician).status_code == 200
 
 
@@ -247,3 +262,31 @@ def test_a_list_read_is_one_record_and_a_stream_logs_only_changes(
     consent.registry.grant(owner, "pt-7", doctor, "treatment", int(time.time()) + 3600)
     assert consent.readable(caller, {"pt-7", "pt-8"}, previous=set()) == {"pt-7"}
     assert len(logged()) == 2
+
+
+def test_token_bindings_are_logged_and_verify_holds_the_token_table_to_them(
+        client: TestClient, pipeline: Pipeline) -> None:
+    wallet = Account.create()
+    clinician = _auth(pipeline, Role.CLINICIAN, "dr-v")
+    bound = _bind(client, clinician, wallet)
+    assert bound.status_code == 200, bound.text
+    [record] = [r for r in pipeline.store.records() if isinstance(r, BindingRecord)]
+    assert (record.leaf_index, record.holder, record.address) == (
+        bound.json()["leaf_index"], "dr-v", wallet.address)
+    assert pipeline.verify().records == record.leaf_index + 1
+    # someone with the database rebinds the token to a grantee's address: verify says so
+    grantee = Account.create().address
+    with pipeline.store.engine.begin() as conn:
+        conn.execute(update(token_addresses).values(address=grantee))
+    with pytest.raises(VerificationError, match="differ from their logged bindings"):
+        pipeline.verify()
+    with pipeline.store.engine.begin() as conn:
+        conn.execute(update(token_addresses).values(address=wallet.address))
+    pipeline.verify()
+    # a binding logged without the address key's signature (a rogue site) fails too
+    forged = BindingRecord(pipeline.verify().tree_size, record.token_hash, "dr-v", grantee,
+                           record.signature, 0)
+    with pipeline._lock:
+        pipeline._log_action(forged, 0)
+    with pytest.raises(VerificationError, match="was signed by"):
+        pipeline.verify()

@@ -36,7 +36,7 @@ from medtwin.errors import (
     PatientErasedError,
 )
 from medtwin.ingest import MAX_HANDSHAKE_BYTES, decode_json
-from medtwin.ledger import binding_message, check_binding
+from medtwin.ledger import binding_message
 from medtwin.pipeline import (
     MAX_WHATIF_STEPS,
     Accepted,
@@ -467,13 +467,14 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
 
     @app.post("/v1/tokens/me/address", tags=["access"])
     def bind_address(body: AddressIn, caller: Caller = read_twin,
-                     token_hash: bytes = Depends(token_hash_of)) -> dict[str, str]:
+                     token_hash: bytes = Depends(token_hash_of)) -> dict[str, Any]:
         """Bind the caller's token to a chain address it proves it controls (the signed
-        binding message); consent granted to that address then applies to its reads."""
-        check_binding(pipeline.settings.log_origin, token_hash, body.address,
-                      bytes.fromhex(body.signature[2:]))
-        pipeline.store.set_token_address(token_hash, body.address)
-        return {"name": caller.name, "address": body.address}
+        binding message, logged with its signature); consent granted to that address then
+        applies to its reads."""
+        record = pipeline.bind_address(token_hash, caller.name, body.address,
+                                       bytes.fromhex(body.signature[2:]))
+        return {"name": caller.name, "address": body.address,
+                "leaf_index": record.leaf_index}
 
     @app.delete("/v1/tokens/{name}", tags=["admin"])
     def revoke_tokens(name: str, _caller: Caller = manage) -> dict[str, Any]:

@@ -94,6 +94,7 @@ from medtwin.ingest import Admitted, Gate, Refused, SessionOpened, Submission, V
 from medtwin.ledger import (
     MerkleTree,
     NoteSigner,
+    check_binding,
     leaf_data,
     leaf_hash,
     sign_checkpoint_note,
@@ -122,6 +123,7 @@ from medtwin.pipeline._verify import VerifyReport, verify_store
 from medtwin.store import (
     AccessRecord,
     AlertRecord,
+    BindingRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
@@ -142,7 +144,7 @@ from medtwin.store import (
 #: Records logged one at a time by an administrative action (or a request's access decisions).
 ActionRecord = (RegistrationRecord | ErasureRecord | RotationRecord | SessionRecord
                 | LogKeyRecord | AccessRecord | RejectionRecord | SuiteRecord
-                | RetirementRecord)
+                | RetirementRecord | BindingRecord)
 _Action = TypeVar("_Action", bound=ActionRecord)
 #: Longest reason kept with an access decision.
 MAX_ACCESS_REASON = 300
@@ -755,8 +757,20 @@ class Pipeline:
             registrations=of(RegistrationRecord), erasures=of(ErasureRecord),
             rotations=of(RotationRecord), sessions=of(SessionRecord), log_keys=of(LogKeyRecord),
             accesses=of(AccessRecord), suites=of(SuiteRecord),
-            retirements=of(RetirementRecord)))
+            retirements=of(RetirementRecord), bindings=of(BindingRecord)))
         self._tree = tree
+
+    def bind_address(self, token_hash: bytes, holder: str, address: str,
+                     signature: bytes) -> BindingRecord:
+        """Bind a token to the chain address whose key signed the binding message (EIP-191;
+        it names this site and the token), logged with that signature so `verify` re-checks
+        it; InvalidInputError if the signature is not that key's."""
+        check_binding(self.settings.log_origin, token_hash, address, signature)
+        with self._lock:
+            now = self.clock()
+            record = BindingRecord(self._tree.size, token_hash, holder, address, signature, now)
+            self._log_action(record, now)
+            return record
 
     def log_accesses(self, decisions: Sequence[AccessDecision]) -> list[AccessRecord]:
         """Log access decisions on the Merkle log, so the audit of who read which twin is as

@@ -24,6 +24,9 @@
   (7) records of an erased patient (their data key destroyed) are checked by (2)-(5) from
       their stored bytes alone, counted as `unreadable`, and never opened; an erased
       patient whose key is back in the store fails verification.
+  (7b) every token binding carries the EIP-191 signature of its address's key over the
+      binding message (this log's origin, that token), and the token table binds exactly
+      what the last binding of each token says;
   (8) every checkpoint someone else holds (`claims`: anchors in the site's index and on the
       chain, witness cosignatures) names the root the log had at its size: the log is
       consistent with all of them (a log rolled back below an anchor fails too).
@@ -50,12 +53,18 @@ from medtwin.crypto import (
     verify_signature,
 )
 from medtwin.domain import PACKET_SIGNING_CONTEXT, DeviceStatus, Provenance
-from medtwin.errors import DecryptionError, SignatureError, VerificationError
+from medtwin.errors import (
+    DecryptionError,
+    InvalidInputError,
+    SignatureError,
+    VerificationError,
+)
 from medtwin.ingest import decode_json
 from medtwin.ledger import (
     EMPTY_ROOT,
     MerkleTree,
     SignedTreeHead,
+    check_binding,
     leaf_data,
     leaf_hash,
     verify_tree_head,
@@ -63,6 +72,7 @@ from medtwin.ledger import (
 from medtwin.pipeline._codec import SESSION_MARK, packet_aad, signed_bytes
 from medtwin.store import (
     AlertRecord,
+    BindingRecord,
     FindingRecord,
     LogKeyRecord,
     PacketRecord,
@@ -146,10 +156,12 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
     tree = MerkleTree()
     counts = {"packet": 0, "alert": 0, "rejection": 0, "registration": 0, "twin-params": 0,
               "finding": 0, "erasure": 0, "kek-rotation": 0, "snapshot": 0, "session": 0,
-              "log-key": 0, "access": 0, "aead-suite": 0, "kek-retirement": 0}
+              "log-key": 0, "access": 0, "aead-suite": 0, "kek-retirement": 0,
+              "token-binding": 0}
     pending = 0
     registered: dict[str, RegistrationRecord] = {}
     sessions: dict[str, tuple[SessionRecord, RegistrationRecord]] = {}
+    bindings: dict[bytes, BindingRecord] = {}
     last_seq: dict[str, int] = {}
     wrapped = ({p: WrappedKey(*key) for p, key in store.patient_wrapped_keys().items()}
                if keyring is not None else {})
@@ -167,6 +179,8 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             pending += 1
             if isinstance(record, RegistrationRecord):
                 registered[record.device_id] = record
+            elif isinstance(record, BindingRecord):
+                bindings[record.token_hash] = record
             elif _uses_sequence(record) and record.device_id:
                 seq = int(record.seq or 0)
                 last_seq[record.device_id] = max(last_seq.get(record.device_id, -1), seq)
@@ -196,6 +210,8 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             _check_session(record, opener, keyring is not None)
             assert opener is not None  # _check_session refuses a session without one
             sessions[record.session_id] = (record, opener)
+        elif isinstance(record, BindingRecord):
+            bindings[record.token_hash] = record
         elif isinstance(record, LogKeyRecord):
             # (1b): a rotation the key in force endorsed
             log_key = _check_rotation(record, log_key, log_keys, rotated, head)
@@ -243,6 +259,7 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             f"log: the site's key file holds {len(log_keys)} log keys, but the log's "
             f"rotations bring in only {rotated + 1}: rotation records are missing (a store "
             "rolled back?) or the key file is not this log's", "log-keys")
+    _check_bindings(store, bindings, head)
     # (5): the gate's device table against the log
     trusted = {d.device_id: d for d in store.devices()}
     for device_id in sorted(set(trusted) | set(registered)):
@@ -255,6 +272,26 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                 f"devices: device {device_id!r} differs from its logged registration and "
                 "sequence numbers: the devices table was altered", f"device {device_id}")
     return _report(tree, counts, pending, signatures, unreadable, claims, log_key)
+
+
+def _check_bindings(store: Store, bindings: dict[bytes, BindingRecord],
+                    head: SignedTreeHead | None) -> None:
+    """(7b) The token table against the logged bindings, each signature re-checked."""
+    for binding in bindings.values():
+        assert head is not None   # a binding within the head implies one
+        try:
+            check_binding(head.origin, binding.token_hash, binding.address, binding.signature)
+        except InvalidInputError as exc:
+            raise VerificationError(f"log: {binding.describe()}: {exc}",
+                                    binding.describe()) from exc
+    held = store.token_addresses()
+    expected = {h: b.address for h, b in bindings.items()}
+    if held != expected:
+        changed = sorted(set(held.items()) ^ set(expected.items()))
+        raise VerificationError(
+            f"tokens: {len(changed)} token address(es) differ from their logged bindings "
+            "(the token table was altered, or bound outside medtwin): have each holder bind "
+            "again through POST /v1/tokens/me/address", "token-addresses")
 
 
 def _check_rotation(record: LogKeyRecord, in_force: PublicLogKey,

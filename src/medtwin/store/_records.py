@@ -311,6 +311,30 @@ class AccessRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class BindingRecord:
+    """An API token bound by its holder to a chain address: the token's hash (never the
+    token), the holder's name, the address and the address key's EIP-191 signature of the
+    binding message (it names the site and the token), so `verify` can re-check that the
+    address's owner agreed, and that the token table binds nothing else."""
+
+    leaf_index: int
+    token_hash: bytes
+    holder: str
+    address: str
+    signature: bytes
+    time_ms: int
+
+    kind = "token-binding"
+
+    def commit_bytes(self) -> bytes:
+        return canonical_json([self.token_hash.hex(), self.holder, self.address,
+                               self.signature.hex(), self.time_ms])
+
+    def describe(self) -> str:
+        return f"token binding #{self.leaf_index} ({self.holder} -> {self.address})"
+
+
+@dataclass(frozen=True, slots=True)
 class LogKeyRecord:
     """The log signing key rotated: the outgoing key's endorsement of the new one, which signs
     every tree head from this record's on. Public keys only; `reason` says who and why."""
@@ -353,7 +377,7 @@ class LogKeyRecord:
 
 Record = (PacketRecord | AlertRecord | RejectionRecord | RegistrationRecord | TwinParamsRecord
           | FindingRecord | ErasureRecord | RotationRecord | SnapshotRecord | SessionRecord
-          | LogKeyRecord | AccessRecord | SuiteRecord | RetirementRecord)
+          | LogKeyRecord | AccessRecord | SuiteRecord | RetirementRecord | BindingRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,3 +429,4 @@ class Commit:
     accesses: tuple[AccessRecord, ...] = ()
     suites: tuple[SuiteRecord, ...] = ()
     retirements: tuple[RetirementRecord, ...] = ()
+    bindings: tuple[BindingRecord, ...] = ()

@@ -240,6 +240,17 @@ token_addresses = Table(
     Column("address", String(64), nullable=False),
 )
 
+#: Every binding of a token to a chain address, as logged (`token_addresses` holds the last).
+token_bindings = Table(
+    "token_bindings", metadata,
+    Column("leaf_index", BigInteger, primary_key=True, autoincrement=False),
+    Column("token_hash", LargeBinary, nullable=False),
+    Column("holder", String(128), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+)
+
 #: Every consent-gated access decision: who asked for which patient's twin, and the answer.
 accesses = Table(
     "accesses", metadata,

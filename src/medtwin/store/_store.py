@@ -33,6 +33,7 @@ from medtwin.store._records import (
     AccessRecord,
     AlertRecord,
     AnchorRecord,
+    BindingRecord,
     Commit,
     ErasureRecord,
     FindingRecord,
@@ -200,6 +201,12 @@ class Store:
                     conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
                 if batch.sessions:
                     conn.execute(insert(t.sessions), [_row(s) for s in batch.sessions])
+                for binding in batch.bindings:
+                    conn.execute(insert(t.token_bindings).values(**_row(binding)))
+                    conn.execute(delete(t.token_addresses).where(
+                        t.token_addresses.c.token_hash == binding.token_hash))
+                    conn.execute(insert(t.token_addresses).values(
+                        token_hash=binding.token_hash, address=binding.address))
                 if batch.retirements:
                     conn.execute(insert(t.kek_retirements),
                                  [_row(x) for x in batch.retirements])
@@ -314,6 +321,8 @@ class Store:
                     select(t.aead_suites).order_by(t.aead_suites.c.leaf_index))),
                 (RetirementRecord(**r._asdict()) for r in conn.execute(
                     select(t.kek_retirements).order_by(t.kek_retirements.c.leaf_index))),
+                (BindingRecord(**r._asdict()) for r in conn.execute(
+                    select(t.token_bindings).order_by(t.token_bindings.c.leaf_index))),
             ]
             yield from heapq.merge(*streams, key=lambda rec: rec.leaf_index)
 
@@ -427,13 +436,10 @@ class Store:
 
     # Consent-gated access -----------------------------------------------------------------
 
-    def set_token_address(self, token_hash: bytes, address: str) -> None:
-        """Record the chain address a token's holder is granted consent at."""
-        with self.engine.begin() as conn:
-            conn.execute(delete(t.token_addresses).where(
-                t.token_addresses.c.token_hash == token_hash))
-            conn.execute(insert(t.token_addresses).values(token_hash=token_hash,
-                                                          address=address))
+    def token_addresses(self) -> dict[bytes, str]:
+        """Every token's bound chain address, by token hash."""
+        with self.engine.connect() as conn:
+            return {r.token_hash: r.address for r in conn.execute(select(t.token_addresses))}
 
     def token_address(self, token_hash: bytes) -> str | None:
         with self.engine.connect() as conn:
