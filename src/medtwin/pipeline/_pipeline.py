@@ -14,6 +14,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -909,21 +910,29 @@ class Pipeline:
         InvalidInputError without a reason."""
         _check_reason(reason, "rotating the site KEK", "who asked and why")
         with self._lock:
-            old = self.keys
-            keys_dir = self.settings.resolved_keys_dir
-            ring_before = SiteKeys.key_file(keys_dir, KEK_FILE)
-            keys = SiteKeys.rotate_kek(keys_dir, self.settings.aead_suite)
-            now = self.clock()
-            record = RotationRecord(self._tree.size, old.kek_id, keys.kek_id, keys.kek_suite,
-                                    now, f"by {by}: {reason}")
-            try:
-                self._log_action(record, now)
-            except BaseException:
-                # not logged: not in force
-                SiteKeys.restore_key_file(keys_dir, KEK_FILE, ring_before)
-                raise
-            self._use_keys(keys)
-            return record
+            old = self.keys.kek_id
+            return self._change_kek_file(
+                lambda keys_dir: SiteKeys.rotate_kek(keys_dir, self.settings.aead_suite),
+                lambda keys, now: RotationRecord(self._tree.size, old, keys.kek_id,
+                                                 keys.kek_suite, now, f"by {by}: {reason}"))
+
+    def _change_kek_file(self, change: Callable[[Path], SiteKeys],
+                         record_of: Callable[[SiteKeys, int], _Action]) -> _Action:
+        """Change the KEK file, then log the change and use the new keys; if the record
+        cannot be committed, put the file back (not logged: not in force). The caller holds
+        the lock."""
+        keys_dir = self.settings.resolved_keys_dir
+        before = SiteKeys.key_file(keys_dir, KEK_FILE)
+        keys = change(keys_dir)
+        now = self.clock()
+        record = record_of(keys, now)
+        try:
+            self._log_action(record, now)
+        except BaseException:
+            SiteKeys.restore_key_file(keys_dir, KEK_FILE, before)
+            raise
+        self._use_keys(keys)
+        return record
 
     def _use_keys(self, keys: SiteKeys) -> None:
         """Sign, seal and unwrap with `keys` from now on."""
@@ -1025,19 +1034,11 @@ class Pipeline:
             if needed and kek_id != self.keys.kek_id:  # the current one: SiteKeys says so
                 raise ConflictError(f"keys: KEK {kek_id!r} still wraps the data keys of "
                                     f"{needed} patients; run `medtwin keys rewrap` first")
-            keys_dir = self.settings.resolved_keys_dir
-            before = SiteKeys.key_file(keys_dir, KEK_FILE)
-            keys = SiteKeys.retire_kek(keys_dir, kek_id)
-            now = self.clock()
-            record = RetirementRecord(self._tree.size, kek_id, now,
-                                      f"by {by}" if by else "no data key needed it")
-            try:
-                self._log_action(record, now)
-            except BaseException:
-                SiteKeys.restore_key_file(keys_dir, KEK_FILE, before)
-                raise
-            self._use_keys(keys)
-            return record
+            return self._change_kek_file(
+                lambda keys_dir: SiteKeys.retire_kek(keys_dir, kek_id),
+                lambda keys, now: RetirementRecord(self._tree.size, kek_id, now,
+                                                   f"by {by}" if by else
+                                                   "no data key needed it"))
 
     def add_device(self, device: Device) -> None:
         """Register a device to a known patient; NotFoundError or ConflictError otherwise."""

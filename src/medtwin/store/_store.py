@@ -176,12 +176,10 @@ class Store:
         """Write a batch in one transaction; when this returns, it is durable."""
         try:
             with self.engine.begin() as conn:
-                if batch.packets:
-                    conn.execute(insert(t.packets), [_row(p) for p in batch.packets])
-                if batch.alerts:
-                    conn.execute(insert(t.alerts), [_row(a) for a in batch.alerts])
-                if batch.rejections:
-                    conn.execute(insert(t.rejections), [_row(r) for r in batch.rejections])
+                for field, table in _PLAIN_ROWS:
+                    rows = getattr(batch, field)
+                    if rows:
+                        conn.execute(insert(table), [_row(r) for r in rows])
                 for reg in batch.registrations:
                     conn.execute(insert(t.registrations).values(**_row(reg)))
                     current = {"patient_id": reg.patient_id, "suite": reg.suite,
@@ -193,31 +191,12 @@ class Store:
                         conn.execute(insert(t.devices).values(
                             device_id=reg.device_id, last_seq=-1,
                             registered_at_ms=reg.time_ms, **current))
-                if batch.twin_params:
-                    conn.execute(insert(t.twin_params), [_row(p) for p in batch.twin_params])
-                if batch.findings:
-                    conn.execute(insert(t.findings), [_row(f) for f in batch.findings])
-                if batch.snapshots:
-                    conn.execute(insert(t.snapshots), [_row(s) for s in batch.snapshots])
-                if batch.sessions:
-                    conn.execute(insert(t.sessions), [_row(s) for s in batch.sessions])
                 for binding in batch.bindings:
                     conn.execute(insert(t.token_bindings).values(**_row(binding)))
                     conn.execute(delete(t.token_addresses).where(
                         t.token_addresses.c.token_hash == binding.token_hash))
                     conn.execute(insert(t.token_addresses).values(
                         token_hash=binding.token_hash, address=binding.address))
-                if batch.retirements:
-                    conn.execute(insert(t.kek_retirements),
-                                 [_row(x) for x in batch.retirements])
-                if batch.suites:
-                    conn.execute(insert(t.aead_suites), [_row(x) for x in batch.suites])
-                if batch.accesses:
-                    conn.execute(insert(t.accesses), [_row(a) for a in batch.accesses])
-                if batch.log_keys:
-                    conn.execute(insert(t.log_keys), [_row(k) for k in batch.log_keys])
-                for rotation in batch.rotations:
-                    conn.execute(insert(t.kek_rotations).values(**_row(rotation)))
                 for erasure in batch.erasures:
                     conn.execute(insert(t.erasures).values(**_row(erasure)))
                     conn.execute(update(t.patients)
@@ -506,6 +485,15 @@ class Store:
             r = conn.execute(select(t.api_tokens.c.name, t.api_tokens.c.role)
                              .where(t.api_tokens.c.token_hash == token_hash)).first()
         return None if r is None else (r.name, r.role)
+
+
+#: Commit fields whose records are rows of one table each, and nothing more.
+_PLAIN_ROWS = (("packets", t.packets), ("alerts", t.alerts), ("rejections", t.rejections),
+               ("twin_params", t.twin_params), ("findings", t.findings),
+               ("snapshots", t.snapshots), ("sessions", t.sessions),
+               ("retirements", t.kek_retirements), ("suites", t.aead_suites),
+               ("accesses", t.accesses), ("log_keys", t.log_keys),
+               ("rotations", t.kek_rotations))
 
 
 def _row(record: Record | HeadRecord | AnchorRecord) -> dict[str, Any]:
