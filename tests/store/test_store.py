@@ -208,3 +208,29 @@ def test_a_store_from_before_release_reasons_opens(tmp_path: Path) -> None:
         assert (reg.device_id, reg.reason) == ("d-1", "")
     finally:
         store.close()
+
+
+def test_a_store_from_before_logged_bindings_drops_its_unlogged_addresses(
+        tmp_path: Path) -> None:
+    """Token addresses written before bindings were logged have nothing verify could check:
+    the upgrade drops them (holders bind again), so the site still opens and verifies."""
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE token_addresses (token_hash BLOB PRIMARY KEY, address "
+                 "VARCHAR(64) NOT NULL)")
+    conn.execute("INSERT INTO token_addresses VALUES (x'01', '0xabc')")
+    conn.commit()
+    conn.close()
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    try:
+        assert store.token_addresses() == {}
+        store.add_token(b"\x02", "dr-a", "clinician", 0)
+        with store.engine.begin() as c:       # a later row, with the bindings table present
+            c.exec_driver_sql("INSERT INTO token_addresses VALUES (x'02', '0xdef')")
+    finally:
+        store.close()
+    reopened = Store(url)
+    try:
+        assert reopened.token_addresses() == {b"\x02": "0xdef"}   # only upgrades drop rows
+    finally:
+        reopened.close()

@@ -77,19 +77,25 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
+            tables = set(inspect(self.engine).get_table_names())
             t.metadata.create_all(self.engine)
-            self._upgrade()
+            self._upgrade(tables)
         except SQLAlchemyError as exc:
             raise StoreError(f"store: cannot open database: {type(exc).__name__}") from exc
 
-    def _upgrade(self) -> None:
-        """Bring a store written by an earlier medtwin up to this schema: columns added
-        since are added with their defaults (tables added since are created above)."""
+    def _upgrade(self, tables: set[str]) -> None:
+        """Bring a store written by an earlier medtwin (whose tables were `tables`) up to
+        this schema: columns added since are added with their defaults (tables added since
+        are created above). Token addresses from before bindings were logged have no
+        binding record and no signature to check: they are dropped, and holders bind again
+        (`POST /v1/tokens/me/address`)."""
         columns = {c["name"] for c in inspect(self.engine).get_columns("registrations")}
-        if "reason" not in columns:
-            with self.engine.begin() as conn:
+        with self.engine.begin() as conn:
+            if "reason" not in columns:
                 conn.execute(text("ALTER TABLE registrations ADD COLUMN reason TEXT "
                                   "NOT NULL DEFAULT ''"))
+            if "token_addresses" in tables and "token_bindings" not in tables:
+                conn.execute(delete(t.token_addresses))
 
     def close(self) -> None:
         self.engine.dispose()
