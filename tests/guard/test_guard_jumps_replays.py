@@ -9,6 +9,7 @@ import pytest
 from medtwin.domain import Channel, FindingCode
 from medtwin.guard import (
     JUMP_MIN,
+    JUMP_MIN_AT_LOW,
     GuardBank,
     level_jumps,
     replayed_segments,
@@ -60,6 +61,43 @@ def test_a_fast_smooth_rise_and_a_gap_in_the_data_are_not_jumps() -> None:
     gapped[100:] += 60 * MINUTE                                  # an hour without readings
     assert not level_jumps(stream, gapped, stepped, channel).alarm.any()
     assert level_jumps(stream, time_ms, stepped, channel).alarm.any()
+
+
+def _from_low(level: float, rise_per_min: float = 0.0) -> tuple[np.ndarray, ...]:
+    """3-min CGM: an hour at LOW (39), then readings from `level` on, rising at
+    `rise_per_min` mg/dL/min."""
+    stream, time_ms, _, channel = smooth_cgm(60, 7)
+    value = np.full(60, 39.0)
+    value[20:] = np.round(level + 3.0 * rise_per_min * np.arange(40))
+    return stream, time_ms, value, channel
+
+
+@pytest.mark.parametrize("level", [52.0, 60.0])
+def test_leaving_low_above_it_in_one_step_is_a_jump_from_low(level: float) -> None:
+    r = level_jumps(*_from_low(level))
+    assert np.flatnonzero(r.alarm).tolist() == [23]          # the 4th reading off LOW
+    assert r.at_low[23] and r.threshold[23] == JUMP_MIN_AT_LOW[int(Channel.GLUCOSE)]
+    assert r.statistic[23] == pytest.approx(level - 39.0)
+
+
+def test_crossing_low_smoothly_is_not_a_jump_at_any_speed() -> None:
+    for rate in (1.0, 3.0, 5.0):                 # a recovery from hypoglycaemia
+        stream, time_ms, _, channel = smooth_cgm(60, 8)
+        true = 20.0 + rate * 3.0 * (np.arange(60) - 5)
+        value = np.maximum(np.round(true), 39.0)
+        assert not level_jumps(stream, time_ms, value, channel).alarm.any()
+        fall = value[::-1].copy()                # ... and a fall into it
+        assert not level_jumps(stream, time_ms, fall, channel).alarm.any()
+
+
+def test_the_smaller_threshold_holds_only_at_low() -> None:
+    stream, time_ms, value, channel = _from_low(55.0)
+    for low, high in ((100.0, 116.0), (384.0, 400.0)):   # the same step elsewhere, at HIGH
+        stepped = np.where(value > 39.0, high, low)
+        r = level_jumps(stream, time_ms, stepped, channel)
+        assert not r.alarm.any() and not r.at_low.any()
+    heart = np.full(60, int(Channel.HEART_RATE), np.int64)   # no LOW on other channels
+    assert not level_jumps(stream, time_ms, value, heart).at_low.any()
 
 
 @pytest.mark.parametrize("quiet_channel", [Channel.GLUCOSE, Channel.HEART_RATE])

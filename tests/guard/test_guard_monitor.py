@@ -132,6 +132,25 @@ def test_a_sudden_offset_is_a_level_jump_and_a_curve_is_not() -> None:
     assert not found and not held.any()
 
 
+def test_a_step_off_low_is_shown_never_held() -> None:
+    bank = GuardBank()
+    src = bank.source("pt-1", "cgm-1")
+    wobble = np.round(np.random.default_rng(3).normal(0, 1.0, 20))
+    fall = np.linspace(110, 42, 40).round()                  # a fall to LOW, then LOW
+    values = np.concatenate([fall, np.full(30, 39.0), 57.0 + wobble])
+    n = values.size
+    time_ms = T0 + np.arange(n, dtype=np.int64) * STEP
+    channel = np.full(n, int(Channel.GLUCOSE), np.int8)
+    screen = bank.screen(np.full(n, src, np.intp), channel, values, time_ms)
+    judged = bank.judge(screen, channel, values, time_ms, np.zeros(n), np.full(n, 25.0))
+    steps = [d for d in judged.drafts if "LOW" in d.summary]
+    assert len(steps) == 1 and steps[0].detector.code is FindingCode.SENSOR_FAULT
+    assert (steps[0].time_ms - T0) // STEP == 73               # the fourth reading off LOW
+    assert steps[0].detector.confidence < QUARANTINE_CONFIDENCE
+    assert not screen.held.any() and not judged.newly_blocked.size
+    assert "fingerstick" in steps[0].summary and steps[0].evidence["threshold"].startswith("12")
+
+
 def _residual_run(hook: int, action: str) -> list[int]:
     """Feed 300 readings whose innovations run 4 SD high from reading 100, in batches of 5;
     before reading `hook`, release the source ('release') or add 20 sources ('grow').

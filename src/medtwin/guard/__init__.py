@@ -71,6 +71,7 @@ from medtwin.guard._monitor import (
 from medtwin.guard._patterns import (
     FROZEN_MIN_MS,
     JUMP_MIN,
+    JUMP_MIN_AT_LOW,
     MAX_RATE_PER_MIN,
     NOISE_RATIO,
     NOISE_WINDOW,
@@ -129,6 +130,7 @@ __all__ = [
     "HYPOXAEMIA_DROP",
     "HYPOXAEMIA_SPO2",
     "JUMP_MIN",
+    "JUMP_MIN_AT_LOW",
     "MAX_RATE_PER_MIN",
     "NIS_CAP",
     "NOISE_RATIO",

@@ -18,6 +18,7 @@ from medtwin.guard._consistency import Coherence, CoherenceRule
 from medtwin.guard._patterns import (
     FROZEN_MIN_MS,
     FROZEN_RUN_P,
+    JUMP_MIN,
     JUMP_STEADY,
     MAX_RATE_PER_MIN,
     PINNED,
@@ -101,10 +102,17 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
     elif detector == JUMP_NAME:
         a = alarms[JUMP_NAME]
         since = int(a.since_ms[i])
+        if a.at_low[i] and abs(a.statistic[i]) < JUMP_MIN[int(ch)]:
+            towards = "left" if a.statistic[i] > 0 else "reached"
+            verdict = (f"the sensor {towards} LOW in one step, where a patient's {name} "
+                       "crosses it smoothly: a compression low, a recovering sensor or data "
+                       "pushed to LOW; confirm with a fingerstick (LOW readings still alert)")
+        elif ch is Channel.GLUCOSE:
+            verdict = "an offset, not a physiological change"
+        else:
+            verdict = "a probe's offset, or a sudden change in the patient; check both"
         summary = (f"{name} jumped {a.statistic[i]:+.0f} {unit} in one step at "
-                   f"{iso_second(since)} and went on from there: "
-                   + ("an offset, not a physiological change" if ch is Channel.GLUCOSE
-                      else "a probe's offset, or a sudden change in the patient; check both"))
+                   f"{iso_second(since)} and went on from there: {verdict}")
         evidence = {"observed": f"a step of {a.statistic[i]:+.0f} {unit} between the trends "
                                 f"before and after it (they miss readings by at most "
                                 f"{a.spread[i]:.0f} {unit})",

@@ -64,6 +64,7 @@ from medtwin.guard._explain import (
     explain_screen,
 )
 from medtwin.guard._patterns import (
+    JUMP_MIN,
     frozen_values,
     impossible_rates,
     level_jumps,
@@ -162,11 +163,16 @@ JUMP = Detector(JUMP_NAME, FindingCode.SENSOR_FAULT, 0.9, True)
 STEP = Detector(JUMP_NAME, FindingCode.SENSOR_FAULT, 0.6, False)
 #: channels whose level jumps are not physiology, so `JUMP` holds them; `STEP` elsewhere
 JUMP_HELD_CHANNELS = (Channel.GLUCOSE,)
+#: a step to or from the sensor's LOW that only the smaller at-LOW threshold catches: a
+#: compression low, a recovering sensor or data pushed to LOW; shown, never held, so a LOW
+#: reading always reaches the clinical rules
+LOW_STEP = Detector(JUMP_NAME, FindingCode.SENSOR_FAULT, 0.7, False)
 #: a vital sign far from the patient's usual while the channels that would respond do not:
 #: more often a displaced probe than a lie, and never held (NEWS2 alerts on it regardless)
 INCOHERENT = Detector(COHERENCE_NAME, FindingCode.SENSOR_FAULT, 0.7, False)
 #: screening detectors, strongest first: a reading is explained by the first that fired
-SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, JUMP, DISPUTED, STEP, INCOHERENT)
+SCREENS = (REPLAY, OUTLIER, DUPLICATE, FROZEN, NOISE, RATE, JUMP, DISPUTED, STEP, LOW_STEP,
+           INCOHERENT)
 _FROZEN_INDEX = SCREENS.index(FROZEN)
 #: Residual evidence alone never quarantines: a model that does not follow a patient's real
 #: course (a recovery, a deterioration) looks the same to it as masking data does. Only
@@ -393,9 +399,12 @@ class GuardBank:
         fired_flat = np.full(f_stream.size, -1, np.int8)
         for k in range(len(SCREENS) - 1, -1, -1):      # strongest last: it wins
             det = SCREENS[k]
-            if det is JUMP or det is STEP:
+            if det is JUMP or det is STEP or det is LOW_STEP:
+                jumps = alarms[JUMP_NAME]
                 held_channel = np.isin(f_channel, [int(c) for c in JUMP_HELD_CHANNELS])
-                hit = alarms[JUMP_NAME].alarm & (held_channel if det is JUMP else ~held_channel)
+                low_only = jumps.at_low & (np.abs(jumps.statistic) < JUMP_MIN[f_channel])
+                hit = jumps.alarm & (low_only if det is LOW_STEP else ~low_only & (
+                    held_channel if det is JUMP else ~held_channel))
             elif det.name in alarms:
                 hit = alarms[det.name].alarm
             elif det is DUPLICATE:
