@@ -225,6 +225,18 @@ def test_a_binding_cannot_be_replayed_for_another_token_or_set_by_an_admin(
     assert bad.status_code == 422
 
 
+def test_verify_reports_the_token_bindings_it_checked(client: TestClient,
+                                                      pipeline: Pipeline) -> None:
+    """Each token's last binding is re-checked: a rebound token counts once."""
+    auditor = _auth(pipeline, Role.AUDITOR, "audit-3")
+    assert client.get("/v1/verify", headers=auditor).json()["token_bindings_checked"] == 0
+    first, second = (_auth(pipeline, Role.CLINICIAN, name) for name in ("dr-i", "dr-j"))
+    for headers in (first, first, second):
+        assert _bind(client, headers, Account.create()).status_code == 200
+    report = client.get("/v1/verify", headers=auditor).json()
+    assert (report["ok"], report["token_bindings_checked"]) == (True, 2)
+
+
 def test_consent_needs_a_chain_that_outlives_the_process(
         pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     from medtwin.cli._server import open_chain_services

@@ -132,6 +132,7 @@ def test_audit_endpoints_show_the_signed_head_and_verify(client: TestClient, pip
                       "registrations": 1, "signatures_checked": 3, "pending": 0,
                       "erasures": 0, "unreadable": 0, "rotations": 0, "sessions": 0,
                       "snapshots": 0, "accesses": 0, "suite_changes": 0,
+                      "kek_retirements": 0, "token_bindings_checked": 0,
                       "log_key_rotations": 0,
                       "log_key_id": pipeline.keys.log_key.key_id, "root": head["root"]}
 

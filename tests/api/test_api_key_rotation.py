@@ -82,4 +82,7 @@ def test_kek_rotation_while_serving_rewraps_in_the_background(
     twin = client.get("/v1/patients/pt-1/twin", headers=auth(pipeline, Role.CLINICIAN))
     assert twin.status_code == 200
     report = client.get("/v1/verify", headers=auth(pipeline, Role.AUDITOR)).json()
-    assert (report["ok"], report["rotations"]) == (True, 1)
+    assert (report["ok"], report["rotations"], report["kek_retirements"]) == (True, 1, 0)
+    pipeline.retire_kek(old, "sec-officer")
+    report = client.get("/v1/verify", headers=auth(pipeline, Role.AUDITOR)).json()
+    assert (report["ok"], report["rotations"], report["kek_retirements"]) == (True, 1, 1)

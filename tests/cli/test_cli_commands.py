@@ -8,13 +8,16 @@ import stat
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from tests.conftest import T0_MS, DeviceSim
 from typer.testing import CliRunner
 
+from medtwin.access import new_token
 from medtwin.cli import app
 from medtwin.config import Settings
 from medtwin.domain import Channel, Reading
 from medtwin.fhir import insulin_administration, reading_observation, validate_resource
+from medtwin.ledger import binding_message
 from medtwin.pipeline import Pipeline
 
 runner = CliRunner()
@@ -89,6 +92,25 @@ def test_verify_passes_then_names_the_tampered_record(tmp_path: Path, settings: 
     bad = runner.invoke(app, ["verify", *site])
     assert bad.exit_code == 1
     assert "packet #2" in bad.output
+
+
+def test_verify_counts_the_token_bindings_it_rechecked(settings: Settings,
+                                                       pipeline: Pipeline) -> None:
+    account = pytest.importorskip("eth_account", reason="bindings need the chain extra: "
+                                                        "pip install 'medtwin[chain]'")
+    from eth_account.messages import encode_defunct
+
+    for name in ("dr-a", "dr-b"):
+        token_hash = new_token()[1]
+        pipeline.store.add_token(token_hash, name, "clinician", 0)
+        wallet = account.Account.create()
+        message = binding_message(settings.log_origin, token_hash, wallet.address)
+        signed = wallet.sign_message(encode_defunct(text=message))
+        pipeline.bind_address(token_hash, name, wallet.address, bytes(signed.signature))
+    pipeline.close()
+    ok = runner.invoke(app, ["verify", "--data-dir", str(settings.data_dir)])
+    assert ok.exit_code == 0, ok.output
+    assert "2 token bindings re-checked" in ok.output
 
 
 def test_verify_refuses_a_missing_site(tmp_path: Path) -> None:

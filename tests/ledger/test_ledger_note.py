@@ -8,13 +8,14 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from medtwin.crypto import SIGNATURE_SUITES, signature_suite
 from medtwin.errors import ConfigError, VerificationError
 from medtwin.ledger._checkpoint import checkpoint_body
 from medtwin.ledger._note import (
+    COSIGNATURE_TYPES,
     COSIGNATURE_V1_TYPE,
     ED25519_TYPE,
     MAX_NOTE_BYTES,
@@ -452,7 +453,47 @@ def test_a_post_quantum_witness_cosigns_with_ml_dsa() -> None:
     assert verifier.key_id != witness.verifier().key_id
     name, encoded = line.rstrip("\n").rsplit(" ", 1)
     cut = f"{name} {base64.b64encode(base64.b64decode(encoded)[:-1]).decode()}\n"
-    with pytest.raises(VerificationError, match="invalid signature by known key"):
+    with pytest.raises(VerificationError, match="is not a timestamp and a ml-dsa-65 signature"):
         verify_cosignature(body, cut, verifier)
     with pytest.raises(VerificationError):
         verify_cosignature(checkpoint_body(ORIGIN, SIZE + 1, ROOT), line, verifier)
+
+
+#: A verified cosignature line of a checkpoint by a witness of each suite, with the length of
+#: its timestamp and signature: 8 bytes and the suite's signature size.
+_COSIGNED = {
+    witness.suite: (witness, cosign_checkpoint(checkpoint_body(ORIGIN, SIZE, ROOT), witness,
+                                               T_S), size)
+    for witness, size in ((WITNESS, 8 + 64), (_signer("witness.example/pq", "ml-dsa-65"),
+                                              8 + 3309))
+}
+
+
+def test_every_witness_suite_has_a_cosignature_length() -> None:
+    assert set(_COSIGNED) == set(COSIGNATURE_TYPES)
+    body = checkpoint_body(ORIGIN, SIZE, ROOT)
+    for witness, line, size in _COSIGNED.values():
+        assert len(base64.b64decode(line.rsplit(" ", 1)[1])) == 4 + size
+        assert verify_cosignature(body, line, witness.verifier(cosigner=True)) == T_S
+
+
+@settings(max_examples=80)
+@given(suite=st.sampled_from(sorted(COSIGNATURE_TYPES)), length=st.integers(1, 8 + 3309 + 64))
+@example(suite="ml-dsa-65", length=8 + 3309 - 1)
+@example(suite="ml-dsa-65", length=8 + 3309 + 1)
+@example(suite="ml-dsa-65", length=8 + 64)
+@example(suite="ed25519", length=8 + 3309)
+def test_a_cosignature_of_any_other_length_is_refused(suite: str, length: int) -> None:
+    """Timestamp and signature of exactly the suite's size: a valid line cut or padded (with
+    zeros) to any other length is refused as malformed, before its signature is checked."""
+    witness, line, size = _COSIGNED[suite]
+    assume(length != size)
+    name, encoded = line.rstrip("\n").rsplit(" ", 1)
+    blob = base64.b64decode(encoded)
+    resized = blob[:4] + (blob[4:] + bytes(length))[:length]
+    with pytest.raises(VerificationError, match=rf"^note: cosignature by {witness.name}\+"
+                                                rf"[0-9a-f]{{8}} is not a timestamp and a "
+                                                rf"{suite} signature$"):
+        verify_cosignature(checkpoint_body(ORIGIN, SIZE, ROOT),
+                           f"{name} {base64.b64encode(resized).decode()}\n",
+                           witness.verifier(cosigner=True))

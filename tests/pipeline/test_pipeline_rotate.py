@@ -24,7 +24,7 @@ from medtwin.errors import (
 )
 from medtwin.pipeline import Accepted, Pipeline
 from medtwin.pipeline._codec import packet_aad
-from medtwin.store import _schema
+from medtwin.store import Commit, RetirementRecord, RotationRecord, _schema
 
 N_PATIENTS = 5
 
@@ -240,3 +240,49 @@ def test_a_rotation_that_cannot_be_logged_changes_nothing(
         assert json.loads((pipeline.settings.resolved_keys_dir / KEK_FILE).read_text()) == key_file
     finally:
         pipeline.close()
+
+
+def _commit_then_fail(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the store's commits land, then report failure (a lost acknowledgement)."""
+    commit = pipeline.store.commit
+
+    def commit_then_fail(batch: Commit) -> None:
+        commit(batch)
+        raise StoreError("store: connection lost before the acknowledgement")
+
+    monkeypatch.setattr(pipeline.store, "commit", commit_then_fail)
+
+
+def test_a_retirement_committed_despite_an_error_keeps_the_kek_retired(
+        pipeline: Pipeline, ward: list[DeviceSim], settings: Settings, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log says the KEK is retired, so the key file must not hold it any more."""
+    old = pipeline.keys.kek_id
+    pipeline.rotate_kek("sec-officer", "yearly rotation")
+    _commit_then_fail(pipeline, monkeypatch)
+    with pytest.raises(StoreError, match="before the acknowledgement"):
+        pipeline.retire_kek(old, "sec-officer")
+    monkeypatch.undo()
+    [record] = [r for r in pipeline.store.records() if isinstance(r, RetirementRecord)]
+    assert record.kek_id == old
+    assert old not in SiteKeys.load(settings.resolved_keys_dir).kek_ids
+    assert old not in pipeline.keys.kek_ids
+    _ingest(pipeline, clock, ward)                    # the log goes on from the landed record
+    assert pipeline.verify().kek_retirements == 1
+    pipeline.close()
+    assert _open_every_packet(settings) == 2 * N_PATIENTS
+
+
+def test_a_rotation_committed_despite_an_error_keeps_the_new_kek(
+        pipeline: Pipeline, ward: list[DeviceSim], settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _commit_then_fail(pipeline, monkeypatch)
+    with pytest.raises(StoreError, match="before the acknowledgement"):
+        pipeline.start_rotation("sec-officer", "yearly rotation")
+    monkeypatch.undo()
+    [record] = [r for r in pipeline.store.records() if isinstance(r, RotationRecord)]
+    assert pipeline.keys.kek_id == record.new_kek_id
+    assert SiteKeys.load(settings.resolved_keys_dir).kek_ids == [record.new_kek_id,
+                                                                  record.old_kek_id]
+    assert pipeline.rewrap_patients() == N_PATIENTS
+    assert pipeline.verify().rotations == 1

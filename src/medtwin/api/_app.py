@@ -637,6 +637,8 @@ def create_app(pipeline: Pipeline, consent: SiteConsent | None = None) -> FastAP
                 "rotations": report.rotations, "sessions": report.sessions,
                 "snapshots": report.snapshots, "accesses": report.accesses,
                 "suite_changes": report.suite_changes,
+                "kek_retirements": report.kek_retirements,
+                "token_bindings_checked": report.token_bindings_checked,
                 "log_key_rotations": report.log_key_rotations,
                 "log_key_id": report.log_key_id, "root": report.root_hex}
 

@@ -374,6 +374,9 @@ def verify(data_dir: DataDir = None,
         console.print(f"{report.suite_changes} changes of the AEAD suite logged")
     if report.accesses:
         console.print(f"{report.accesses} records of consent-gated access decisions logged")
+    if report.token_bindings_checked:
+        console.print(f"{report.token_bindings_checked} token bindings re-checked: each "
+                      "holder's signature, and the token table against it")
     if report.log_key_rotations:
         console.print(f"{report.log_key_rotations} log key rotations logged, each endorsed by "
                       f"the key it replaced; the key in force is {report.log_key_id}")

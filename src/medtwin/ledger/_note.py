@@ -64,7 +64,8 @@ COSIGNATURE_TYPES: dict[str, bytes] = {
 
 _KEY_ID_SIZE = 4
 _TIMESTAMP_SIZE = 8
-_ED25519_SIGNATURE_SIZE = 64
+#: Signature size of each suite a witness cosigns with (Ed25519: RFC 8032; ML-DSA-65: FIPS 204).
+_COSIGNATURE_SIGNATURE_SIZES: dict[str, int] = {"ed25519": 64, "ml-dsa-65": 3309}
 _ROOT_SIZE = 32
 _MAX_TREE_SIZE = 2**64 - 1
 _COSIGNATURE_HEADER = b"cosignature/v1\n"
@@ -298,8 +299,7 @@ def _verify_signature(verifier: NoteVerifier, message: bytes,
     where = f"{sig.name}+{sig.key_id.hex()}"
     signature, timestamp_s = sig.signature, None
     if verifier.cosigner:
-        if (len(signature) <= _TIMESTAMP_SIZE or (verifier.suite == "ed25519"
-                and len(signature) != _TIMESTAMP_SIZE + _ED25519_SIGNATURE_SIZE)):
+        if len(signature) != _TIMESTAMP_SIZE + _COSIGNATURE_SIGNATURE_SIZES[verifier.suite]:
             raise VerificationError(f"note: cosignature by {where} is not a timestamp and a "
                                     f"{verifier.suite} signature", "note")
         timestamp_s = int.from_bytes(signature[:_TIMESTAMP_SIZE], "big")

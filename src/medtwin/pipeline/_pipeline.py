@@ -31,7 +31,7 @@ from medtwin.clinical import (
     news2_risk,
     rules_over_events,
 )
-from medtwin.config import DEFAULT_AEAD_SUITE, MAX_ID_LENGTH, Settings
+from medtwin.config import MAX_ID_LENGTH, Settings
 from medtwin.crypto import (
     KEK_FILE,
     LOG_KEY_FILE,
@@ -42,6 +42,7 @@ from medtwin.crypto import (
     WrappedKey,
     aead_suite,
     endorse_log_key,
+    envelope_suite,
     sign_session_key,
     signature_suite,
 )
@@ -149,6 +150,10 @@ ActionRecord = (RegistrationRecord | ErasureRecord | RotationRecord | SessionRec
 _Action = TypeVar("_Action", bound=ActionRecord)
 #: Longest reason kept with an access decision.
 MAX_ACCESS_REASON = 300
+#: The previous suite an `aead-suite` record names when the site never logged one and its
+#: stored envelopes do not tell which sealed its data last (wrapped data keys of several
+#: suites and no sealed record, or a header no suite reads).
+UNRECORDED_SUITE = "unrecorded"
 
 #: Patients whose data keys one rotation batch re-wraps in one store transaction (and one
 #: hold of the pipeline lock: ingestion waits at most one batch).
@@ -366,15 +371,34 @@ class Pipeline:
         return report.log_key
 
     def _log_aead_suite(self) -> None:
-        """Log a change of the configured AEAD suite (from the last one logged; from the
-        default if none ever was), so the log says what seals new records from when."""
+        """Log a change of the configured AEAD suite, so the log says what seals new records
+        from when: a change from the last one logged or, on a site that never logged one (new,
+        or from before suites were logged), from the one its data at rest names."""
         configured = aead_suite(self.settings.aead_suite).name
-        in_force = self.store.aead_suite_in_force() or DEFAULT_AEAD_SUITE
-        if configured != in_force:
+        in_force = self.store.aead_suite_in_force() or self._sealed_suite()
+        if in_force is not None and configured != in_force:
+            reason = ("configured at start (MEDTWIN_AEAD_SUITE)" if in_force != UNRECORDED_SUITE
+                      else "configured at start (MEDTWIN_AEAD_SUITE); the suite before was "
+                           "never logged, and the stored envelopes do not tell it")
             with self._lock:
                 now = self.clock()
                 self._log_action(SuiteRecord(self._tree.size, configured, in_force, now,
-                                             "configured at start (MEDTWIN_AEAD_SUITE)"), now)
+                                             reason), now)
+
+    def _sealed_suite(self) -> str | None:
+        """The AEAD suite the site's data at rest was last sealed with, as its envelopes name
+        it: the newest sealed record's, else the one every wrapped data key names; None if
+        nothing is sealed yet (no suite to change from), UNRECORDED_SUITE if they do not tell."""
+        newest = self.store.newest_envelope()
+        envelopes = ([newest] if newest is not None
+                     else [wrapped.blob for wrapped in self._wrapped.values()])
+        try:
+            suites = {envelope_suite(envelope) for envelope in envelopes}
+        except DecryptionError:
+            return UNRECORDED_SUITE
+        if len(suites) > 1:
+            return UNRECORDED_SUITE
+        return suites.pop() if suites else None
 
     def _settle_log_key(self, in_force: PublicLogKey) -> None:
         """Finish a log key rotation that a crash (or a commit of unknown outcome) left
@@ -919,8 +943,9 @@ class Pipeline:
     def _change_kek_file(self, change: Callable[[Path], SiteKeys],
                          record_of: Callable[[SiteKeys, int], _Action]) -> _Action:
         """Change the KEK file, then log the change and use the new keys; if the record
-        cannot be committed, put the file back (not logged: not in force). The caller holds
-        the lock."""
+        cannot be committed, put the file back (not logged: not in force), unless it is in
+        the log after all (a lost acknowledgement): then the changed file is in force and
+        the error still propagates. The caller holds the lock."""
         keys_dir = self.settings.resolved_keys_dir
         before = SiteKeys.key_file(keys_dir, KEK_FILE)
         keys = change(keys_dir)
@@ -929,10 +954,23 @@ class Pipeline:
         try:
             self._log_action(record, now)
         except BaseException:
-            SiteKeys.restore_key_file(keys_dir, KEK_FILE, before)
+            if not self._record_landed(record):
+                SiteKeys.restore_key_file(keys_dir, KEK_FILE, before)
+                raise
+            self._tree = MerkleTree(self.store.leaf_hashes())
+            self._use_keys(keys)
             raise
         self._use_keys(keys)
         return record
+
+    def _record_landed(self, record: ActionRecord) -> bool:
+        """Whether a record whose commit raised is in the log after all (its leaf is stored:
+        a lost acknowledgement; one transaction writes the leaf and its signed head). If the
+        store cannot even be read, the outcome is unknown: the error propagates and the
+        changed key file stays (no KEK a stored data key needs is ever dropped by it); stop
+        the site and run `medtwin verify` (a store that cannot be read takes no writes)."""
+        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+        return self.store.leaf_hashes(record.leaf_index, record.leaf_index + 1) == [h]
 
     def _use_keys(self, keys: SiteKeys) -> None:
         """Sign, seal and unwrap with `keys` from now on."""

@@ -121,6 +121,9 @@ class VerifyReport:
     suite_changes: int = 0
     #: Site KEKs retired (removed from the key file).
     kek_retirements: int = 0
+    #: Token bindings re-checked (7b): each token's last one, its holder's signature and the
+    #: token table's address.
+    token_bindings_checked: int = 0
     #: The log key in force at the signed head (the first key, or the last one endorsed).
     log_key_id: str = ""
     #: That key itself (None only for a report built by hand).
@@ -259,7 +262,7 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             f"log: the site's key file holds {len(log_keys)} log keys, but the log's "
             f"rotations bring in only {rotated + 1}: rotation records are missing (a store "
             "rolled back?) or the key file is not this log's", "log-keys")
-    _check_bindings(store, bindings, head)
+    bindings_checked = _check_bindings(store, bindings, head)
     # (5): the gate's device table against the log
     trusted = {d.device_id: d for d in store.devices()}
     for device_id in sorted(set(trusted) | set(registered)):
@@ -271,12 +274,14 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             raise VerificationError(
                 f"devices: device {device_id!r} differs from its logged registration and "
                 "sequence numbers: the devices table was altered", f"device {device_id}")
-    return _report(tree, counts, pending, signatures, unreadable, claims, log_key)
+    return _report(tree, counts, pending, signatures, unreadable, claims, log_key,
+                   bindings_checked)
 
 
 def _check_bindings(store: Store, bindings: dict[bytes, BindingRecord],
-                    head: SignedTreeHead | None) -> None:
-    """(7b) The token table against the logged bindings, each signature re-checked."""
+                    head: SignedTreeHead | None) -> int:
+    """(7b) The token table against the logged bindings, each signature re-checked; returns
+    how many bindings were checked."""
     for binding in bindings.values():
         assert head is not None   # a binding within the head implies one
         try:
@@ -292,6 +297,7 @@ def _check_bindings(store: Store, bindings: dict[bytes, BindingRecord],
             f"tokens: {len(changed)} token address(es) differ from their logged bindings "
             "(the token table was altered, or bound outside medtwin): have each holder bind "
             "again through POST /v1/tokens/me/address", "token-addresses")
+    return len(bindings)
 
 
 def _check_rotation(record: LogKeyRecord, in_force: PublicLogKey,
@@ -338,13 +344,13 @@ def _check_head(head: SignedTreeHead, log_key: PublicLogKey, tree: MerkleTree,
 
 def _report(tree: MerkleTree, counts: dict[str, int], pending: int, signatures: int,
             unreadable: int, claims: Sequence[CheckpointClaim],
-            log_key: PublicLogKey) -> VerifyReport:
+            log_key: PublicLogKey, bindings_checked: int) -> VerifyReport:
     return VerifyReport(tree.size, counts["packet"], counts["alert"], counts["rejection"],
                         tree.size, tree.root().hex(), pending, counts["registration"],
                         signatures, counts["erasure"], unreadable, counts["kek-rotation"],
                         len(claims), counts["snapshot"], counts["session"], counts["log-key"],
                         counts["access"], counts["aead-suite"], counts["kek-retirement"],
-                        log_key.key_id, log_key)
+                        bindings_checked, log_key.key_id, log_key)
 
 
 def _check_claims(claims: Sequence[CheckpointClaim], root: bytes) -> None:

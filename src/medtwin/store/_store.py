@@ -324,6 +324,18 @@ class Store:
             return conn.execute(select(c.suite).order_by(c.leaf_index.desc()).limit(1)
                                 ).scalar()
 
+    def newest_envelope(self) -> bytes | None:
+        """The envelope of the newest sealed patient record (highest leaf index, erased
+        patients' included: its header names its suite in the clear), or None if none is."""
+        newest: tuple[int, bytes] | None = None
+        with self.engine.connect() as conn:
+            for table in _SEALED:
+                row = conn.execute(select(table.c.leaf_index, table.c.envelope)
+                                   .order_by(table.c.leaf_index.desc()).limit(1)).first()
+                if row is not None and (newest is None or row.leaf_index > newest[0]):
+                    newest = (row.leaf_index, row.envelope)
+        return None if newest is None else newest[1]
+
     def log_key_records(self) -> list[LogKeyRecord]:
         """Every log signing key rotation, in leaf order."""
         with self.engine.connect() as conn:
@@ -500,6 +512,8 @@ _PLAIN_ROWS = (("packets", t.packets), ("alerts", t.alerts), ("rejections", t.re
                ("retirements", t.kek_retirements), ("suites", t.aead_suites),
                ("accesses", t.accesses), ("log_keys", t.log_keys),
                ("rotations", t.kek_rotations))
+#: Tables of records sealed under a patient's data key (an `envelope` column).
+_SEALED = (t.packets, t.alerts, t.findings, t.twin_params)
 
 
 def _row(record: Record | HeadRecord | AnchorRecord) -> dict[str, Any]:
