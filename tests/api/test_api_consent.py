@@ -237,6 +237,40 @@ def test_verify_reports_the_token_bindings_it_checked(client: TestClient,
     assert (report["ok"], report["token_bindings_checked"]) == (True, 2)
 
 
+def test_a_pending_binding_is_held_to_its_log_leaf(pipeline: Pipeline) -> None:
+    """A binding beyond the signed head still sets the token table, so its row must match
+    the leaf logged with it: a consistent one is pending, a rewritten one (another address,
+    validly signed by an attacker's key) fails."""
+    _auth(pipeline, Role.AUDITOR, "audit-p", Account.create())
+    head = pipeline.store.latest_head()
+    assert head is not None
+    _auth(pipeline, Role.CLINICIAN, "dr-p", Account.create())
+    with pipeline.store.engine.begin() as conn:  # put the older head back
+        conn.exec_driver_sql("UPDATE tree_heads SET size = ?, root = ?, signature = ?",
+                             (head.size, head.root, head.signature))
+    report = pipeline.verify()
+    assert (report.pending, report.token_bindings_checked) == (1, 2)
+    [pending] = [r for r in pipeline.store.records()
+                 if isinstance(r, BindingRecord) and r.leaf_index >= head.size]
+    attacker = Account.create()
+    message = binding_message(pipeline.settings.log_origin, pending.token_hash,
+                              attacker.address)
+    signature = bytes(attacker.sign_message(encode_defunct(text=message)).signature)
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE token_bindings SET address = ?, signature = ? "
+                             "WHERE leaf_index = ?",
+                             (attacker.address, signature, pending.leaf_index))
+        conn.execute(update(token_addresses)
+                     .where(token_addresses.c.token_hash == pending.token_hash)
+                     .values(address=attacker.address))
+    with pytest.raises(VerificationError, match=rf"^log: token binding #{pending.leaf_index} "
+                                                r"\(dr-p -> 0x\w+\), beyond the signed head, "
+                                                "does not match its log leaf") as caught:
+        pipeline.verify()
+    assert caught.value.record == f"token binding #{pending.leaf_index} " \
+                                  f"(dr-p -> {attacker.address})"
+
+
 def test_consent_needs_a_chain_that_outlives_the_process(
         pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     from medtwin.cli._server import open_chain_services

@@ -33,6 +33,7 @@ from medtwin.ledger._note import (
     open_note,
     sign_checkpoint_note,
     sign_note,
+    signature_line_key,
     verify_cosignature,
 )
 
@@ -190,6 +191,22 @@ def test_verify_cosignature_returns_the_timestamp() -> None:
         verify_cosignature(body, line + line, WITNESS_KEY)
     with pytest.raises(ConfigError, match="is not a witness"):
         verify_cosignature(body, line, WITNESS.verifier())
+
+
+def test_a_cosignature_line_names_the_exact_key_that_made_it() -> None:
+    """Same name, another suite: another key ID, so a re-registered witness's old lines are
+    told apart from its new ones."""
+    body = checkpoint_body(ORIGIN, SIZE, ROOT)
+    pq = _signer(WITNESS.name, "ml-dsa-65")
+    assert signature_line_key(cosign_checkpoint(body, WITNESS, T_S)) == (
+        WITNESS.name, WITNESS_KEY.key_id)
+    assert signature_line_key(cosign_checkpoint(body, pq, T_S)) == (
+        WITNESS.name, pq.verifier(cosigner=True).key_id)
+    assert pq.verifier(cosigner=True).key_id != WITNESS_KEY.key_id
+    with pytest.raises(VerificationError, match="one line ending in a newline"):
+        signature_line_key("\u2014 w AAAAAAAA")
+    with pytest.raises(VerificationError, match="shorter than its key ID"):
+        signature_line_key("\u2014 w AAAA\n")
 
 
 @pytest.mark.parametrize("suite", sorted(SIGNATURE_SUITES))

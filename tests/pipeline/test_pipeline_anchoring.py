@@ -4,6 +4,7 @@ slow chain never holds up a reading."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from typing import Any
@@ -206,6 +207,48 @@ def test_witness_cosignatures_are_checked_and_held_to_the_log(
     claims = checkpoint_claims(pipeline.store, trusting, None)
     with pytest.raises(VerificationError, match=r"witness\.example's cosignature"):
         verify_store(pipeline.store, pipeline.keys.log_key_history, claims=claims.claims)
+
+
+def test_a_witness_re_registered_with_another_key_leaves_its_old_cosignatures_unverified(
+        pipeline: Pipeline, device: DeviceSim, clock: FakeClock, settings: Settings) -> None:
+    """Cosignatures are matched to the key that made them (name and key ID), not to the
+    name: after a witness moves to an ML-DSA-65 key under the same name, its Ed25519
+    cosignatures count as from a key no longer trusted, never as tampering; a bad signature
+    by the configured key still fails."""
+    from medtwin.config import TrustedWitness
+    from medtwin.crypto import signature_suite
+    from medtwin.ledger import NoteSigner, checkpoint_body, cosign_checkpoint
+
+    old_private, old_public = signature_suite("ed25519").generate()
+    old = NoteSigner("witness.example", "ed25519", old_private, old_public)
+    new_private, new_public = signature_suite("ml-dsa-65").generate()
+    new = NoteSigner("witness.example", "ml-dsa-65", new_private, new_public)
+    _send(pipeline, device, clock, 2)
+    head, _ = pipeline.checkpoint_note() or (None, "")
+    assert head is not None
+    body = checkpoint_body(head.origin, head.size, head.root)
+    pipeline.store.put_cosignature(head.origin, head.size, head.root, "witness.example",
+                                   cosign_checkpoint(body, old, 1_700_000_000), 1_700_000_000,
+                                   clock())
+    moved = settings.with_(witnesses=(
+        TrustedWitness("witness.example", new_public, "ml-dsa-65"),))
+    claims = checkpoint_claims(pipeline.store, moved, None)
+    assert (claims.cosignatures, claims.cosignatures_unverified) == (1, 1)
+    assert verify_store(pipeline.store, pipeline.keys.log_key_history,
+                        claims=claims.claims).checkpoints_checked == 1
+    # the new key's own cosignature is checked; a bad signature by it still fails
+    line = cosign_checkpoint(body, new, 1_700_000_100)
+    pipeline.store.put_cosignature(head.origin, head.size, head.root, "witness.example", line,
+                                   1_700_000_100, clock())
+    assert checkpoint_claims(pipeline.store, moved, None).cosignatures_unverified == 0
+    blob = base64.b64decode(cosign_checkpoint(body, new, 1_700_000_200).split()[-1])
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    bad = f"\u2014 witness.example {base64.b64encode(tampered).decode()}\n"
+    pipeline.store.put_cosignature(head.origin, head.size, head.root, "witness.example", bad,
+                                   1_700_000_200, clock())
+    with pytest.raises(VerificationError, match=r"invalid signature by known key "
+                                                r"witness\.example\+"):
+        checkpoint_claims(pipeline.store, moved, None)
 
 
 def test_the_anchorer_survives_a_failing_store_and_never_anchors_twice(

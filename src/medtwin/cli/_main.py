@@ -407,9 +407,9 @@ def verify(data_dir: DataDir = None,
         console.print(f"replay: {replayed.batches} batches re-derived from the logged inputs; "
                       f"{replayed.snapshots} twin snapshots and {replayed.alerts} alerts match")
     if claims.cosignatures_unverified:
-        console.print(f"{claims.cosignatures_unverified} cosignatures are from witnesses no "
-                      "longer in MEDTWIN_WITNESSES: their roots were checked, not their "
-                      "signatures")
+        console.print(f"{claims.cosignatures_unverified} cosignatures are from witness keys "
+                      "no longer in MEDTWIN_WITNESSES (a witness removed, or re-registered "
+                      "with another key): their roots were checked, not their signatures")
 
 
 @keys_app.command("init")

@@ -41,6 +41,7 @@ from medtwin.ledger._note import (
     cosign_checkpoint,
     open_checkpoint_note,
     sign_checkpoint_note,
+    signature_line_key,
     verify_cosignature,
 )
 from medtwin.ledger._proofs import (
@@ -102,6 +103,7 @@ __all__ = [
     "root_from_leaf_hashes",
     "sign_checkpoint_note",
     "sign_tree_head",
+    "signature_line_key",
     "token_id_for",
     "verify_consistency",
     "verify_cosignature",

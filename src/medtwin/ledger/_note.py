@@ -238,6 +238,18 @@ def verify_cosignature(checkpoint_body: bytes, line: str, witness: NoteVerifier)
     return timestamp_s
 
 
+def signature_line_key(line: str) -> tuple[str, bytes]:
+    """The key name and 4-byte key ID that one signature line names: together they identify
+    the exact key (and so the suite) that made it, as `NoteVerifier` does."""
+    if not line.endswith("\n") or line.count("\n") != 1:
+        raise VerificationError("note: a signature line is one line ending in a newline", "note")
+    try:
+        signature = _parse_signature_line(line[:-1])
+    except ValueError as exc:
+        raise VerificationError(str(exc), "note") from exc
+    return signature.name, signature.key_id
+
+
 def sign_checkpoint_note(origin: str, size: int, root: bytes,
                          signers: Sequence[NoteSigner]) -> str:
     """The checkpoint of a tree of `size` leaves with root `root`, as a signed note."""

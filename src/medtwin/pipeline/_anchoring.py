@@ -25,6 +25,7 @@ from medtwin.ledger import (
     checkpoint_body,
     connect_chain,
     note_hash,
+    signature_line_key,
     verify_cosignature,
 )
 from medtwin.pipeline._pipeline import Pipeline
@@ -182,7 +183,11 @@ class Claims:
     anchors_indexed: int
     anchors_on_chain: int
     anchors_unreachable: int
+    #: Stored witness cosignatures, each one's root held to the log.
     cosignatures: int
+    #: Of those, the ones by a witness key no longer in `Settings.witnesses` (a witness
+    #: removed, or re-registered with another key or suite): their signatures are not
+    #: checked, and they do not count as valid cosignatures.
     cosignatures_unverified: int
 
 
@@ -191,7 +196,8 @@ def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
     """Every anchor in the site's index, every anchor on `chain` of this log's contracts
     (those the index names, the one the store remembers for that chain, and `contracts`;
     each index entry must be there, with the same root and note hash), and every stored
-    witness cosignature (its signature checked when the witness is configured). Anchors on
+    witness cosignature (its signature checked when the witness key that made it is still
+    configured: same name and key ID; else counted as unverified). Anchors on
     a chain that cannot be read here (an embedded chain of another process) count as
     unreachable: the index still binds the log to them."""
     claims: list[CheckpointClaim] = []
@@ -234,11 +240,14 @@ def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
                     f"that contract {address} does not hold as recorded: the index or the "
                     "chain was altered", f"anchor {a.size}")
         on_chain += len(held)
-    witnesses = {w.name: NoteVerifier(w.name, w.suite, w.public_key, cosigner=True)
-                 for w in settings.witnesses}
+    # Matched by key name and key ID, not by name alone: a witness re-registered under its
+    # name with another key or suite did not make the cosignatures its old key made.
+    verifiers = (NoteVerifier(w.name, w.suite, w.public_key, cosigner=True)
+                 for w in settings.witnesses)
+    witnesses = {(v.name, v.key_id): v for v in verifiers}
     cosigned = unverified = 0
     for origin, size, root, witness, line in store.all_cosignatures():
-        verifier = witnesses.get(witness)
+        verifier = witnesses.get(signature_line_key(line))
         if verifier is None:
             unverified += 1
         else:

@@ -26,7 +26,8 @@
       patient whose key is back in the store fails verification.
   (7b) every token binding carries the EIP-191 signature of its address's key over the
       binding message (this log's origin, that token), and the token table binds exactly
-      what the last binding of each token says;
+      what the last binding of each token says; a binding beyond the signed head (pending)
+      must still match the leaf stored with it, as (3) holds the signed ones;
   (8) every checkpoint someone else holds (`claims`: anchors in the site's index and on the
       chain, witness cosignatures) names the root the log had at its size: the log is
       consistent with all of them (a log rolled back below an anchor fails too).
@@ -183,6 +184,8 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
             if isinstance(record, RegistrationRecord):
                 registered[record.device_id] = record
             elif isinstance(record, BindingRecord):
+                # (7b): the token table is held to it, so it must be the binding logged
+                _check_pending_binding(store, record)
                 bindings[record.token_hash] = record
             elif _uses_sequence(record) and record.device_id:
                 seq = int(record.seq or 0)
@@ -194,7 +197,7 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                 f"log: expected record #{tree.size} but found {record.describe()}: a record "
                 "is missing or duplicated", record.describe())
         # (3): leaf
-        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+        h = _leaf_of(record)
         if record.leaf_index >= len(stored) or stored[record.leaf_index] != h:
             raise VerificationError(
                 f"log: {record.describe()} does not match its log leaf: the record was altered",
@@ -276,6 +279,23 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                 "sequence numbers: the devices table was altered", f"device {device_id}")
     return _report(tree, counts, pending, signatures, unreadable, claims, log_key,
                    bindings_checked)
+
+
+def _leaf_of(record: Record) -> bytes:
+    """The log leaf hash of `record`, recomputed from its stored bytes."""
+    return leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+
+
+def _check_pending_binding(store: Store, binding: BindingRecord) -> None:
+    """(7b) A binding beyond the signed head, which the token table is held to, matches the
+    leaf stored with it (read now: a live site writes both in one transaction), so its row
+    cannot be rewritten alone to rebind a token."""
+    if store.leaf_hashes(binding.leaf_index, binding.leaf_index + 1) != [_leaf_of(binding)]:
+        raise VerificationError(
+            f"log: {binding.describe()}, beyond the signed head, does not match its log leaf: "
+            "the binding was altered (or written outside medtwin); do not trust its token "
+            "until its holder binds again through POST /v1/tokens/me/address",
+            binding.describe())
 
 
 def _check_bindings(store: Store, bindings: dict[bytes, BindingRecord],
