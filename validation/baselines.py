@@ -61,9 +61,9 @@ class Scenario(NamedTuple):
     attack_changed: int = 0
     """How many readings the attack changed, as the device reports them (0: its range or
     resolution hid the attack, e.g. a freeze while the CGM reads LOW)."""
-    attack_at_limit: int = 0
-    """How many of those the device sent at the limit of its range (a CGM's LOW or HIGH):
-    there it reports only that the value is beyond, whatever the attack made of it."""
+    attack_hypo: int = 0
+    """How many of those were hypoglycaemic both as sent and in the clean record (CGM below
+    `guard.HYPO_BELOW`): the same clinical call, whatever the attack made of them."""
 
 
 class Training(NamedTuple):

@@ -89,10 +89,11 @@ DEVICE_RANGE = {Channel.GLUCOSE: (39.0, 400.0), Channel.HEART_RATE: (30.0, 220.0
                 Channel.SPO2: (70.0, 100.0), Channel.RESP_RATE: (4.0, 60.0),
                 Channel.TEMPERATURE: (34.0, 42.5)}
 RESOLUTION = {Channel.TEMPERATURE: 0.1}
-#: The range ends at which a device reports only that the value is beyond (a CGM's LOW and
-#: HIGH, a monitor's range ends); SpO2's 100 % is a real reading, not one of them.
-REPORTS_BEYOND = {ch: (low, high) for ch, (low, high) in DEVICE_RANGE.items()} | {
-    Channel.SPO2: (DEVICE_RANGE[Channel.SPO2][0],)}
+#: Zone A of the Clarke error grid (Clarke et al. 1987, Diabetes Care 10:622) holds a glucose
+#: reading within 20 % of the reference *or with both below 70 mg/dL*: clinically accurate,
+#: since both call for the same treatment of the low. An attack that changed only readings
+#: that were hypoglycaemic both as sent and in the clean record changed no clinical call.
+HYPO_BELOW = {Channel.GLUCOSE: 70.0}
 VITALS_CHANNELS = (Channel.HEART_RATE, Channel.SPO2, Channel.RESP_RATE, Channel.TEMPERATURE)
 
 
@@ -258,13 +259,15 @@ def attack_scenarios(series: Sequence[Series], specs: Sequence[AttackSpec], per_
                 raise ValueError(f"validation: {spec.kind} changes reading times; score it "
                                  "against its own clean readings")
             sent = _device_format(spec.channel, res.value)
-            changed = sent != _device_format(spec.channel, v)
-            at_limit = changed & np.isin(sent, REPORTS_BEYOND[spec.channel])
+            clean = _device_format(spec.channel, v)
+            changed = sent != clean
+            hypo = HYPO_BELOW.get(spec.channel, -np.inf)
+            both_hypo = changed & (sent < hypo) & (clean < hypo)
             observed[spec.channel] = (res.time_ms, sent)
             out.append(Scenario(f"atk{k:02d}-{i:04d}", s.base, observed,
                                 _cut(s.inputs, first, last), spec.channel, spec.label,
                                 start, start + spec.duration_ms, start, last,
-                                int(changed.sum()), int(at_limit.sum())))
+                                int(changed.sum()), int(both_hypo.sum())))
     return out
 
 
@@ -673,16 +676,16 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             for label in labels}
     met = [label for label in labels if rate[label] >= 0.99]
     no_op = sum(s.attack_changed == 0 for s in res.attacked)
-    # runs whose changed readings the device sent mostly where it reports only "beyond"
-    inside = [x for x in scores if 2 * x.scenario.attack_at_limit <= x.scenario.attack_changed]
-    inside_ids = {x.scenario.patient_id for x in inside}
-    below_in = []
+    # runs that changed only readings hypoglycaemic both as sent and in the clean record
+    hypo = [x for x in scores if x.scenario.attack_hypo == x.scenario.attack_changed]
+    hypo_ids = {x.scenario.patient_id for x in hypo}
+    rest = [x for x in scores if x.scenario.patient_id not in hypo_ids]
+    below_rest = []
     for label in labels:
-        hit = [x.detected for x in inside if x.scenario.attack_kind == label]
+        hit = [x.detected for x in rest if x.scenario.attack_kind == label]
         if np.mean(hit) < 0.99:
-            below_in.append(f"{label} ({sum(hit)} of {len(hit)})")
-    misses_at_limit = sum(not x.detected for x in scores
-                          if x.scenario.patient_id not in inside_ids)
+            below_rest.append(f"{label} ({sum(hit)} of {len(hit)})")
+    misses_hypo = sum(not x.detected for x in hypo)
     days = sum((s.end_ms - s.scored_from_ms) / DAY_MS for s in res.clean)
     hits = res.hits["medtwin"]
     ep = sum(false_alarm_episodes(s, hits) for s in res.clean)
@@ -698,12 +701,12 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             "a detection is only as telling as its margin over the last column. "
             f"{no_op} of {len(res.attacked)} attacks changed no reading the device sends "
             "(no-op runs) and are not scored. "
-            f"{len(scores) - len(inside)} scored runs had most of their changed readings sent "
-            "at a range end where the device reports only that the value is beyond (a CGM's "
-            f"LOW or HIGH); {misses_at_limit} of medtwin's "
-            f"{sum(not x.detected for x in scores)} misses are among them. Without those runs "
-            "(medtwin only), every kind is at ≥ 99 % "
-            + (f"except {'; '.join(below_in)}." if below_in else "."), ""]
+            f"{len(hypo)} scored runs changed only CGM readings that were below "
+            f"{HYPO_BELOW[Channel.GLUCOSE]:g} mg/dL both as sent and in the clean record: "
+            "zone A of the Clarke error grid, the same clinical call, so they masked nothing; "
+            f"{misses_hypo} of medtwin's {sum(not x.detected for x in scores)} misses are "
+            "among them. Without those runs (medtwin only), every kind is at ≥ 99 %"
+            + (f" except {'; '.join(below_rest)}." if below_rest else "."), ""]
 
 
 def _medtwin_details(res: Results, scores: list[AttackScore], group_of: dict[str, str]
