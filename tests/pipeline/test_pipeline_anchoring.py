@@ -42,6 +42,20 @@ def _send(pipeline: Pipeline, device: DeviceSim, clock: FakeClock, n: int = 1) -
         assert isinstance(outcome, Accepted)
 
 
+def _cosign_head(pipeline: Pipeline, device: DeviceSim, clock: FakeClock, signer: Any,
+                 when: int = 1_700_000_000) -> tuple[Any, bytes]:
+    """Two readings in, then the head cosigned by `signer` and stored; (head, its body)."""
+    from medtwin.ledger import checkpoint_body, cosign_checkpoint
+
+    _send(pipeline, device, clock, 2)
+    head, _ = pipeline.checkpoint_note() or (None, "")
+    assert head is not None
+    body = checkpoint_body(head.origin, head.size, head.root)
+    pipeline.store.put_cosignature(head.origin, head.size, head.root, signer.name,
+                                   cosign_checkpoint(body, signer, when), when, clock())
+    return head, body
+
+
 def test_a_checkpoint_is_anchored_once_per_growth_and_indexed(
         pipeline: Pipeline, device: DeviceSim, clock: FakeClock, anchorer: Anchorer) -> None:
     _send(pipeline, device, clock, 2)
@@ -186,13 +200,7 @@ def test_witness_cosignatures_are_checked_and_held_to_the_log(
 
     private, public = signature_suite("ed25519").generate()
     signer = NoteSigner("witness.example", "ed25519", private, public)
-    _send(pipeline, device, clock, 2)
-    head, _ = pipeline.checkpoint_note() or (None, "")
-    assert head is not None
-    body = checkpoint_body(head.origin, head.size, head.root)
-    pipeline.store.put_cosignature(head.origin, head.size, head.root, "witness.example",
-                                   cosign_checkpoint(body, signer, 1_700_000_000), 1_700_000_000,
-                                   clock())
+    head, _ = _cosign_head(pipeline, device, clock, signer)
     trusting = settings.with_(witnesses=(TrustedWitness("witness.example", public),))
     claims = checkpoint_claims(pipeline.store, trusting, None)
     assert (claims.cosignatures, claims.cosignatures_unverified) == (1, 0)
@@ -217,19 +225,13 @@ def test_a_witness_re_registered_with_another_key_leaves_its_old_cosignatures_un
     by the configured key still fails."""
     from medtwin.config import TrustedWitness
     from medtwin.crypto import signature_suite
-    from medtwin.ledger import NoteSigner, checkpoint_body, cosign_checkpoint
+    from medtwin.ledger import NoteSigner, cosign_checkpoint
 
     old_private, old_public = signature_suite("ed25519").generate()
     old = NoteSigner("witness.example", "ed25519", old_private, old_public)
     new_private, new_public = signature_suite("ml-dsa-65").generate()
     new = NoteSigner("witness.example", "ml-dsa-65", new_private, new_public)
-    _send(pipeline, device, clock, 2)
-    head, _ = pipeline.checkpoint_note() or (None, "")
-    assert head is not None
-    body = checkpoint_body(head.origin, head.size, head.root)
-    pipeline.store.put_cosignature(head.origin, head.size, head.root, "witness.example",
-                                   cosign_checkpoint(body, old, 1_700_000_000), 1_700_000_000,
-                                   clock())
+    head, body = _cosign_head(pipeline, device, clock, old)
     moved = settings.with_(witnesses=(
         TrustedWitness("witness.example", new_public, "ml-dsa-65"),))
     claims = checkpoint_claims(pipeline.store, moved, None)
