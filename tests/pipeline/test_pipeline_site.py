@@ -86,6 +86,14 @@ def test_verify_counts_records_after_the_signed_head_as_pending(
                              (head.size, head.root, head.signature))
     report = verify_store(pipeline.store, pipeline.keys.log_key_history)
     assert (report.records, report.registrations, report.pending) == (4, 1, 1)
+    # no head covers it, but the device table is held to it: its row must be the one logged
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE packets SET envelope = (SELECT envelope FROM packets "
+                             "ORDER BY leaf_index LIMIT 1) WHERE leaf_index = ?",
+                             (head.size,))
+    with pytest.raises(VerificationError, match=r"beyond the signed head, does not match its "
+                                                "log leaf"):
+        verify_store(pipeline.store, pipeline.keys.log_key_history)
 
 
 def test_a_slow_subscriber_misses_twin_updates_but_never_an_alert() -> None:

@@ -26,7 +26,7 @@
       patient whose key is back in the store fails verification.
   (7b) every token binding carries the EIP-191 signature of its address's key over the
       binding message (this log's origin, that token), and the token table binds exactly
-      what the last binding of each token says; a binding beyond the signed head (pending)
+      what the last binding of each token says; a record beyond the signed head (pending)
       must still match the leaf stored with it, as (3) holds the signed ones;
   (8) every checkpoint someone else holds (`claims`: anchors in the site's index and on the
       chain, witness cosignatures) names the root the log had at its size: the log is
@@ -178,14 +178,14 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
     signatures = unreadable = 0
     for record in store.records():
         if record.leaf_index >= signed_size:
-            # Written after the head was read (or outside medtwin): reported, not verified;
-            # it still counts for what the device table should hold now.
+            # Written after the head was read (or outside medtwin): no head covers it yet,
+            # but it counts for what the device and token tables should hold now, so it
+            # must be the record logged.
             pending += 1
+            _check_pending(store, record)
             if isinstance(record, RegistrationRecord):
                 registered[record.device_id] = record
             elif isinstance(record, BindingRecord):
-                # (7b): the token table is held to it, so it must be the binding logged
-                _check_pending_binding(store, record)
                 bindings[record.token_hash] = record
             elif _uses_sequence(record) and record.device_id:
                 seq = int(record.seq or 0)
@@ -286,16 +286,16 @@ def _leaf_of(record: Record) -> bytes:
     return leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
 
 
-def _check_pending_binding(store: Store, binding: BindingRecord) -> None:
-    """(7b) A binding beyond the signed head, which the token table is held to, matches the
-    leaf stored with it (read now: a live site writes both in one transaction), so its row
-    cannot be rewritten alone to rebind a token."""
-    if store.leaf_hashes(binding.leaf_index, binding.leaf_index + 1) != [_leaf_of(binding)]:
+def _check_pending(store: Store, record: Record) -> None:
+    """A record beyond the signed head, which the device and token tables are held to (5,
+    7b), matches the leaf stored with it (read now: a live site writes both in one
+    transaction), so its row cannot be rewritten alone to register a device or rebind a
+    token."""
+    if store.leaf_hashes(record.leaf_index, record.leaf_index + 1) != [_leaf_of(record)]:
         raise VerificationError(
-            f"log: {binding.describe()}, beyond the signed head, does not match its log leaf: "
-            "the binding was altered (or written outside medtwin); do not trust its token "
-            "until its holder binds again through POST /v1/tokens/me/address",
-            binding.describe())
+            f"log: {record.describe()}, beyond the signed head, does not match its log leaf: "
+            "the record was altered (or written outside medtwin); do not trust the device or "
+            "token it names until it is registered or bound again", record.describe())
 
 
 def _check_bindings(store: Store, bindings: dict[bytes, BindingRecord],
