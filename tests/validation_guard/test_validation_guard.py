@@ -107,17 +107,22 @@ def test_a_freeze_at_the_cgm_floor_is_a_no_op_run() -> None:
     spec_bias = gd.AttackSpec("bias", Channel.GLUCOSE, "bias", -30.0, 30 * gd.MINUTE_MS)
     frozen = gd.attack_scenarios(series, [spec, spec_bias], per_kind=3, seed=3)
     assert [s.attack_changed for s in frozen] == [0] * 6
-    up = gd.AttackSpec("bias up", Channel.GLUCOSE, "bias", 30.0, 30 * gd.MINUTE_MS)
+    up = gd.AttackSpec("bias up", Channel.GLUCOSE, "bias", 40.0, 30 * gd.MINUTE_MS)
     runs = gd.attack_scenarios(series, [up], 3, seed=3)
-    assert [(s.attack_changed, s.attack_at_limit) for s in runs] == [(10, 0)] * 3
+    assert [(s.attack_changed, s.attack_hypo) for s in runs] == [(10, 0)] * 3   # LOW -> 79
 
 
-def test_an_attack_pushed_below_the_cgm_floor_is_sent_at_its_limit() -> None:
+@pytest.mark.parametrize(("level", "hypo"), [(55.0, 10), (90.0, 0)])
+def test_an_attack_counts_as_hypoglycaemic_only_if_sent_and_clean_both_are(
+        level: float, hypo: int) -> None:
+    """55 -> LOW keeps a hypoglycaemic reading hypoglycaemic (Clarke zone A); 90 -> 60 does
+    not: it makes a normal reading a low one."""
     t = gd.START_MS + np.arange(1, 2 * 480 + 1, dtype=np.int64) * gd.CGM_STEP_MS
-    series = [gd.Series("low#2", "glucose", {Channel.GLUCOSE: (t, np.full(t.size, 55.0))}, {})]
+    series = [gd.Series("low#2", "glucose", {Channel.GLUCOSE: (t, np.full(t.size, level))},
+                        {})]
     down = gd.AttackSpec("bias down", Channel.GLUCOSE, "bias", -30.0, 30 * gd.MINUTE_MS)
     runs = gd.attack_scenarios(series, [down], 2, seed=4)
-    assert [(s.attack_changed, s.attack_at_limit) for s in runs] == [(10, 10)] * 2
+    assert [(s.attack_changed, s.attack_hypo) for s in runs] == [(10, hypo)] * 2
 
 
 def test_false_alarms_count_episodes_on_scored_days_only() -> None:
