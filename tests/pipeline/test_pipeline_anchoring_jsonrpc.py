@@ -106,4 +106,6 @@ def test_consent_and_anchoring_share_the_sites_chain_and_survive_a_restart(
     again = open_chain_services(pipeline)                 # a restart: the same contracts
     assert again.consent is not None and again.anchorer is not None
     assert again.consent.registry.address == services.consent.registry.address
+    # ... whose events are read from the block before its deployment, not from block 0
+    assert 0 < again.consent.registry.from_block <= services.consent.registry.from_block
     assert again.anchorer.contract.address == services.anchorer.contract.address

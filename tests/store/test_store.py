@@ -13,7 +13,7 @@ import pytest
 
 from medtwin.config import Settings
 from medtwin.domain import Channel, Device, DeviceStatus, Reading
-from medtwin.errors import ConflictError, StoreError
+from medtwin.errors import ConflictError, InvalidInputError, StoreError
 from medtwin.pipeline import Pipeline
 from medtwin.store import Commit, RegistrationRecord, Store
 
@@ -234,3 +234,28 @@ def test_a_store_from_before_logged_bindings_drops_its_unlogged_addresses(
         assert reopened.token_addresses() == {b"\x02": "0xdef"}   # only upgrades drop rows
     finally:
         reopened.close()
+
+
+def test_a_contract_is_remembered_with_the_block_its_events_start_from(
+        tmp_path: Path) -> None:
+    """An attach reads a contract's events from the block before its deployment, not the
+    chain's first: a store from before the block was kept reads from block 0."""
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE chain_contracts (chain_id BIGINT NOT NULL, name VARCHAR(300) "
+                 "NOT NULL, contract VARCHAR(64) NOT NULL, deployed_at_ms BIGINT NOT NULL, "
+                 "PRIMARY KEY (chain_id, name))")
+    conn.execute("INSERT INTO chain_contracts VALUES (7, 'consent a', '0xabc', 1)")
+    conn.commit()
+    conn.close()
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert (store.chain_contract(7, "consent a"), store.chain_contract_block(7, "consent a")
+                ) == ("0xabc", 0)
+        store.put_chain_contract(7, "anchor a", "0xdef", 2, deployed_block=1234)
+        assert store.chain_contract_block(7, "anchor a") == 1234
+        assert store.chain_contract_block(7, "nothing") == 0
+        with pytest.raises(InvalidInputError, match="not a block number"):
+            store.put_chain_contract(7, "other", "0x123", 3, deployed_block=-1)
+        assert store.chain_contract(7, "other") is None
+    finally:
+        store.close()

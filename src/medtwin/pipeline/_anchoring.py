@@ -70,17 +70,21 @@ def site_chain(pipeline: Pipeline) -> Chain:
 
 
 def site_contract(pipeline: Pipeline, chain: Chain, name: str,
-                  attach: Callable[[str], _C], deploy: Callable[[], _C]) -> _C:
+                  attach: Callable[[str, int], _C], deploy: Callable[[], _C]) -> _C:
     """The site's contract `name` on `chain`: attached where the store remembers one (a
-    network chain), else deployed and, on a network chain, remembered. The embedded chain
-    is new in each process, so its contracts are too."""
-    address = None if chain.embedded else pipeline.store.chain_contract(chain.chain_id, name)
+    network chain; `attach(address, block)` gets the block its events start after), else
+    deployed and, on a network chain, remembered with the chain's latest block before the
+    deployment, so a later attach does not read the chain's whole history. The embedded
+    chain is new in each process, so its contracts are too."""
+    store = pipeline.store
+    address = None if chain.embedded else store.chain_contract(chain.chain_id, name)
     if address is not None:
-        return attach(address)
+        return attach(address, store.chain_contract_block(chain.chain_id, name))
+    before = chain.block_number()
     contract = deploy()
     if not chain.embedded:
-        pipeline.store.put_chain_contract(chain.chain_id, name, contract.address,
-                                          pipeline.clock())
+        store.put_chain_contract(chain.chain_id, name, contract.address, pipeline.clock(),
+                                 before)
     return contract
 
 
@@ -116,7 +120,8 @@ class Anchorer:
         chain = chain if chain is not None else site_chain(pipeline)
         origin = settings.log_origin
         contract = site_contract(pipeline, chain, f"anchor {origin}",
-                                 lambda address: AnchorContract.attach(chain, address, origin),
+                                 lambda address, _block: AnchorContract.attach(chain, address,
+                                                                               origin),
                                  lambda: AnchorContract.deploy(chain, origin))
         return cls(pipeline, chain, contract, settings.anchor_interval_s)
 

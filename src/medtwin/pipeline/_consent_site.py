@@ -1,5 +1,6 @@
 """Consent-gated reads for a site (`Settings.consent_required`): the `Consent` contract on the
-site's chain (deployed once and remembered; per process on the embedded chain), each twin's
+site's chain (deployed once and remembered with the block its events start from; per process
+on the embedded chain), each twin's
 token minted to its patient's key, and a policy that follows the chain's grants and logs
 every decision on the Merkle log."""
 
@@ -34,7 +35,8 @@ class SiteConsent:
         key = load_or_create_secret(settings.resolved_keys_dir / CONSENT_KEY_FILE,
                                     "consent token key")
         registry = site_contract(pipeline, chain, f"consent {settings.log_origin}",
-                                 lambda address: ConsentRegistry.attach(chain, address, key),
+                                 lambda address, block: ConsentRegistry.attach(chain, address,
+                                                                               key, block),
                                  lambda: ConsentRegistry.deploy(chain, key))
         return cls(pipeline, registry)
 

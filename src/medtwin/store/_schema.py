@@ -231,6 +231,9 @@ chain_contracts = Table(
     Column("name", String(300), primary_key=True),
     Column("contract", String(64), nullable=False),
     Column("deployed_at_ms", BigInteger, nullable=False),
+    # the chain's latest block before the deployment: its events are read from there on
+    # (0 for contracts remembered before it was kept: read from the chain's first block)
+    Column("deployed_block", BigInteger, nullable=False, server_default="0"),
 )
 
 #: The chain address each API token's holder is granted consent at (consent-gated reads).

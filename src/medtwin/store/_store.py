@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medtwin.domain import Device, DeviceStatus
-from medtwin.errors import ConflictError, StoreError
+from medtwin.errors import ConflictError, InvalidInputError, StoreError
 from medtwin.store import _schema as t
 from medtwin.store._records import (
     AccessRecord,
@@ -89,11 +89,16 @@ class Store:
         are created above). Token addresses from before bindings were logged have no
         binding record and no signature to check: they are dropped, and holders bind again
         (`POST /v1/tokens/me/address`)."""
-        columns = {c["name"] for c in inspect(self.engine).get_columns("registrations")}
+        schema = inspect(self.engine)
+        columns = {c["name"] for c in schema.get_columns("registrations")}
+        contract_columns = {c["name"] for c in schema.get_columns("chain_contracts")}
         with self.engine.begin() as conn:
             if "reason" not in columns:
                 conn.execute(text("ALTER TABLE registrations ADD COLUMN reason TEXT "
                                   "NOT NULL DEFAULT ''"))
+            if "deployed_block" not in contract_columns:
+                conn.execute(text("ALTER TABLE chain_contracts ADD COLUMN deployed_block "
+                                  "BIGINT NOT NULL DEFAULT 0"))
             if "token_addresses" in tables and "token_bindings" not in tables:
                 conn.execute(delete(t.token_addresses))
 
@@ -420,13 +425,26 @@ class Store:
             return conn.execute(select(c.contract).where(
                 (c.chain_id == chain_id) & (c.name == name))).scalar()
 
+    def chain_contract_block(self, chain_id: int, name: str) -> int:
+        """The block from which the contract's events are to be read (the chain's latest
+        before its deployment; 0 if unknown or not deployed)."""
+        c = t.chain_contracts.c
+        with self.engine.connect() as conn:
+            block = conn.execute(select(c.deployed_block).where(
+                (c.chain_id == chain_id) & (c.name == name))).scalar()
+        return int(block or 0)
+
     def put_chain_contract(self, chain_id: int, name: str, contract: str,
-                           now_ms: int) -> None:
-        """Remember this site's contract `name` on a chain (once per chain and name)."""
+                           now_ms: int, deployed_block: int = 0) -> None:
+        """Remember this site's contract `name` on a chain (once per chain and name), with
+        the chain's latest block before it was deployed."""
+        if deployed_block < 0:
+            raise InvalidInputError(f"store: block {deployed_block} is not a block number")
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(t.chain_contracts).values(
-                    chain_id=chain_id, name=name, contract=contract, deployed_at_ms=now_ms))
+                    chain_id=chain_id, name=name, contract=contract, deployed_at_ms=now_ms,
+                    deployed_block=deployed_block))
         except IntegrityError as exc:
             raise ConflictError(f"store: chain {chain_id} already has a contract "
                                 f"{name!r}") from exc
