@@ -10,6 +10,7 @@ from medtwin.domain import Channel, FindingCode
 from medtwin.guard import (
     JUMP_MIN,
     JUMP_MIN_AT_LOW,
+    JUMP_RATE_AT_LOW,
     GuardBank,
     level_jumps,
     replayed_segments,
@@ -80,14 +81,26 @@ def test_leaving_low_above_it_in_one_step_is_a_jump_from_low(level: float) -> No
     assert r.statistic[23] == pytest.approx(level - 39.0)
 
 
-def test_crossing_low_smoothly_is_not_a_jump_at_any_speed() -> None:
-    for rate in (1.0, 3.0, 5.0):                 # a recovery from hypoglycaemia
-        stream, time_ms, _, channel = smooth_cgm(60, 8)
-        true = 20.0 + rate * 3.0 * (np.arange(60) - 5)
-        value = np.maximum(np.round(true), 39.0)
-        assert not level_jumps(stream, time_ms, value, channel).alarm.any()
-        fall = value[::-1].copy()                # ... and a fall into it
-        assert not level_jumps(stream, time_ms, fall, channel).alarm.any()
+@pytest.mark.parametrize("step_min", [3, 5])
+def test_crossing_low_smoothly_is_not_a_jump_at_any_usual_speed(step_min: int) -> None:
+    for rate in (1.0, 3.0, 5.0, 6.0):            # a recovery from hypoglycaemia
+        stream, time_ms, _, channel = smooth_cgm(60, 8, step_min)
+        for phase in np.linspace(0.0, 1.0, 5, endpoint=False):
+            true = 20.0 + rate * step_min * (np.arange(60) - 5 - phase)
+            value = np.maximum(np.round(true), 39.0)
+            assert not level_jumps(stream, time_ms, value, channel).alarm.any()
+            fall = value[::-1].copy()            # ... and a fall into it
+            assert not level_jumps(stream, time_ms, fall, channel).alarm.any()
+
+
+def test_a_slower_sensor_needs_a_larger_step_off_low() -> None:
+    stream, time_ms, _, channel = smooth_cgm(60, 9, step_min=5)
+    for level, fires in ((54.0, False), (61.0, True)):         # steps of 15 and 22
+        value = np.full(60, 39.0)
+        value[20:] = level
+        r = level_jumps(stream, time_ms, value, channel)
+        assert r.alarm.any() == fires
+        assert r.threshold[23] == JUMP_RATE_AT_LOW * 5 > JUMP_MIN_AT_LOW[int(Channel.GLUCOSE)]
 
 
 def test_the_smaller_threshold_holds_only_at_low() -> None:

@@ -137,7 +137,7 @@ def test_a_step_off_low_is_shown_never_held() -> None:
     src = bank.source("pt-1", "cgm-1")
     wobble = np.round(np.random.default_rng(3).normal(0, 1.0, 20))
     fall = np.linspace(110, 42, 40).round()                  # a fall to LOW, then LOW
-    values = np.concatenate([fall, np.full(30, 39.0), 57.0 + wobble])
+    values = np.concatenate([fall, np.full(30, 39.0), 62.0 + wobble])   # 5-min: needs 20
     n = values.size
     time_ms = T0 + np.arange(n, dtype=np.int64) * STEP
     channel = np.full(n, int(Channel.GLUCOSE), np.int8)
@@ -148,7 +148,23 @@ def test_a_step_off_low_is_shown_never_held() -> None:
     assert (steps[0].time_ms - T0) // STEP == 73               # the fourth reading off LOW
     assert steps[0].detector.confidence < QUARANTINE_CONFIDENCE
     assert not screen.held.any() and not judged.newly_blocked.size
-    assert "fingerstick" in steps[0].summary and steps[0].evidence["threshold"].startswith("12")
+    assert "fingerstick" in steps[0].summary and steps[0].evidence["threshold"].startswith("20")
+    assert "left LOW" in steps[0].summary
+
+
+def test_a_step_onto_low_is_shown_as_reaching_it() -> None:
+    bank = GuardBank()
+    src = bank.source("pt-1", "cgm-1")
+    wobble = np.round(np.random.default_rng(4).normal(0, 1.0, 40))
+    values = np.concatenate([62.0 + wobble, np.full(30, 39.0)])   # 62 -> LOW in one step
+    n = values.size
+    time_ms = T0 + np.arange(n, dtype=np.int64) * STEP
+    channel = np.full(n, int(Channel.GLUCOSE), np.int8)
+    screen = bank.screen(np.full(n, src, np.intp), channel, values, time_ms)
+    [step] = [d for d in bank.judge(screen, channel, values, time_ms, np.zeros(n),
+                                    np.full(n, 25.0)).drafts if "LOW" in d.summary]
+    assert "reached LOW" in step.summary and (step.time_ms - T0) // STEP == 43
+    assert not screen.held.any()
 
 
 def _residual_run(hook: int, action: str) -> list[int]:

@@ -22,6 +22,7 @@ from medtwin.guard._patterns import (
     JUMP_STEADY,
     MAX_RATE_PER_MIN,
     PINNED,
+    REPORTING_LOW,
 )
 from medtwin.guard._residuals import CUSUM_THRESHOLD
 
@@ -103,10 +104,11 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
         a = alarms[JUMP_NAME]
         since = int(a.since_ms[i])
         if a.at_low[i] and abs(a.statistic[i]) < JUMP_MIN[int(ch)]:
-            towards = "left" if a.statistic[i] > 0 else "reached"
+            towards = "reached" if v <= REPORTING_LOW[int(ch)] else "left"
             verdict = (f"the sensor {towards} LOW in one step, where a patient's {name} "
-                       "crosses it smoothly: a compression low, a recovering sensor or data "
-                       "pushed to LOW; confirm with a fingerstick (LOW readings still alert)")
+                       "crosses it smoothly: a compression low, a recovering sensor, data "
+                       "pushed to LOW, or a rescue faster than any usual change (IV "
+                       "dextrose); confirm with a fingerstick (LOW readings still alert)")
         elif ch is Channel.GLUCOSE:
             verdict = "an offset, not a physiological change"
         else:

@@ -106,8 +106,12 @@ JUMP_MIN = per_channel({Channel.GLUCOSE: 25.0, Channel.HEART_RATE: 22.0, Channel
 #: leaves LOW 12 mg/dL or more above it in one interval and stays there was not reading the
 #: patient while at LOW: a compression low ending, a sensor recovering, or data pushed down to
 #: LOW and let go (a drift run to LOW shows nothing else, since LOW hides it). At HIGH no such
-#: limit holds (crossings step by 20 mg/dL and more), so HIGH keeps `JUMP_MIN`.
+#: limit holds (crossings step by 20 mg/dL and more), so HIGH keeps `JUMP_MIN`. A sensor
+#: reading less often meets LOW further up a real rise, so the threshold grows with the step's
+#: gap at `JUMP_RATE_AT_LOW` (4 mg/dL/min, the fastest usual change: 12 at 3 min, 20 at 5);
+#: a rescue faster than that (IV dextrose) may still show as such a step, which is never held.
 JUMP_MIN_AT_LOW = per_channel({Channel.GLUCOSE: 12.0}, np.inf)
+JUMP_RATE_AT_LOW = 4.0
 JUMP_MAX_GAP_MS = 6 * MINUTE_MS
 JUMP_SIDE = 4
 JUMP_STEADY = 3.0
@@ -257,7 +261,8 @@ class JumpAlarm(NamedTuple):
     """the larger of the two lines' largest miss of a reading"""
     at_low: Bools
     """one side of the step lies wholly at the sensor's `REPORTING_LOW` and the step is
-    judged against `JUMP_MIN_AT_LOW` (the smaller of the two thresholds)"""
+    judged against `JUMP_MIN_AT_LOW` (or `JUMP_RATE_AT_LOW` times the step's gap, if more;
+    the smaller of the two thresholds)"""
 
 
 class RateAlarm(NamedTuple):
@@ -589,7 +594,8 @@ def level_jumps(stream: Ints, time_ms: Ints, value: Floats, channel: Ints) -> Ju
              & (minutes[:, -1] - minutes[:, side] <= side * max_gap))
     low = values <= REPORTING_LOW[channel[ends]][:, None]
     limit_side = low[:, :side].all(axis=1) != low[:, side:].all(axis=1)
-    low_min = JUMP_MIN_AT_LOW[channel[ends]]
+    step_gap = minutes[:, side] - minutes[:, side - 1]
+    low_min = np.maximum(JUMP_MIN_AT_LOW[channel[ends]], JUMP_RATE_AT_LOW * step_gap)
     limit_side &= low_min < threshold[ends]
     threshold = threshold.copy()
     threshold[ends] = np.where(limit_side, low_min, threshold[ends])
