@@ -251,6 +251,13 @@ def test_a_witness_re_registered_with_another_key_leaves_its_old_cosignatures_un
     with pytest.raises(VerificationError, match=r"invalid signature by known key "
                                                 r"witness\.example\+"):
         checkpoint_claims(pipeline.store, moved, None)
+    # a line filed under another witness's name is a table altered, not a retired key
+    with pipeline.store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE cosignatures SET witness = 'other.example' "
+                             "WHERE timestamp_s = 1700000200")
+    with pytest.raises(VerificationError, match=r"stored as other\.example's is signed as "
+                                                r"witness\.example's"):
+        checkpoint_claims(pipeline.store, moved, None)
 
 
 def test_the_anchorer_survives_a_failing_store_and_never_anchors_twice(

@@ -252,7 +252,12 @@ def checkpoint_claims(store: Store, settings: Settings, chain: Chain | None,
     witnesses = {(v.name, v.key_id): v for v in verifiers}
     cosigned = unverified = 0
     for origin, size, root, witness, line in store.all_cosignatures():
-        verifier = witnesses.get(signature_line_key(line))
+        key = signature_line_key(line)
+        if key[0] != witness:
+            raise VerificationError(
+                f"checkpoint: a cosignature stored as {witness}'s is signed as {key[0]}'s: "
+                "the cosignature table was altered", f"{witness}'s cosignature of size {size}")
+        verifier = witnesses.get(key)
         if verifier is None:
             unverified += 1
         else:
