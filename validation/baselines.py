@@ -63,7 +63,8 @@ class Scenario(NamedTuple):
     resolution hid the attack, e.g. a freeze while the CGM reads LOW)."""
     attack_hypo: int = 0
     """How many of those were hypoglycaemic both as sent and in the clean record (CGM below
-    `guard.HYPO_BELOW`): the same clinical call, whatever the attack made of them."""
+    `guard.HYPO_BELOW`) and not sent milder than a severe clean one (`guard.SEVERE_BELOW`):
+    no hypoglycaemia hidden, whatever the attack made of them."""
 
 
 class Training(NamedTuple):

@@ -54,6 +54,7 @@ from baselines import (  # noqa: E402
     threshold_findings,
 )
 
+from medtwin.clinical import HYPO_LEVEL_1_MG_DL, HYPO_LEVEL_2_MG_DL  # noqa: E402
 from medtwin.config import Settings  # noqa: E402
 from medtwin.domain import Channel  # noqa: E402
 from medtwin.sim import (  # noqa: E402
@@ -91,9 +92,11 @@ DEVICE_RANGE = {Channel.GLUCOSE: (39.0, 400.0), Channel.HEART_RATE: (30.0, 220.0
 RESOLUTION = {Channel.TEMPERATURE: 0.1}
 #: Zone A of the Clarke error grid (Clarke et al. 1987, Diabetes Care 10:622) holds a glucose
 #: reading within 20 % of the reference *or with both below 70 mg/dL*: clinically accurate,
-#: since both call for the same treatment of the low. An attack that changed only readings
-#: that were hypoglycaemic both as sent and in the clean record changed no clinical call.
-HYPO_BELOW = {Channel.GLUCOSE: 70.0}
+#: since both call for treating the low. An attack that changed only readings hypoglycaemic
+#: both as sent and in the clean record, and never sent one at or above 54 mg/dL (medtwin's
+#: level-2 alert) that was below it, hid no hypoglycaemia: it at most showed one as worse.
+HYPO_BELOW = {Channel.GLUCOSE: HYPO_LEVEL_1_MG_DL}
+SEVERE_BELOW = {Channel.GLUCOSE: HYPO_LEVEL_2_MG_DL}
 VITALS_CHANNELS = (Channel.HEART_RATE, Channel.SPO2, Channel.RESP_RATE, Channel.TEMPERATURE)
 
 
@@ -262,7 +265,9 @@ def attack_scenarios(series: Sequence[Series], specs: Sequence[AttackSpec], per_
             clean = _device_format(spec.channel, v)
             changed = sent != clean
             hypo = HYPO_BELOW.get(spec.channel, -np.inf)
-            both_hypo = changed & (sent < hypo) & (clean < hypo)
+            severe = SEVERE_BELOW.get(spec.channel, -np.inf)
+            both_hypo = (changed & (sent < hypo) & (clean < hypo)
+                         & ~((clean < severe) & (sent >= severe)))
             observed[spec.channel] = (res.time_ms, sent)
             out.append(Scenario(f"atk{k:02d}-{i:04d}", s.base, observed,
                                 _cut(s.inputs, first, last), spec.channel, spec.label,
@@ -683,7 +688,7 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
     below_rest = []
     for label in labels:
         hit = [x.detected for x in rest if x.scenario.attack_kind == label]
-        if np.mean(hit) < 0.99:
+        if not hit or np.mean(hit) < 0.99:
             below_rest.append(f"{label} ({sum(hit)} of {len(hit)})")
     misses_hypo = sum(not x.detected for x in hypo)
     days = sum((s.end_ms - s.scored_from_ms) / DAY_MS for s in res.clean)
@@ -702,8 +707,10 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
             f"{no_op} of {len(res.attacked)} attacks changed no reading the device sends "
             "(no-op runs) and are not scored. "
             f"{len(hypo)} scored runs changed only CGM readings that were below "
-            f"{HYPO_BELOW[Channel.GLUCOSE]:g} mg/dL both as sent and in the clean record: "
-            "zone A of the Clarke error grid, the same clinical call, so they masked nothing; "
+            f"{HYPO_BELOW[Channel.GLUCOSE]:g} mg/dL both as sent and in the clean record, never "
+            f"one sent at or above {SEVERE_BELOW[Channel.GLUCOSE]:g} that was below it (zone A "
+            "of the Clarke error grid, and no hypoglycaemia shown as milder than it was: they "
+            "hid none); "
             f"{misses_hypo} of medtwin's {sum(not x.detected for x in scores)} misses are "
             "among them. Without those runs (medtwin only), every kind is at ≥ 99 %"
             + (f" except {'; '.join(below_rest)}." if below_rest else "."), ""]

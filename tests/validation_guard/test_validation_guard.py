@@ -112,16 +112,17 @@ def test_a_freeze_at_the_cgm_floor_is_a_no_op_run() -> None:
     assert [(s.attack_changed, s.attack_hypo) for s in runs] == [(10, 0)] * 3   # LOW -> 79
 
 
-@pytest.mark.parametrize(("level", "hypo"), [(55.0, 10), (90.0, 0)])
-def test_an_attack_counts_as_hypoglycaemic_only_if_sent_and_clean_both_are(
-        level: float, hypo: int) -> None:
-    """55 -> LOW keeps a hypoglycaemic reading hypoglycaemic (Clarke zone A); 90 -> 60 does
-    not: it makes a normal reading a low one."""
+@pytest.mark.parametrize(("level", "bias", "hypo"), [
+    (55.0, -30.0, 10), (90.0, -30.0, 0), (45.0, 15.0, 0), (60.0, -15.0, 10)])
+def test_an_attack_counts_as_hiding_no_hypoglycaemia_only_if_none_is_shown_milder(
+        level: float, bias: float, hypo: int) -> None:
+    """55 -> LOW keeps a low reading low, only worse (Clarke zone A); 90 -> 60 makes a normal
+    reading low; 45 -> 60 shows a severe low (< 54) as a mild one, which hides it."""
     t = gd.START_MS + np.arange(1, 2 * 480 + 1, dtype=np.int64) * gd.CGM_STEP_MS
     series = [gd.Series("low#2", "glucose", {Channel.GLUCOSE: (t, np.full(t.size, level))},
                         {})]
-    down = gd.AttackSpec("bias down", Channel.GLUCOSE, "bias", -30.0, 30 * gd.MINUTE_MS)
-    runs = gd.attack_scenarios(series, [down], 2, seed=4)
+    spec = gd.AttackSpec("bias", Channel.GLUCOSE, "bias", bias, 30 * gd.MINUTE_MS)
+    runs = gd.attack_scenarios(series, [spec], 2, seed=4)
     assert [(s.attack_changed, s.attack_hypo) for s in runs] == [(10, hypo)] * 2
 
 
