@@ -26,7 +26,7 @@ from medtwin.ledger._consent import (
 )
 from medtwin.ledger._evm import Artifact, Chain, compile_contract, load_artifact
 from medtwin.ledger._evm import connect as connect_chain
-from medtwin.ledger._leaves import leaf_data
+from medtwin.ledger._leaves import LoggedRecord, leaf_data, record_leaf_hash
 from medtwin.ledger._merkle import (
     EMPTY_ROOT,
     MerkleTree,
@@ -73,6 +73,7 @@ __all__ = [
     "ConsentEvent",
     "ConsentRegistry",
     "ConsentView",
+    "LoggedRecord",
     "MerkleTree",
     "NoteSigner",
     "NoteVerifier",
@@ -100,6 +101,7 @@ __all__ = [
     "note_hash",
     "open_checkpoint_note",
     "origin_hash",
+    "record_leaf_hash",
     "root_from_leaf_hashes",
     "sign_checkpoint_note",
     "sign_tree_head",

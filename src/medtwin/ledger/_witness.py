@@ -17,8 +17,8 @@ from typing import NamedTuple
 from medtwin.crypto import LogKeyEndorsement, PublicLogKey
 from medtwin.errors import SplitViewError, VerificationError
 from medtwin.ledger._checkpoint import checkpoint_body
-from medtwin.ledger._leaves import leaf_data
-from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash
+from medtwin.ledger._leaves import record_leaf_hash
+from medtwin.ledger._merkle import EMPTY_ROOT, HASH_SIZE
 from medtwin.ledger._note import (
     SIGNATURE_PREFIX,
     Checkpoint,
@@ -103,8 +103,7 @@ def witness_step(state: WitnessState, note: str, proof: Sequence[bytes], log: No
 
 def log_key_leaf_hash(endorsement: LogKeyEndorsement) -> bytes:
     """The log leaf hash of a rotation's record, to check its inclusion in a checkpoint."""
-    return leaf_hash(leaf_data(endorsement.kind, str(endorsement.leaf_index),
-                               endorsement.commit_bytes()))
+    return record_leaf_hash(endorsement)
 
 
 def cosignature_key_name(line: str) -> str:

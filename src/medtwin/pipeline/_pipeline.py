@@ -97,8 +97,7 @@ from medtwin.ledger import (
     MerkleTree,
     NoteSigner,
     check_binding,
-    leaf_data,
-    leaf_hash,
+    record_leaf_hash,
     sign_checkpoint_note,
     sign_tree_head,
 )
@@ -121,7 +120,7 @@ from medtwin.pipeline._codec import (
 )
 from medtwin.pipeline._events import EventHub
 from medtwin.pipeline._lock import WriterLock
-from medtwin.pipeline._verify import VerifyReport, verify_store
+from medtwin.pipeline._verify import VerifyReport, record_logged, verify_store
 from medtwin.store import (
     AccessRecord,
     AlertRecord,
@@ -610,7 +609,7 @@ class Pipeline:
 
         def log(record: PacketRecord | AlertRecord | RejectionRecord | FindingRecord
                 | RegistrationRecord | SnapshotRecord) -> None:
-            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            h = record_leaf_hash(record)
             tree.append_hash(h)
             leaves.append((record.leaf_index, record.kind, h))
 
@@ -768,7 +767,7 @@ class Pipeline:
         tree = self._tree.copy()
         leaves = []
         for record in records:
-            h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+            h = record_leaf_hash(record)
             if record.leaf_index != tree.append_hash(h):
                 raise StoreError(f"pipeline: {record.describe()} is not numbered at the log's "
                                  "end; nothing was written")
@@ -969,8 +968,7 @@ class Pipeline:
         store cannot even be read, the outcome is unknown: the error propagates and the
         changed key file stays (no KEK a stored data key needs is ever dropped by it); stop
         the site and run `medtwin verify` (a store that cannot be read takes no writes)."""
-        h = leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
-        return self.store.leaf_hashes(record.leaf_index, record.leaf_index + 1) == [h]
+        return record_logged(self.store, record)
 
     def _use_keys(self, keys: SiteKeys) -> None:
         """Sign, seal and unwrap with `keys` from now on."""
@@ -1240,7 +1238,7 @@ class Pipeline:
                     encode_params(GlucoseParams._fields, values),
                     twin_params_aad(index, patient_id))
                 record = TwinParamsRecord(index, patient_id, GLUCOSE_MODEL, now, envelope)
-                h = leaf_hash(leaf_data(record.kind, str(index), record.commit_bytes()))
+                h = record_leaf_hash(record)
                 tree.append_hash(h)
                 records.append(record)
                 leaves.append((index, record.kind, h))

@@ -66,8 +66,7 @@ from medtwin.ledger import (
     MerkleTree,
     SignedTreeHead,
     check_binding,
-    leaf_data,
-    leaf_hash,
+    record_leaf_hash,
     verify_tree_head,
 )
 from medtwin.pipeline._codec import SESSION_MARK, packet_aad, signed_bytes
@@ -197,7 +196,7 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                 f"log: expected record #{tree.size} but found {record.describe()}: a record "
                 "is missing or duplicated", record.describe())
         # (3): leaf
-        h = _leaf_of(record)
+        h = record_leaf_hash(record)
         if record.leaf_index >= len(stored) or stored[record.leaf_index] != h:
             raise VerificationError(
                 f"log: {record.describe()} does not match its log leaf: the record was altered",
@@ -281,9 +280,10 @@ def verify_store(store: Store, log_keys: Sequence[PublicLogKey],
                    bindings_checked)
 
 
-def _leaf_of(record: Record) -> bytes:
-    """The log leaf hash of `record`, recomputed from its stored bytes."""
-    return leaf_hash(leaf_data(record.kind, str(record.leaf_index), record.commit_bytes()))
+def record_logged(store: Store, record: Record) -> bool:
+    """Whether the leaf stored at `record`'s index is the record's own (read now)."""
+    return store.leaf_hashes(record.leaf_index, record.leaf_index + 1) == [
+        record_leaf_hash(record)]
 
 
 def _check_pending(store: Store, record: Record) -> None:
@@ -291,7 +291,7 @@ def _check_pending(store: Store, record: Record) -> None:
     7b), matches the leaf stored with it (read now: a live site writes both in one
     transaction), so its row cannot be rewritten alone to register a device or rebind a
     token."""
-    if store.leaf_hashes(record.leaf_index, record.leaf_index + 1) != [_leaf_of(record)]:
+    if not record_logged(store, record):
         raise VerificationError(
             f"log: {record.describe()}, beyond the signed head, does not match its log leaf: "
             "the record was altered (or written outside medtwin); do not trust the device or "
