@@ -683,8 +683,7 @@ def _summary(res: Results, scores: list[AttackScore]) -> list[str]:
     no_op = sum(s.attack_changed == 0 for s in res.attacked)
     # runs that changed only readings hypoglycaemic both as sent and in the clean record
     hypo = [x for x in scores if x.scenario.attack_hypo == x.scenario.attack_changed]
-    hypo_ids = {x.scenario.patient_id for x in hypo}
-    rest = [x for x in scores if x.scenario.patient_id not in hypo_ids]
+    rest = [x for x in scores if x.scenario.attack_hypo != x.scenario.attack_changed]
     below_rest = []
     for label in labels:
         hit = [x.detected for x in rest if x.scenario.attack_kind == label]

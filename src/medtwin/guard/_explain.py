@@ -18,7 +18,6 @@ from medtwin.guard._consistency import Coherence, CoherenceRule
 from medtwin.guard._patterns import (
     FROZEN_MIN_MS,
     FROZEN_RUN_P,
-    JUMP_MIN,
     JUMP_STEADY,
     MAX_RATE_PER_MIN,
     PINNED,
@@ -103,7 +102,7 @@ def explain_screen(detector: str, i: int, ch: Channel, v: float, t: int,
     elif detector == JUMP_NAME:
         a = alarms[JUMP_NAME]
         since = int(a.since_ms[i])
-        if a.at_low[i] and abs(a.statistic[i]) < JUMP_MIN[int(ch)]:
+        if a.at_low[i]:
             towards = "reached" if v <= REPORTING_LOW[int(ch)] else "left"
             verdict = (f"the sensor {towards} LOW in one step, where a patient's {name} "
                        "crosses it smoothly: a compression low, a recovering sensor, data "

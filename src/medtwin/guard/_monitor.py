@@ -64,7 +64,6 @@ from medtwin.guard._explain import (
     explain_screen,
 )
 from medtwin.guard._patterns import (
-    JUMP_MIN,
     frozen_values,
     impossible_rates,
     level_jumps,
@@ -402,8 +401,7 @@ class GuardBank:
             if det is JUMP or det is STEP or det is LOW_STEP:
                 jumps = alarms[JUMP_NAME]
                 held_channel = np.isin(f_channel, [int(c) for c in JUMP_HELD_CHANNELS])
-                low_only = jumps.at_low & (np.abs(jumps.statistic) < JUMP_MIN[f_channel])
-                hit = jumps.alarm & (low_only if det is LOW_STEP else ~low_only & (
+                hit = jumps.alarm & (jumps.at_low if det is LOW_STEP else ~jumps.at_low & (
                     held_channel if det is JUMP else ~held_channel))
             elif det.name in alarms:
                 hit = alarms[det.name].alarm

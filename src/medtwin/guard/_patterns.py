@@ -260,9 +260,9 @@ class JumpAlarm(NamedTuple):
     spread: Floats
     """the larger of the two lines' largest miss of a reading"""
     at_low: Bools
-    """one side of the step lies wholly at the sensor's `REPORTING_LOW` and the step is
-    judged against `JUMP_MIN_AT_LOW` (or `JUMP_RATE_AT_LOW` times the step's gap, if more;
-    the smaller of the two thresholds)"""
+    """one side of the step lies wholly at the sensor's `REPORTING_LOW`, and the step is
+    smaller than `JUMP_MIN`: only the at-LOW threshold (`JUMP_MIN_AT_LOW`, or
+    `JUMP_RATE_AT_LOW` times the step's gap if more) judges it"""
 
 
 class RateAlarm(NamedTuple):
@@ -605,7 +605,7 @@ def level_jumps(stream: Ints, time_ms: Ints, value: Floats, channel: Ints) -> Ju
     spread[ends] = spread_r
     since[ends] = time_ms[step_at]
     alarm[ends] = hit
-    at_low[ends] = limit_side
+    at_low[ends] = limit_side & (np.abs(size) < JUMP_MIN[channel[ends]])
     return JumpAlarm(alarm, jump, threshold, since, spread, at_low)
 
 
